@@ -1,1 +1,203 @@
-//! mesh-store
+//! mesh-store: where a DC keeps its key states, its op log and its version vectors.
+//!
+//! The [`Store`] trait is what the engine's shell needs: commit a group of ops atomically with
+//! the resulting key states and vectors (durable before the call reports success), read keys,
+//! read an origin's log in seq order through a cursor, persist peers' acked vectors, compact the
+//! log, and cut a consistent snapshot for state transfer.
+//!
+//! Two implementations:
+//! - [`DurableStore`]: redb on a file, with group commit (concurrent submitters share one fsync).
+//! - [`MemStore`]: in memory, for the simulator, with crash semantics: a crash keeps the synced
+//!   commits plus at most a prefix of the unsynced ones.
+//!
+//! [`testing::PowerLossDisk`] is a redb storage backend that loses every write after the last
+//! sync, for crash tests that kill -9 alone cannot make honest.
+#![warn(missing_docs, unreachable_pub)]
+
+mod durable;
+mod mem;
+pub mod testing;
+
+pub use durable::{DurableStore, GROUP_OPS_MAX};
+pub use mem::MemStore;
+
+use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
+
+/// A store operation that failed. What happened to state is said per variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error (IO, corruption it detected, or a full disk). A commit
+    /// that fails with this was not applied.
+    #[error("storage error: {0}")]
+    Db(String),
+    /// A stored record could not be decoded: the store is damaged. Nothing was changed.
+    #[error("stored {what} could not be decoded: {detail}")]
+    Corrupt {
+        /// Which kind of record.
+        what: &'static str,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The store was closed or its committer stopped; the commit was not applied.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// One atomic commit: ops for the log, the key states they produced, and vectors.
+#[derive(Debug, Clone, Default)]
+pub struct CommitBatch {
+    /// Ops to append to their origins' logs (local writes and applied remote ops alike).
+    pub ops: Vec<Op>,
+    /// Key states to write; `None` removes the key (tombstone GC).
+    pub states: Vec<(Keyspace, Key, Option<KeyState>)>,
+    /// Joined into the stored `seen` vector (the ops this DC has applied).
+    pub seen: VersionVector,
+    /// Per peer, joined into the stored acked vector (what the peer confirmed durable).
+    pub acked: Vec<(DcId, VersionVector)>,
+}
+
+impl CommitBatch {
+    /// Number of ops in the batch.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch carries no op, state or vector.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.states.is_empty() && self.seen.is_empty() && self.acked.is_empty()
+    }
+}
+
+/// Called once with the outcome of a submitted commit.
+pub type CommitDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Size of an origin's log and of the whole log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Ops in the log.
+    pub ops: u64,
+    /// Encoded bytes of those ops.
+    pub bytes: u64,
+}
+
+/// Reads the op log. The engine's replicators read through this.
+pub trait LogRead {
+    /// The vector of ops this DC has applied, as durably committed.
+    fn seen(&self) -> Result<VersionVector, StoreError>;
+
+    /// Up to `ops_max` ops of `origin` with seq > `after_seq`, in seq order, stopping early once
+    /// `bytes_max` encoded bytes are reached (always at least one op when any is there). Never
+    /// loads more than that into memory, so a replicator's window stays bounded.
+    fn read_log(
+        &self,
+        origin: &DcId,
+        after_seq: u64,
+        ops_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Op>, StoreError>;
+
+    /// The lowest seq of `origin` still in the log, if any (everything below was compacted).
+    fn log_first_seq(&self, origin: &DcId) -> Result<Option<u64>, StoreError>;
+}
+
+/// A cursor over one origin's log: remembers where it is and reads page by page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogCursor {
+    /// The origin whose log is read.
+    pub origin: DcId,
+    /// The seq of the last op returned (0: none yet).
+    pub after_seq: u64,
+}
+
+impl LogCursor {
+    /// A cursor that will return `origin`'s ops after `after_seq`.
+    pub fn new(origin: DcId, after_seq: u64) -> Self {
+        Self { origin, after_seq }
+    }
+
+    /// The next page of at most `ops_max` ops / `bytes_max` bytes; empty at the end of the log.
+    ///
+    /// # Panics
+    /// If the log returns a gap or goes backwards: an origin's log is gapless.
+    pub fn next_page(
+        &mut self,
+        log: &(impl LogRead + ?Sized),
+        ops_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Op>, StoreError> {
+        let page = log.read_log(&self.origin, self.after_seq, ops_max, bytes_max)?;
+        for op in &page {
+            assert_eq!(op.dot.origin, self.origin, "log returned another origin's op");
+            assert_eq!(
+                op.dot.seq,
+                self.after_seq + 1,
+                "gap in {}'s log after seq {}",
+                self.origin,
+                self.after_seq
+            );
+            self.after_seq = op.dot.seq;
+        }
+        Ok(page)
+    }
+}
+
+/// A consistent view of every key state and the vector it reflects, cut in one read
+/// transaction, for state transfer to a peer behind the retained log.
+pub trait Snapshot: Send {
+    /// The `seen` vector at the moment of the cut: the snapshot holds exactly these ops' effects.
+    fn vector(&self) -> &VersionVector;
+
+    /// Up to `entries_max` key states after `after` (exclusive), in (keyspace, key) order; empty
+    /// when done.
+    fn chunk(
+        &self,
+        after: Option<&(Keyspace, Key)>,
+        entries_max: usize,
+    ) -> Result<Vec<(Keyspace, Key, KeyState)>, StoreError>;
+}
+
+/// A DC's storage. See the crate docs.
+pub trait Store: LogRead + Send + Sync {
+    /// Submits `batch`; `done` is called once it is durable (or failed). Batches are applied in
+    /// submission order; concurrent submissions may share one durable commit. `done` may run on
+    /// another thread and MUST NOT block on the store.
+    fn submit(&self, batch: CommitBatch, done: CommitDone);
+
+    /// Submits `batch` and waits until it is durable.
+    fn commit(&self, batch: CommitBatch) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            batch,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The durable state of a key.
+    fn get(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, StoreError>;
+
+    /// The vector `peer` last confirmed durable, as persisted.
+    fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError>;
+
+    /// Removes every log entry the vector `below` covers. Returns how many were removed.
+    fn compact_log(&self, below: &VersionVector) -> Result<u64, StoreError>;
+
+    /// Ops and bytes in the log.
+    fn log_stats(&self) -> Result<LogStats, StoreError>;
+
+    /// Cuts a consistent snapshot.
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError>;
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec(value).expect("in-memory msgpack encoding of our own types cannot fail")
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
+}

@@ -1,0 +1,143 @@
+//! Test support: a storage backend that loses power.
+//!
+//! kill -9 leaves the OS page cache intact, so a store that forgot to fsync still looks durable
+//! after it. [`PowerLossDisk`] is a redb [`StorageBackend`] that remembers, apart from what
+//! reads see, what the last `sync_data` made durable, and on [`PowerSwitch::cut`] returns the
+//! disk image a power loss would leave: the durable bytes plus, at most, a prefix of the writes
+//! issued since (a disk may have written some of them, in order, before the power went).
+
+use redb::StorageBackend;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug)]
+enum Pending {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Default)]
+struct Disk {
+    /// What reads see (the page cache).
+    current: Vec<u8>,
+    /// What the last sync made durable.
+    durable: Vec<u8>,
+    /// Writes and resizes since the last sync, in issue order.
+    pending: Vec<Pending>,
+    /// Power is off: every call fails.
+    dead: bool,
+    syncs: u64,
+}
+
+fn apply(image: &mut Vec<u8>, p: &Pending) {
+    match p {
+        Pending::Write { offset, data } => {
+            let end = *offset as usize + data.len();
+            if image.len() < end {
+                image.resize(end, 0);
+            }
+            image[*offset as usize..end].copy_from_slice(data);
+        }
+        Pending::SetLen(len) => image.resize(*len as usize, 0),
+    }
+}
+
+/// A disk image in memory that can lose power. See the module docs.
+#[derive(Debug, Clone)]
+pub struct PowerLossDisk {
+    disk: Arc<Mutex<Disk>>,
+}
+
+/// The power switch of a [`PowerLossDisk`], kept by the test after the disk went to redb.
+#[derive(Debug, Clone)]
+pub struct PowerSwitch {
+    disk: Arc<Mutex<Disk>>,
+}
+
+impl PowerLossDisk {
+    /// A disk holding `image`, all of it durable (an empty image for a new database).
+    pub fn from_image(image: Vec<u8>) -> Self {
+        let disk = Disk { current: image.clone(), durable: image, ..Disk::default() };
+        Self { disk: Arc::new(Mutex::new(disk)) }
+    }
+
+    /// The switch that cuts this disk's power.
+    pub fn switch(&self) -> PowerSwitch {
+        PowerSwitch { disk: self.disk.clone() }
+    }
+
+    fn lock(&self) -> io::Result<MutexGuard<'_, Disk>> {
+        let disk = self.disk.lock().map_err(|_| io::Error::other("disk lock poisoned"))?;
+        if disk.dead {
+            return Err(io::Error::other("power is off"));
+        }
+        Ok(disk)
+    }
+}
+
+impl PowerSwitch {
+    /// Cuts the power: from now on every call to the disk fails. Returns the image that
+    /// survives: the durable bytes plus the first `keep_unsynced` writes issued since the last
+    /// sync (fewer if fewer were issued).
+    pub fn cut(&self, keep_unsynced: usize) -> Vec<u8> {
+        let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        disk.dead = true;
+        let mut image = disk.durable.clone();
+        for p in disk.pending.iter().take(keep_unsynced) {
+            apply(&mut image, p);
+        }
+        image
+    }
+
+    /// Writes issued since the last sync.
+    pub fn unsynced_writes(&self) -> usize {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner()).pending.len()
+    }
+
+    /// Number of completed syncs.
+    pub fn syncs(&self) -> u64 {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner()).syncs
+    }
+}
+
+impl StorageBackend for PowerLossDisk {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock()?.current.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let disk = self.lock()?;
+        let end = offset as usize + out.len();
+        let src =
+            disk.current.get(offset as usize..end).ok_or_else(|| io::Error::other("read past the end"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut disk = self.lock()?;
+        let p = Pending::SetLen(len);
+        apply(&mut disk.current, &p);
+        disk.pending.push(p);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut disk = self.lock()?;
+        let pending = std::mem::take(&mut disk.pending);
+        for p in &pending {
+            apply(&mut disk.durable, p);
+        }
+        debug_assert_eq!(disk.durable, disk.current);
+        disk.syncs += 1;
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut disk = self.lock()?;
+        let p = Pending::Write { offset, data: data.to_vec() };
+        apply(&mut disk.current, &p);
+        disk.pending.push(p);
+        Ok(())
+    }
+}

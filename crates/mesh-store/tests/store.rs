@@ -1,0 +1,183 @@
+//! Behaviour every Store implementation shares (run against the durable redb store and the
+//! in-memory one), plus each implementation's own guarantees: group commit shares fsyncs, the
+//! in-memory store's crash keeps a prefix of unsynced commits.
+
+mod common;
+
+use common::{dc, put_commit, value_for};
+use mesh_core::{Key, Keyspace, VersionVector};
+use mesh_store::testing::PowerLossDisk;
+use mesh_store::{CommitBatch, DurableStore, LogCursor, LogRead, MemStore, Store};
+use std::sync::{Arc, Barrier};
+
+fn users() -> Keyspace {
+    Keyspace::new("users").unwrap()
+}
+
+fn both(test: impl Fn(&dyn Store)) {
+    let dir = tempfile::tempdir().unwrap();
+    test(&DurableStore::open(dir.path().join("db.redb")).unwrap());
+    test(&MemStore::new());
+}
+
+#[test]
+fn a_commit_is_readable_with_its_log_entry_and_vector() {
+    both(|store| {
+        store.commit(put_commit("us-east", 1, "user:1")).unwrap();
+        common::assert_durable(store, "us-east", 1, "user:1");
+        assert_eq!(store.get(&users(), &Key::new("user:2").unwrap()).unwrap(), None);
+        assert_eq!(store.seen().unwrap(), [(dc("us-east"), 1)].into_iter().collect());
+    });
+}
+
+#[test]
+fn a_cursor_reads_one_origin_in_seq_order_in_bounded_pages() {
+    both(|store| {
+        for seq in 1..=25 {
+            store.commit(put_commit("us-east", seq, &format!("user:{seq}"))).unwrap();
+            store.commit(put_commit("eu-central", seq, &format!("eu:{seq}"))).unwrap();
+        }
+        let mut cursor = LogCursor::new(dc("us-east"), 3);
+        let mut seqs = Vec::new();
+        loop {
+            let page = cursor.next_page(store, 10, usize::MAX).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 10);
+            seqs.extend(page.iter().map(|op| op.dot.seq));
+        }
+        assert_eq!(seqs, (4..=25).collect::<Vec<_>>());
+        // The byte bound stops a page early but always returns at least one op.
+        assert_eq!(store.read_log(&dc("us-east"), 0, 100, 1).unwrap().len(), 1);
+        assert_eq!(store.read_log(&dc("us-west"), 0, 100, usize::MAX).unwrap(), vec![]);
+        assert_eq!(store.log_first_seq(&dc("eu-central")).unwrap(), Some(1));
+    });
+}
+
+#[test]
+fn acked_vectors_persist_and_only_move_forward() {
+    both(|store| {
+        let ahead: VersionVector = [(dc("us-east"), 9)].into_iter().collect();
+        let behind: VersionVector = [(dc("us-east"), 4), (dc("us-west"), 2)].into_iter().collect();
+        store.commit(CommitBatch { acked: vec![(dc("us-west"), ahead)], ..Default::default() }).unwrap();
+        store.commit(CommitBatch { acked: vec![(dc("us-west"), behind)], ..Default::default() }).unwrap();
+        let expected: VersionVector = [(dc("us-east"), 9), (dc("us-west"), 2)].into_iter().collect();
+        assert_eq!(store.acked(&dc("us-west")).unwrap(), expected);
+        assert_eq!(store.acked(&dc("eu-central")).unwrap(), VersionVector::new());
+    });
+}
+
+#[test]
+fn compaction_removes_exactly_the_covered_log_entries_and_keeps_the_stats_true() {
+    both(|store| {
+        for seq in 1..=10 {
+            store.commit(put_commit("us-east", seq, &format!("user:{seq}"))).unwrap();
+        }
+        let before = store.log_stats().unwrap();
+        assert_eq!(before.ops, 10);
+        let removed = store.compact_log(&[(dc("us-east"), 6)].into_iter().collect()).unwrap();
+        assert_eq!(removed, 6);
+        assert_eq!(store.log_first_seq(&dc("us-east")).unwrap(), Some(7));
+        let after = store.log_stats().unwrap();
+        assert_eq!(after.ops, 4);
+        assert!(after.bytes < before.bytes && after.bytes > 0);
+        // Key states are not part of the log: compaction leaves them.
+        common::assert_durable_state_only(store, "user:1");
+    });
+}
+
+#[test]
+fn a_snapshot_is_a_consistent_cut_that_later_commits_do_not_change() {
+    both(|store| {
+        for seq in 1..=7 {
+            store.commit(put_commit("us-east", seq, &format!("user:{seq}"))).unwrap();
+        }
+        let snap = store.snapshot().unwrap();
+        store.commit(put_commit("us-east", 8, "user:8")).unwrap();
+        let mut remove = CommitBatch::default();
+        remove.states.push((users(), Key::new("user:1").unwrap(), None));
+        store.commit(remove).unwrap();
+        assert_eq!(snap.vector(), &[(dc("us-east"), 7)].into_iter().collect());
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let chunk = snap.chunk(after.as_ref(), 3).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            assert!(chunk.len() <= 3);
+            for (ks, k, state) in &chunk {
+                assert_eq!(
+                    state.versions()[0].value.as_ref().map(|v| v.as_slice()),
+                    Some(value_for(k.as_str()).as_slice())
+                );
+                keys.push(k.to_string());
+                after = Some((ks.clone(), k.clone()));
+            }
+        }
+        assert_eq!(keys, (1..=7).map(|i| format!("user:{i}")).collect::<Vec<_>>());
+        assert_eq!(store.get(&users(), &Key::new("user:1").unwrap()).unwrap(), None, "removed after the cut");
+    });
+}
+
+#[test]
+fn concurrent_submitters_share_fsyncs() {
+    let disk = PowerLossDisk::from_image(Vec::new());
+    let switch = disk.switch();
+    let store = Arc::new(DurableStore::open_with_backend(disk).unwrap());
+    let syncs_before = switch.syncs();
+    let writers = 16;
+    let per_writer = 50;
+    let barrier = Arc::new(Barrier::new(writers));
+    let seq = Arc::new(std::sync::Mutex::new(0u64));
+    let threads: Vec<_> = (0..writers)
+        .map(|_| {
+            let (store, barrier, seq) = (store.clone(), barrier.clone(), seq.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..per_writer {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    {
+                        let mut s = seq.lock().unwrap();
+                        *s += 1;
+                        let done = Box::new(move |r| tx.send(r).unwrap());
+                        store.submit(put_commit("us-east", *s, &format!("user:{s}")), done);
+                    }
+                    rx.recv().unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let commits = (writers * per_writer) as u64;
+    let syncs = switch.syncs() - syncs_before;
+    assert_eq!(store.seen().unwrap().get(&dc("us-east")), commits);
+    assert!(
+        syncs < commits / 2,
+        "{syncs} fsyncs for {commits} concurrent commits: group commit is not grouping"
+    );
+}
+
+#[test]
+fn a_mem_store_crash_keeps_synced_commits_and_a_prefix_of_the_rest() {
+    let store = MemStore::new();
+    store.stage(put_commit("us-east", 1, "user:1"));
+    store.sync();
+    for seq in 2..=5 {
+        store.stage(put_commit("us-east", seq, &format!("user:{seq}")));
+    }
+    assert_eq!(store.unsynced(), 4);
+    assert_eq!(store.get(&users(), &Key::new("user:2").unwrap()).unwrap(), None, "unsynced is not visible");
+    assert_eq!(store.crash(2), 2);
+    assert_eq!(store.unsynced(), 0);
+    assert_eq!(store.seen().unwrap().get(&dc("us-east")), 3);
+    for seq in 1..=3 {
+        common::assert_durable(&store, "us-east", seq, &format!("user:{seq}"));
+    }
+    for seq in 4..=5 {
+        assert_eq!(store.get(&users(), &Key::new(format!("user:{seq}")).unwrap()).unwrap(), None);
+    }
+}
