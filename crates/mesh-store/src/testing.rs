@@ -1,4 +1,5 @@
-//! Test support: a storage backend that loses power.
+//! Test and benchmark support: a storage backend that loses power, and commits shaped like the
+//! engine's.
 //!
 //! kill -9 leaves the OS page cache intact, so a store that forgot to fsync still looks durable
 //! after it. [`PowerLossDisk`] is a redb [`StorageBackend`] that remembers, apart from what
@@ -6,6 +7,8 @@
 //! disk image a power loss would leave: the durable bytes plus, at most, a prefix of the writes
 //! issued since (a disk may have written some of them, in order, before the power went).
 
+use crate::CommitBatch;
+use mesh_core::{DcId, Dot, Hlc, Key, KeyState, Keyspace, Op, OpKind, ValueKind, VersionVector};
 use redb::StorageBackend;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -139,5 +142,37 @@ impl StorageBackend for PowerLossDisk {
         apply(&mut disk.current, &p);
         disk.pending.push(p);
         Ok(())
+    }
+}
+
+/// A deterministic value of `len` bytes derived from `key`, so a reader can check what it got.
+pub fn value_for(key: &str, len: usize) -> Vec<u8> {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    (0..len).map(|i| (h.rotate_left(i as u32 % 64) as u8) ^ (i as u8)).collect()
+}
+
+/// The commit the engine would make for a put of `value` to `users/key` by `origin` at `seq`:
+/// the log entry, the key's new state and the advanced `seen`.
+pub fn put_commit(origin: &DcId, seq: u64, key: &str, value: Vec<u8>) -> CommitBatch {
+    let op = Op {
+        dot: Dot::new(origin.clone(), seq),
+        hlc: Hlc::new(1_700_000_000_000 + seq, 0),
+        keyspace: Keyspace::new("users").expect("valid keyspace"),
+        key: Key::new(key).expect("valid key"),
+        kind: OpKind::Put(value),
+        context: VersionVector::new(),
+    };
+    let mut state = KeyState::new(ValueKind::Register);
+    state.apply(&op).expect("a put applies to a register");
+    let mut seen = VersionVector::new();
+    seen.observe(&op.dot);
+    CommitBatch {
+        states: vec![(op.keyspace.clone(), op.key.clone(), Some(state))],
+        ops: vec![op],
+        seen,
+        acked: vec![],
     }
 }

@@ -1,43 +1,21 @@
 //! Helpers shared by the store tests: ops and commits shaped like the engine's.
 #![allow(dead_code)]
 
-use mesh_core::{DcId, Dot, Hlc, Key, KeyState, Keyspace, Op, OpKind, ValueKind, VersionVector};
+use mesh_core::{DcId, Dot, Key, Keyspace};
 use mesh_store::CommitBatch;
 
 pub fn dc(s: &str) -> DcId {
     DcId::new(s).unwrap()
 }
 
-/// The value written for `key`: 100 bytes derived from the key, so a reader can check it.
+/// The 100-byte value written for `key`.
 pub fn value_for(key: &str) -> Vec<u8> {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in key.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    (0..100).map(|i| (h.rotate_left(i % 64) as u8) ^ (i as u8)).collect()
+    mesh_store::testing::value_for(key, 100)
 }
 
-/// A put of `value_for(key)` by `origin` at `seq`, and the commit the engine would make of it:
-/// the log entry, the key's new state and the advanced `seen`.
+/// A put of `value_for(key)` by `origin` at `seq`, committed as the engine would.
 pub fn put_commit(origin: &str, seq: u64, key: &str) -> CommitBatch {
-    let op = Op {
-        dot: Dot::new(dc(origin), seq),
-        hlc: Hlc::new(1_700_000_000_000 + seq, 0),
-        keyspace: Keyspace::new("users").unwrap(),
-        key: Key::new(key).unwrap(),
-        kind: OpKind::Put(value_for(key)),
-        context: VersionVector::new(),
-    };
-    let mut state = KeyState::new(ValueKind::Register);
-    state.apply(&op).unwrap();
-    let mut seen = VersionVector::new();
-    seen.observe(&op.dot);
-    CommitBatch {
-        states: vec![(op.keyspace.clone(), op.key.clone(), Some(state))],
-        ops: vec![op],
-        seen,
-        acked: vec![],
-    }
+    mesh_store::testing::put_commit(&dc(origin), seq, key, value_for(key))
 }
 
 /// Checks that `key` is present in `store` with the value `value_for(key)` written by
