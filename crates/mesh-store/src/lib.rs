@@ -18,7 +18,7 @@ mod durable;
 mod mem;
 pub mod testing;
 
-pub use durable::{DurableStore, GROUP_OPS_MAX};
+pub use durable::{DurableStore, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX};
 pub use mem::MemStore;
 
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
@@ -181,7 +181,9 @@ pub trait Store: LogRead + Send + Sync {
     /// The vector `peer` last confirmed durable, as persisted.
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError>;
 
-    /// Removes every log entry the vector `below` covers. Returns how many were removed.
+    /// Removes log entries the vector `below` covers. A store that keeps the log in chunks may
+    /// keep covered entries that share a chunk with uncovered ones, until a later compaction.
+    /// Returns how many were removed.
     fn compact_log(&self, below: &VersionVector) -> Result<u64, StoreError>;
 
     /// Ops and bytes in the log.

@@ -181,3 +181,38 @@ fn a_mem_store_crash_keeps_synced_commits_and_a_prefix_of_the_rest() {
         assert_eq!(store.get(&users(), &Key::new(format!("user:{seq}")).unwrap()).unwrap(), None);
     }
 }
+
+#[test]
+fn a_large_batch_reads_back_from_any_seq_and_a_duplicate_delivery_changes_nothing() {
+    both(|store| {
+        let mut batch = CommitBatch::default();
+        for seq in 1..=2_500 {
+            let one = put_commit("us-east", seq, &format!("user:{seq}"));
+            batch.ops.extend(one.ops);
+            batch.states.extend(one.states);
+            batch.seen.join(&one.seen);
+        }
+        let duplicate = CommitBatch { ops: batch.ops[1_000..1_200].to_vec(), ..Default::default() };
+        store.commit(batch).unwrap();
+        let stats = store.log_stats().unwrap();
+        store.commit(duplicate).unwrap();
+        assert_eq!(store.log_stats().unwrap(), stats, "re-logging ops changes nothing");
+        assert_eq!(stats.ops, 2_500);
+        for after in [0u64, 1, 1_023, 1_024, 1_025, 2_047, 2_499] {
+            let page = store.read_log(&dc("us-east"), after, 5, usize::MAX).unwrap();
+            let seqs: Vec<u64> = page.iter().map(|op| op.dot.seq).collect();
+            let expected: Vec<u64> = (after + 1..=(after + 5).min(2_500)).collect();
+            assert_eq!(seqs, expected, "after {after}");
+        }
+        assert_eq!(store.read_log(&dc("us-east"), 2_500, 5, usize::MAX).unwrap(), vec![]);
+        // Compaction removes what it covers, whole chunks at a time, and never more.
+        let removed = store.compact_log(&[(dc("us-east"), 2_000)].into_iter().collect()).unwrap();
+        assert!((1_000..=2_000).contains(&removed), "removed {removed}");
+        let first = store.log_first_seq(&dc("us-east")).unwrap().unwrap();
+        assert_eq!(first, removed + 1);
+        assert_eq!(store.log_stats().unwrap().ops, 2_500 - removed);
+        let rest = store.read_log(&dc("us-east"), 0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(rest.first().map(|op| op.dot.seq), Some(first));
+        assert_eq!(rest.len() as u64, 2_500 - removed);
+    });
+}
