@@ -15,7 +15,9 @@ use std::cmp::Ordering;
 use std::fmt;
 
 /// The name of one op: its origin DC and the origin's gapless sequence number (from 1).
+/// Deserializing a dot with seq 0 fails: 0 names no op.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "DotRepr")]
 pub struct Dot {
     /// The DC that created the op.
     pub origin: DcId,
@@ -28,6 +30,22 @@ impl Dot {
     pub fn new(origin: DcId, seq: u64) -> Self {
         assert!(seq > 0, "a dot's seq starts at 1");
         Self { origin, seq }
+    }
+}
+
+#[derive(Deserialize)]
+struct DotRepr {
+    origin: DcId,
+    seq: u64,
+}
+
+impl TryFrom<DotRepr> for Dot {
+    type Error = &'static str;
+    fn try_from(d: DotRepr) -> Result<Self, Self::Error> {
+        if d.seq == 0 {
+            return Err("a dot's seq starts at 1");
+        }
+        Ok(Dot { origin: d.origin, seq: d.seq })
     }
 }
 
@@ -154,6 +172,14 @@ mod tests {
         assert!(vv.covers(&Dot::new(dc("a"), 3)));
         assert!(!vv.covers(&Dot::new(dc("a"), 4)));
         assert!(!vv.covers(&Dot::new(dc("b"), 1)));
+    }
+
+    #[test]
+    fn a_decoded_dot_with_seq_zero_is_refused() {
+        let ok: Dot = toml::from_str("origin = 'a'\nseq = 1").unwrap();
+        assert_eq!(ok, Dot::new(dc("a"), 1));
+        let err = toml::from_str::<Dot>("origin = 'a'\nseq = 0").unwrap_err();
+        assert!(err.to_string().contains("seq starts at 1"), "{err}");
     }
 
     #[test]

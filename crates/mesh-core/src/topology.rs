@@ -11,6 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Smallest allowed `frame_bytes_max`: a frame must carry one op with a value of
+/// [`crate::VALUE_BYTES_MAX`] bytes plus its metadata.
+pub const FRAME_BYTES_MIN: u32 = 2 << 20;
+
 /// How long a write waits before its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -303,8 +307,9 @@ impl Topology {
         if r.retry_delay_max_ms < r.retry_delay_ms {
             return Err(bad("replication.retry_delay_max_ms", "must be at least retry_delay_ms"));
         }
-        if r.frame_bytes_max < 64 << 10 {
-            return Err(bad("replication.frame_bytes_max", "must be at least 65536"));
+        if r.frame_bytes_max < FRAME_BYTES_MIN {
+            let problem = format!("must be at least {FRAME_BYTES_MIN}, so one op with a maximal value fits");
+            return Err(bad("replication.frame_bytes_max", problem));
         }
 
         if config.dcs.is_empty() {
