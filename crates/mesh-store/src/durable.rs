@@ -1,15 +1,27 @@
-//! The durable store: redb on a file, with group commit.
+//! The durable store: redb on a file, with group commit and a write-ahead log of key states.
 //!
-//! Every commit is one redb write transaction with `Durability::Immediate`, so it is on disk
-//! (fsync) before it reports success.
+//! Submissions go through a bounded queue to one committer thread, which takes everything queued
+//! (up to [`GROUP_OPS_MAX`] ops) into a single redb write transaction with
+//! `Durability::Immediate`: concurrent writers share one fsync, and each learns the outcome
+//! through its own callback only after that fsync. Submission order is commit order.
 //!
-//! The op log is stored in chunks: each run of consecutive seqs of one origin within a commit
-//! (at most [`LOG_CHUNK_OPS_MAX`] ops) is one record keyed by (origin, last seq). One insert per
-//! run instead of one per op is what lets batched commits reach hundreds of thousands of ops
-//! per second; a reader decodes at most one chunk more than it returns. Submissions go through a bounded queue to one committer
-//! thread, which takes everything queued (up to [`GROUP_OPS_MAX`] ops) into a single
-//! transaction: concurrent writers share one fsync, and each learns the outcome through its own
-//! callback only after that fsync. Submission order is commit order.
+//! What one group commit writes, atomically:
+//! - the ops, in the op log: each run of consecutive seqs of one origin (at most
+//!   [`LOG_CHUNK_OPS_MAX`] ops) is one record keyed by (origin, last seq), so a batched commit
+//!   costs one insert per run;
+//! - the key states, as one write-ahead record keyed by the group's number;
+//! - `seen`, the acked vectors and the log statistics.
+//!
+//! Key states reach their own table (`kv`) later, in a checkpoint: once
+//! [`Options::checkpoint_keys_max`] keys or [`Options::checkpoint_wal_bytes_max`] bytes of
+//! write-ahead records have accumulated, one transaction writes the latest state of every key
+//! touched since the last checkpoint and deletes the write-ahead records it covers. A
+//! copy-on-write B-tree pays a page copy for every leaf a transaction touches, so writing states
+//! per group costs a leaf per key per commit; checkpointing writes each hot key once and touches
+//! each leaf once per checkpoint. Until then the states live in memory (the overlay), which reads
+//! consult first; on open the write-ahead records after the last checkpoint are replayed into it.
+//! Nothing here changes what is durable when: a group is acknowledged only after the transaction
+//! holding its ops, states and vectors is on disk.
 
 use crate::{decode, encode, CommitBatch, CommitDone, LogRead, LogStats, Snapshot, Store, StoreError};
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
@@ -20,7 +32,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 /// Most ops one group commit takes; a larger group waits for the next transaction.
@@ -32,7 +44,9 @@ const QUEUE_SUBMISSIONS_MAX: usize = 8_192;
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// (origin, seq of the chunk's last op) → msgpack `Vec<Op>`: consecutive ops of that origin.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
-/// Vectors and counters: "seen", "log_last", "acked/<dc>", "log_stats".
+/// Group number → msgpack `Vec<(Keyspace, Key, Option<KeyState>)>`: the states a group wrote.
+const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+/// Vectors and counters: "seen", "log_last", "acked/<dc>", "log_stats", "wal".
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const SEEN: &str = "seen";
@@ -42,6 +56,33 @@ const LOG_LAST: &str = "log_last";
 pub const LOG_CHUNK_OPS_MAX: usize = 1_024;
 const LOG_STATS: &str = "log_stats";
 const ACKED_PREFIX: &str = "acked/";
+/// (last group number committed, last group number checkpointed into `kv`).
+const WAL_POSITION: &str = "wal";
+
+/// Tuning of a [`DurableStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Checkpoint once this many distinct keys were written since the last checkpoint. Bounds the
+    /// memory of the overlay.
+    pub checkpoint_keys_max: usize,
+    /// Checkpoint once this many bytes of write-ahead records accumulated. Bounds the replay work
+    /// on open.
+    pub checkpoint_wal_bytes_max: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { checkpoint_keys_max: 65_536, checkpoint_wal_bytes_max: 64 << 20 }
+    }
+}
+
+/// Key states written since the last checkpoint (`None`: removed), and the number of the last
+/// group whose states they include.
+#[derive(Debug, Default)]
+struct Overlay {
+    states: BTreeMap<(Keyspace, Key), Option<KeyState>>,
+    group: u64,
+}
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
@@ -56,6 +97,7 @@ struct Submission {
 /// the committer.
 pub struct DurableStore {
     db: Arc<Database>,
+    overlay: Arc<RwLock<Overlay>>,
     queue: Option<SyncSender<Submission>>,
     committer: Option<JoinHandle<()>>,
 }
@@ -70,32 +112,68 @@ impl DurableStore {
     /// Opens the store at `path`, creating it if missing. After a crash redb recovers to the last
     /// durable commit here.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, Options::default())
+    }
+
+    /// Opens the store at `path` with `options`.
+    pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
         let db = Database::builder().create(path.as_ref()).map_err(db_err)?;
-        Self::start(db)
+        Self::start(db, options)
     }
 
     /// Opens the store on a custom storage backend (used by the power-loss tests).
-    pub fn open_with_backend(backend: impl StorageBackend) -> Result<Self, StoreError> {
+    pub fn open_with_backend(backend: impl StorageBackend, options: Options) -> Result<Self, StoreError> {
         let db = Database::builder().create_with_backend(backend).map_err(db_err)?;
-        Self::start(db)
+        Self::start(db, options)
     }
 
-    fn start(db: Database) -> Result<Self, StoreError> {
+    fn start(db: Database, options: Options) -> Result<Self, StoreError> {
         // Create the tables up front so that reads never meet a missing table.
         let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         txn.open_table(KV).map_err(db_err)?;
         txn.open_table(LOG).map_err(db_err)?;
+        txn.open_table(WAL).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
+        // Replay the write-ahead records after the last checkpoint into the overlay.
+        let mut overlay = Overlay::default();
+        let mut wal_bytes = 0u64;
+        {
+            let txn = db.begin_read().map_err(db_err)?;
+            let meta = txn.open_table(META).map_err(db_err)?;
+            let (committed, checkpointed): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
+            let wal = txn.open_table(WAL).map_err(db_err)?;
+            for entry in wal.range(checkpointed.saturating_add(1)..).map_err(db_err)? {
+                let (group, record) = entry.map_err(db_err)?;
+                let states: Vec<(Keyspace, Key, Option<KeyState>)> =
+                    decode("write-ahead record", record.value())?;
+                wal_bytes += record.value().len() as u64;
+                for (keyspace, key, state) in states {
+                    overlay.states.insert((keyspace, key), state);
+                }
+                overlay.group = group.value();
+            }
+            assert_eq!(
+                overlay.group.max(checkpointed),
+                committed,
+                "write-ahead records end at the last group"
+            );
+            overlay.group = committed;
+        }
         let db = Arc::new(db);
+        let overlay = Arc::new(RwLock::new(overlay));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
-        let committer_db = db.clone();
+        let committer = Committer { db: db.clone(), overlay: overlay.clone(), options, wal_bytes };
         let committer = std::thread::Builder::new()
             .name("mesh-store-commit".into())
-            .spawn(move || run_committer(&committer_db, rx))
+            .spawn(move || committer.run(rx))
             .map_err(db_err)?;
-        Ok(Self { db, queue: Some(queue), committer: Some(committer) })
+        Ok(Self { db, overlay, queue: Some(queue), committer: Some(committer) })
+    }
+
+    fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
+        self.overlay.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T, StoreError> {
@@ -124,34 +202,112 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn run_committer(db: &Database, rx: Receiver<Submission>) {
-    while let Ok(first) = rx.recv() {
-        let mut ops = first.batch.len();
-        let mut group = vec![first];
-        while ops < GROUP_OPS_MAX {
-            match rx.try_recv() {
-                Ok(next) => {
-                    ops += next.batch.len();
-                    group.push(next);
+/// The committer thread: the only writer of groups and checkpoints.
+struct Committer {
+    db: Arc<Database>,
+    overlay: Arc<RwLock<Overlay>>,
+    options: Options,
+    /// Bytes of write-ahead records since the last checkpoint.
+    wal_bytes: u64,
+}
+
+impl Committer {
+    fn run(mut self, rx: Receiver<Submission>) {
+        while let Ok(first) = rx.recv() {
+            let mut ops = first.batch.len();
+            let mut group = vec![first];
+            while ops < GROUP_OPS_MAX {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        ops += next.batch.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            let result = self.commit_group(group.iter().map(|s| &s.batch));
+            for s in group {
+                (s.done)(result.clone());
+            }
+            let due = {
+                let overlay = self.overlay.read().unwrap_or_else(|e| e.into_inner());
+                overlay.states.len() >= self.options.checkpoint_keys_max
+                    || self.wal_bytes >= self.options.checkpoint_wal_bytes_max
+            };
+            if result.is_ok() && due {
+                // A failed checkpoint loses nothing: the write-ahead records stay and the next
+                // group retries it.
+                let _ = self.checkpoint();
             }
         }
-        let result = write_group(db, group.iter().map(|s| &s.batch));
-        for s in group {
-            (s.done)(result.clone());
+    }
+
+    /// Writes every batch of the group in one transaction, returns once it is durable, and only
+    /// then shows the group's states to readers.
+    fn commit_group<'a>(
+        &mut self,
+        group: impl Iterator<Item = &'a CommitBatch> + Clone,
+    ) -> Result<(), StoreError> {
+        let number = self.overlay.read().unwrap_or_else(|e| e.into_inner()).group + 1;
+        let states: Vec<&(Keyspace, Key, Option<KeyState>)> = group.clone().flat_map(|b| &b.states).collect();
+        let record = encode(&states);
+        write_group(&self.db, group, number, &record)?;
+        self.wal_bytes += record.len() as u64;
+        let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
+        for (keyspace, key, state) in states {
+            overlay.states.insert((keyspace.clone(), key.clone()), state.clone());
         }
+        overlay.group = number;
+        Ok(())
+    }
+
+    /// Writes the overlay's states into `kv` and drops the write-ahead records they cover, in one
+    /// transaction; then empties the overlay.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let overlay = self.overlay.read().unwrap_or_else(|e| e.into_inner());
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        {
+            let mut kv = txn.open_table(KV).map_err(db_err)?;
+            for ((keyspace, key), state) in &overlay.states {
+                let k = (keyspace.as_str(), key.as_str());
+                match state {
+                    Some(state) => kv.insert(k, encode(state).as_slice()).map(drop),
+                    None => kv.remove(k).map(drop),
+                }
+                .map_err(db_err)?;
+            }
+            let mut wal = txn.open_table(WAL).map_err(db_err)?;
+            wal.retain_in(..=overlay.group, |_, _| false).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(WAL_POSITION, encode(&(overlay.group, overlay.group)).as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        drop(overlay);
+        // Only this thread adds to the overlay, so nothing arrived since the read above.
+        self.overlay.write().unwrap_or_else(|e| e.into_inner()).states.clear();
+        self.wal_bytes = 0;
+        Ok(())
     }
 }
 
-/// Writes every batch of the group in one transaction and returns once it is durable.
-fn write_group<'a>(db: &Database, group: impl Iterator<Item = &'a CommitBatch>) -> Result<(), StoreError> {
+/// Writes every batch of the group, as group `number` with write-ahead `record`, in one
+/// transaction and returns once it is durable.
+fn write_group<'a>(
+    db: &Database,
+    group: impl Iterator<Item = &'a CommitBatch>,
+    number: u64,
+    record: &[u8],
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
     {
         let mut log = txn.open_table(LOG).map_err(db_err)?;
-        let mut kv = txn.open_table(KV).map_err(db_err)?;
+        let mut wal = txn.open_table(WAL).map_err(db_err)?;
         let mut meta = txn.open_table(META).map_err(db_err)?;
+        wal.insert(number, record).map_err(db_err)?;
+        let (_, checkpointed): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
+        meta.insert(WAL_POSITION, encode(&(number, checkpointed)).as_slice()).map_err(db_err)?;
         let mut seen: VersionVector = read_meta(&meta, SEEN)?;
         let mut log_last: VersionVector = read_meta(&meta, LOG_LAST)?;
         let (mut log_ops, mut log_bytes): (u64, u64) = read_meta(&meta, LOG_STATS)?;
@@ -180,17 +336,6 @@ fn write_group<'a>(db: &Database, group: impl Iterator<Item = &'a CommitBatch>) 
                 }
                 log_last.observe(&op.dot);
                 chunk.push(op);
-            }
-            for (keyspace, key, state) in &batch.states {
-                match state {
-                    Some(state) => {
-                        kv.insert((keyspace.as_str(), key.as_str()), encode(state).as_slice())
-                            .map_err(db_err)?;
-                    }
-                    None => {
-                        kv.remove((keyspace.as_str(), key.as_str())).map_err(db_err)?;
-                    }
-                }
             }
             seen.join(&batch.seen);
             for (peer, vv) in &batch.acked {
@@ -270,6 +415,11 @@ impl Store for DurableStore {
     }
 
     fn get(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, StoreError> {
+        // The overlay holds every state newer than `kv`. A checkpoint writes `kv` before it
+        // empties the overlay, so a miss here finds the state in `kv`.
+        if let Some(state) = self.overlay().states.get(&(keyspace.clone(), key.clone())) {
+            return Ok(state.clone());
+        }
         let txn = self.db.begin_read().map_err(db_err)?;
         let kv = txn.open_table(KV).map_err(db_err)?;
         match kv.get((keyspace.as_str(), key.as_str())).map_err(db_err)? {
@@ -313,17 +463,31 @@ impl Store for DurableStore {
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let meta = txn.open_table(META).map_err(db_err)?;
-        let vector = read_meta(&meta, SEEN)?;
-        let kv = txn.open_table(KV).map_err(db_err)?;
-        Ok(Box::new(DurableSnapshot { vector, kv }))
+        // The read transaction and the overlay must show the same group: a group becomes visible
+        // in the database a moment before the committer adds its states to the overlay, so
+        // retry until both agree.
+        loop {
+            let overlay = self.overlay();
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let meta = txn.open_table(META).map_err(db_err)?;
+            let (committed, _): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
+            if committed != overlay.group {
+                drop(overlay);
+                std::thread::yield_now();
+                continue;
+            }
+            let vector = read_meta(&meta, SEEN)?;
+            let kv = txn.open_table(KV).map_err(db_err)?;
+            return Ok(Box::new(DurableSnapshot { vector, kv, overlay: overlay.states.clone() }));
+        }
     }
 }
 
 struct DurableSnapshot {
     vector: VersionVector,
     kv: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    /// States newer than `kv`, which take precedence (`None`: removed).
+    overlay: BTreeMap<(Keyspace, Key), Option<KeyState>>,
 }
 
 impl Snapshot for DurableSnapshot {
@@ -340,19 +504,50 @@ impl Snapshot for DurableSnapshot {
             Some((ks, k)) => Bound::Excluded((ks.as_str(), k.as_str())),
             None => Bound::Unbounded,
         };
+        let corrupt = |e: mesh_core::IdError| StoreError::Corrupt { what: "key", detail: e.to_string() };
+        let mut stored = self
+            .kv
+            .range::<(&str, &str)>((start, Bound::Unbounded))
+            .map_err(db_err)?
+            .map(|entry| {
+                let (k, v) = entry.map_err(db_err)?;
+                let (ks, key) = k.value();
+                Ok::<_, StoreError>(((ks.to_string(), key.to_string()), v.value().to_vec()))
+            })
+            .peekable();
+        let after_newer = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut newer = self.overlay.range::<(Keyspace, Key), _>((after_newer, Bound::Unbounded)).peekable();
         let mut out = Vec::new();
-        for entry in self.kv.range::<(&str, &str)>((start, Bound::Unbounded)).map_err(db_err)? {
-            if out.len() >= entries_max {
-                break;
+        // Merge the two key-ordered streams; on equal keys the overlay wins.
+        while out.len() < entries_max {
+            let stored_key = match stored.peek() {
+                Some(Ok((k, _))) => Some((k.0.as_str(), k.1.as_str())),
+                Some(Err(_)) => return Err(stored.next().expect("peeked").expect_err("an error")),
+                None => None,
+            };
+            let newer_key = newer.peek().map(|((ks, k), _)| (ks.as_str(), k.as_str()));
+            let (take_newer, skip_stored) = match (stored_key, newer_key) {
+                (None, None) => break,
+                (Some(_), None) => (false, false),
+                (None, Some(_)) => (true, false),
+                (Some(s), Some(n)) => (n <= s, s == n),
+            };
+            if skip_stored {
+                stored.next();
             }
-            let (k, v) = entry.map_err(db_err)?;
-            let (ks, key) = k.value();
-            let corrupt = |e: mesh_core::IdError| StoreError::Corrupt { what: "key", detail: e.to_string() };
-            out.push((
-                Keyspace::new(ks).map_err(corrupt)?,
-                Key::new(key).map_err(corrupt)?,
-                decode("key state", v.value())?,
-            ));
+            if take_newer {
+                let ((ks, k), state) = newer.next().expect("peeked");
+                if let Some(state) = state {
+                    out.push((ks.clone(), k.clone(), state.clone()));
+                }
+            } else {
+                let ((ks, key), v) = stored.next().expect("peeked")?;
+                out.push((
+                    Keyspace::new(ks).map_err(corrupt)?,
+                    Key::new(key).map_err(corrupt)?,
+                    decode("key state", &v)?,
+                ));
+            }
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ mod common;
 
 use common::{dc, put_commit};
 use mesh_store::testing::PowerLossDisk;
-use mesh_store::{DurableStore, LogRead, Store};
+use mesh_store::{DurableStore, LogRead, Options, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +20,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WRITERS: usize = 8;
+
+/// Checkpoints every few hundred keys, so that kills and power cuts also land during and after
+/// checkpoints, not only between write-ahead records.
+fn checkpoint_often() -> Options {
+    Options { checkpoint_keys_max: 200, checkpoint_wal_bytes_max: 64 << 10 }
+}
 
 fn seed(test: &str) -> u64 {
     let seed = std::env::var("MESH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
@@ -77,7 +83,7 @@ fn crash_child_writes_until_killed() {
     let path =
         std::env::var("MESH_CRASH_CHILD_DB").expect("run by kill_9_under_load_loses_no_acknowledged_write");
     let round: u64 = std::env::var("MESH_CRASH_ROUND").unwrap().parse().unwrap();
-    let store = Arc::new(DurableStore::open(path).unwrap());
+    let store = Arc::new(DurableStore::open_with(path, checkpoint_often()).unwrap());
     // Never outlive the parent by long if it failed to kill us.
     let deadline = Instant::now() + Duration::from_secs(60);
     let writers = write_until_failure(
@@ -138,7 +144,7 @@ fn kill_9_under_load_loses_no_acknowledged_write() {
         acks.extend(rx.try_iter());
         total_acks += acks.len();
 
-        let store = DurableStore::open(&db).unwrap();
+        let store = DurableStore::open_with(&db, checkpoint_often()).unwrap();
         for (seq, key) in &acks {
             common::assert_durable(&store, "us-east", *seq, key);
         }
@@ -158,7 +164,7 @@ fn power_loss_rounds(test: &str, rounds: u64, keep: impl Fn(&mut StdRng, usize) 
     for round in 0..rounds {
         let disk = PowerLossDisk::from_image(image.clone());
         let switch = disk.switch();
-        let store = Arc::new(DurableStore::open_with_backend(disk).unwrap());
+        let store = Arc::new(DurableStore::open_with_backend(disk, checkpoint_often()).unwrap());
         let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
         let sink = acked.clone();
         // Writers stop at their first failed commit, or once the power is off (a store that
@@ -188,7 +194,9 @@ fn power_loss_rounds(test: &str, rounds: u64, keep: impl Fn(&mut StdRng, usize) 
         let acked = acked.lock().unwrap().clone();
         total_acks += acked.len();
 
-        let store = DurableStore::open_with_backend(PowerLossDisk::from_image(image.clone())).unwrap();
+        let store =
+            DurableStore::open_with_backend(PowerLossDisk::from_image(image.clone()), checkpoint_often())
+                .unwrap();
         for (seq, key) in &acked {
             common::assert_durable(&store, "us-east", *seq, key);
         }

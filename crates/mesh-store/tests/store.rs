@@ -7,17 +7,24 @@ mod common;
 use common::{dc, put_commit, value_for};
 use mesh_core::{Key, Keyspace, VersionVector};
 use mesh_store::testing::PowerLossDisk;
-use mesh_store::{CommitBatch, DurableStore, LogCursor, LogRead, MemStore, Store};
+use mesh_store::{CommitBatch, DurableStore, LogCursor, LogRead, MemStore, Options, Store};
 use std::sync::{Arc, Barrier};
 
 fn users() -> Keyspace {
     Keyspace::new("users").unwrap()
 }
 
+/// Runs `test` against the durable store (with its default checkpoints, and with a checkpoint
+/// every few keys so that reads meet both checkpointed and overlay states) and the memory store.
 fn both(test: impl Fn(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     test(&DurableStore::open(dir.path().join("db.redb")).unwrap());
+    test(&DurableStore::open_with(dir.path().join("small.redb"), tiny_checkpoints()).unwrap());
     test(&MemStore::new());
+}
+
+fn tiny_checkpoints() -> Options {
+    Options { checkpoint_keys_max: 3, checkpoint_wal_bytes_max: 4096 }
 }
 
 #[test]
@@ -125,7 +132,7 @@ fn a_snapshot_is_a_consistent_cut_that_later_commits_do_not_change() {
 fn concurrent_submitters_share_fsyncs() {
     let disk = PowerLossDisk::from_image(Vec::new());
     let switch = disk.switch();
-    let store = Arc::new(DurableStore::open_with_backend(disk).unwrap());
+    let store = Arc::new(DurableStore::open_with_backend(disk, Options::default()).unwrap());
     let syncs_before = switch.syncs();
     let writers = 16;
     let per_writer = 50;
@@ -215,4 +222,38 @@ fn a_large_batch_reads_back_from_any_seq_and_a_duplicate_delivery_changes_nothin
         assert_eq!(rest.first().map(|op| op.dot.seq), Some(first));
         assert_eq!(rest.len() as u64, 2_500 - removed);
     });
+}
+
+#[test]
+fn reopening_replays_states_written_since_the_last_checkpoint() {
+    for options in [Options::default(), tiny_checkpoints()] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        {
+            let store = DurableStore::open_with(&path, options).unwrap();
+            for seq in 1..=20 {
+                store.commit(put_commit("us-east", seq, &format!("user:{}", seq % 7))).unwrap();
+            }
+            let mut remove = CommitBatch::default();
+            remove.states.push((users(), Key::new("user:3").unwrap(), None));
+            store.commit(remove).unwrap();
+        }
+        let store = DurableStore::open_with(&path, options).unwrap();
+        for k in 0..7u64 {
+            let key = format!("user:{k}");
+            let state = store.get(&users(), &Key::new(key.as_str()).unwrap()).unwrap();
+            if k == 3 {
+                assert_eq!(state, None, "a removal survives the reopen");
+                continue;
+            }
+            // The latest write of each key is the one with the highest seq ≡ k (mod 7).
+            let seq = (1..=20).rev().find(|s| s % 7 == k).unwrap();
+            let state = state.unwrap_or_else(|| panic!("{key} lost across reopen with {options:?}"));
+            assert_eq!(state.versions()[0].dot.seq, seq, "{key} with {options:?}");
+        }
+        let snap = store.snapshot().unwrap();
+        let keys: Vec<String> =
+            snap.chunk(None, 100).unwrap().into_iter().map(|(_, k, _)| k.to_string()).collect();
+        assert_eq!(keys, ["user:0", "user:1", "user:2", "user:4", "user:5", "user:6"]);
+    }
 }
