@@ -7,9 +7,9 @@
 //!
 //! What one group commit writes, atomically:
 //! - the ops, in the op log: each run of consecutive seqs of one origin (at most
-//!   [`LOG_CHUNK_OPS_MAX`] ops) is one record keyed by (origin, last seq), so a batched commit
-//!   costs one insert per run;
-//! - the key states, as one write-ahead record keyed by the group's number;
+//!   [`LOG_CHUNK_OPS_MAX`] ops) is one zstd-compressed record keyed by (origin, last seq), so a
+//!   batched commit costs one insert per run;
+//! - the key states, as one compressed write-ahead record keyed by the group's number;
 //! - `seen`, the acked vectors and the log statistics.
 //!
 //! Key states reach their own table (`kv`) later, in a checkpoint: once
@@ -84,6 +84,23 @@ struct Overlay {
     group: u64,
 }
 
+/// zstd level of log chunks and write-ahead records. A group commit is bound by the bytes it
+/// writes and syncs; level 1 shrinks a chunk of reference records about 4× for ~1 ms per 1,000 ops.
+const PACK_LEVEL: i32 = 1;
+
+/// Encodes `value` as MessagePack and compresses it: the form of log chunks and write-ahead
+/// records on disk.
+fn pack<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    zstd::bulk::compress(&encode(value), PACK_LEVEL).expect("zstd compression of an in-memory buffer")
+}
+
+/// Reverses [`pack`].
+fn unpack<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    let raw =
+        zstd::stream::decode_all(bytes).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })?;
+    decode(what, &raw)
+}
+
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -147,7 +164,7 @@ impl DurableStore {
             for entry in wal.range(checkpointed.saturating_add(1)..).map_err(db_err)? {
                 let (group, record) = entry.map_err(db_err)?;
                 let states: Vec<(Keyspace, Key, Option<KeyState>)> =
-                    decode("write-ahead record", record.value())?;
+                    unpack("write-ahead record", record.value())?;
                 wal_bytes += record.value().len() as u64;
                 for (keyspace, key, state) in states {
                     overlay.states.insert((keyspace, key), state);
@@ -225,9 +242,11 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let result = self.commit_group(group.iter().map(|s| &s.batch));
-            for s in group {
-                (s.done)(result.clone());
+            let (batches, callbacks): (Vec<CommitBatch>, Vec<CommitDone>) =
+                group.into_iter().map(|s| (s.batch, s.done)).unzip();
+            let result = self.commit_group(batches);
+            for done in callbacks {
+                done(result.clone());
             }
             let due = {
                 let overlay = self.overlay.read().unwrap_or_else(|e| e.into_inner());
@@ -244,18 +263,16 @@ impl Committer {
 
     /// Writes every batch of the group in one transaction, returns once it is durable, and only
     /// then shows the group's states to readers.
-    fn commit_group<'a>(
-        &mut self,
-        group: impl Iterator<Item = &'a CommitBatch> + Clone,
-    ) -> Result<(), StoreError> {
+    fn commit_group(&mut self, group: Vec<CommitBatch>) -> Result<(), StoreError> {
         let number = self.overlay.read().unwrap_or_else(|e| e.into_inner()).group + 1;
-        let states: Vec<&(Keyspace, Key, Option<KeyState>)> = group.clone().flat_map(|b| &b.states).collect();
-        let record = encode(&states);
-        write_group(&self.db, group, number, &record)?;
+        let states: Vec<&(Keyspace, Key, Option<KeyState>)> = group.iter().flat_map(|b| &b.states).collect();
+        let record = pack(&states);
+        write_group(&self.db, group.iter(), number, &record)?;
         self.wal_bytes += record.len() as u64;
+        // The batches are no longer needed: their states move into the overlay uncopied.
         let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
-        for (keyspace, key, state) in states {
-            overlay.states.insert((keyspace.clone(), key.clone()), state.clone());
+        for (keyspace, key, state) in group.into_iter().flat_map(|b| b.states) {
+            overlay.states.insert((keyspace, key), state);
         }
         overlay.group = number;
         Ok(())
@@ -315,7 +332,7 @@ fn write_group<'a>(
         let mut chunk: Vec<&Op> = Vec::new();
         let mut flush = |chunk: &mut Vec<&Op>| -> Result<(), StoreError> {
             let Some(last) = chunk.last() else { return Ok(()) };
-            let bytes = encode(&*chunk);
+            let bytes = pack(&*chunk);
             log.insert((last.dot.origin.as_str(), last.dot.seq), bytes.as_slice()).map_err(db_err)?;
             log_ops += chunk.len() as u64;
             log_bytes += bytes.len() as u64;
@@ -376,7 +393,7 @@ impl LogRead for DurableStore {
         // The first chunk whose last seq is past `after_seq` holds the first op to return.
         'chunks: for entry in log.range((o, after_seq.saturating_add(1))..=(o, u64::MAX)).map_err(db_err)? {
             let (_, value) = entry.map_err(db_err)?;
-            let chunk: Vec<Op> = decode("log chunk", value.value())?;
+            let chunk: Vec<Op> = unpack("log chunk", value.value())?;
             let op_bytes = value.value().len() / chunk.len().max(1);
             for op in chunk.into_iter().filter(|op| op.dot.seq > after_seq) {
                 if ops.len() >= ops_max || (!ops.is_empty() && bytes >= bytes_max) {
@@ -396,7 +413,7 @@ impl LogRead for DurableStore {
         let first = log.range((o, 0)..=(o, u64::MAX)).map_err(db_err)?.next();
         match first {
             Some(entry) => {
-                let chunk: Vec<Op> = decode("log chunk", entry.map_err(db_err)?.1.value())?;
+                let chunk: Vec<Op> = unpack("log chunk", entry.map_err(db_err)?.1.value())?;
                 Ok(chunk.first().map(|op| op.dot.seq))
             }
             None => Ok(None),
@@ -445,7 +462,7 @@ impl Store for DurableStore {
                 // Whole chunks only: a chunk that ends past `upto` stays until it is covered.
                 for entry in log.extract_from_if((o, 0)..=(o, upto), |_, _| true).map_err(db_err)? {
                     let (_, value) = entry.map_err(db_err)?;
-                    let chunk: Vec<Op> = decode("log chunk", value.value())?;
+                    let chunk: Vec<Op> = unpack("log chunk", value.value())?;
                     removed += chunk.len() as u64;
                     log_ops -= chunk.len() as u64;
                     log_bytes -= value.value().len() as u64;

@@ -193,7 +193,7 @@ pub trait Store: LogRead + Send + Sync {
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError>;
 }
 
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("in-memory msgpack encoding of our own types cannot fail")
 }
 
