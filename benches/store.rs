@@ -2,8 +2,11 @@
 //!
 //! - `single_op_writers/N`: N threads, each committing one 100-byte put at a time and waiting
 //!   for its fsync, as N concurrent clients of one DC would. Throughput is in ops.
-//! - `batched/N`: N threads, each committing batches of 1,000 puts (the engine's batched
-//!   submissions: a replicated batch or a pipelined client batch).
+//! - `batched/N`: N threads, each committing batches of 1,000 puts and waiting for each (a
+//!   replicated batch or a pipelined client batch).
+//! - `pipelined`: one submitter that keeps submitting 1,000-put batches without waiting, as the
+//!   engine's resolver actor does (it submits and handles `committed` later); the batches are
+//!   built before the clock starts, so this measures the store alone.
 //!
 //! Keys: `uniform` draws each key from 1,000,000 keys spread over the whole key space (every
 //! write lands on a different B-tree leaf: the worst case for a copy-on-write B-tree), and
@@ -47,10 +50,31 @@ impl Keys {
 }
 
 impl Writer {
-    /// Submits a commit of `ops` puts and returns a receiver for its outcome.
+    /// Submits a commit of `ops` puts and returns a receiver for its outcome. Seqs are taken and
+    /// the commit submitted under one lock, so the log receives them in order.
     fn submit(&self, ops: usize) -> mpsc::Receiver<Result<(), mesh_store::StoreError>> {
-        let (tx, rx) = mpsc::channel();
         let mut seq = self.next_seq.lock().unwrap();
+        let batch = self.build_locked(&mut seq, ops);
+        self.submit_built(batch)
+    }
+
+    /// A commit of `ops` puts with the next seqs.
+    fn build(&self, ops: usize) -> CommitBatch {
+        self.build_locked(&mut self.next_seq.lock().unwrap(), ops)
+    }
+
+    fn submit_built(&self, batch: CommitBatch) -> mpsc::Receiver<Result<(), mesh_store::StoreError>> {
+        let (tx, rx) = mpsc::channel();
+        self.store.submit(
+            batch,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx
+    }
+
+    fn build_locked(&self, seq: &mut u64, ops: usize) -> CommitBatch {
         let mut batch = CommitBatch::default();
         for _ in 0..ops {
             *seq += 1;
@@ -60,14 +84,20 @@ impl Writer {
             batch.states.extend(one.states);
             batch.seen.join(&one.seen);
         }
-        self.store.submit(
-            batch,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx
+        batch
     }
+}
+
+/// Builds `count` batches of `ops` puts (untimed), then submits them all without waiting and
+/// returns the time until the last one is durable.
+fn run_pipelined(writer: &Writer, count: u64, ops: usize) -> Duration {
+    let batches: Vec<CommitBatch> = (0..count).map(|_| writer.build(ops)).collect();
+    let start = Instant::now();
+    let receivers: Vec<_> = batches.into_iter().map(|b| writer.submit_built(b)).collect();
+    for rx in receivers {
+        rx.recv().unwrap().unwrap();
+    }
+    start.elapsed()
 }
 
 /// Runs `threads` threads that together commit `commits` commits of `ops` ops; returns the time.
@@ -121,6 +151,7 @@ fn group_commit(c: &mut Criterion) {
                 b.iter_custom(|iters| run(&writer, threads, iters.max(threads as u64), 1_000))
             });
         }
+        g.bench_function("pipelined", |b| b.iter_custom(|iters| run_pipelined(&writer, iters, 1_000)));
         g.finish();
     }
 }
