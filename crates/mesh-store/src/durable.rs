@@ -31,6 +31,7 @@ use redb::{
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -54,6 +55,9 @@ const SEEN: &str = "seen";
 const LOG_LAST: &str = "log_last";
 /// Most ops in one log chunk.
 pub const LOG_CHUNK_OPS_MAX: usize = 1_024;
+/// A chunk is closed once its ops carry this many payload bytes, so a reader that wants one op
+/// never inflates more than about this much.
+pub const LOG_CHUNK_PAYLOAD_BYTES_MAX: usize = 256 << 10;
 const LOG_STATS: &str = "log_stats";
 const ACKED_PREFIX: &str = "acked/";
 /// (last group number committed, last group number checkpointed into `kv`).
@@ -115,6 +119,8 @@ struct Submission {
 pub struct DurableStore {
     db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
+    /// Set when a write's outcome became unknown; see [`StoreError::OutcomeUnknown`].
+    poisoned: Arc<AtomicBool>,
     queue: Option<SyncSender<Submission>>,
     committer: Option<JoinHandle<()>>,
 }
@@ -181,12 +187,59 @@ impl DurableStore {
         let db = Arc::new(db);
         let overlay = Arc::new(RwLock::new(overlay));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
-        let committer = Committer { db: db.clone(), overlay: overlay.clone(), options, wal_bytes };
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let committer = Committer {
+            db: db.clone(),
+            overlay: overlay.clone(),
+            poisoned: poisoned.clone(),
+            options,
+            wal_bytes,
+        };
         let committer = std::thread::Builder::new()
             .name("mesh-store-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(db_err)?;
-        Ok(Self { db, overlay, queue: Some(queue), committer: Some(committer) })
+        Ok(Self { db, overlay, poisoned, queue: Some(queue), committer: Some(committer) })
+    }
+
+    /// Fails once the store is poisoned, so nothing is read or written past an unknown outcome.
+    fn check_usable(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Poisons the store after a write whose outcome is unknown, and says so.
+    fn outcome_unknown(&self, e: StoreError) -> StoreError {
+        self.poisoned.store(true, Ordering::SeqCst);
+        StoreError::OutcomeUnknown(e.to_string())
+    }
+
+    /// The compaction transaction; any error leaves its outcome unknown.
+    fn compact_log_txn(&self, below: &VersionVector) -> Result<u64, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        let mut removed = 0u64;
+        {
+            let mut log = txn.open_table(LOG).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let (mut log_ops, mut log_bytes): (u64, u64) = read_meta(&meta, LOG_STATS)?;
+            for (origin, upto) in below.iter() {
+                let o = origin.as_str();
+                // Whole chunks only: a chunk that ends past `upto` stays until it is covered.
+                for entry in log.extract_from_if((o, 0)..=(o, upto), |_, _| true).map_err(db_err)? {
+                    let (_, value) = entry.map_err(db_err)?;
+                    let chunk: Vec<Op> = unpack("log chunk", value.value())?;
+                    removed += chunk.len() as u64;
+                    log_ops -= chunk.len() as u64;
+                    log_bytes -= value.value().len() as u64;
+                }
+            }
+            meta.insert(LOG_STATS, encode(&(log_ops, log_bytes)).as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
     }
 
     fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
@@ -194,6 +247,7 @@ impl DurableStore {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T, StoreError> {
+        self.check_usable()?;
         let txn = self.db.begin_read().map_err(db_err)?;
         let meta = txn.open_table(META).map_err(db_err)?;
         read_meta(&meta, name)
@@ -223,6 +277,7 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
 struct Committer {
     db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
+    poisoned: Arc<AtomicBool>,
     options: Options,
     /// Bytes of write-ahead records since the last checkpoint.
     wal_bytes: u64,
@@ -244,7 +299,17 @@ impl Committer {
             }
             let (batches, callbacks): (Vec<CommitBatch>, Vec<CommitDone>) =
                 group.into_iter().map(|s| (s.batch, s.done)).unzip();
-            let result = self.commit_group(batches);
+            // Fail-stop: after a write whose outcome is unknown (redb may have made a failed
+            // commit durable, and refuses writes until reopened), nothing more is committed:
+            // a later group must never become durable above a hole.
+            let result = if self.poisoned.load(Ordering::SeqCst) {
+                Err(StoreError::Poisoned)
+            } else {
+                self.commit_group(batches).map_err(|e| {
+                    self.poisoned.store(true, Ordering::SeqCst);
+                    StoreError::OutcomeUnknown(e.to_string())
+                })
+            };
             for done in callbacks {
                 done(result.clone());
             }
@@ -253,10 +318,10 @@ impl Committer {
                 overlay.states.len() >= self.options.checkpoint_keys_max
                     || self.wal_bytes >= self.options.checkpoint_wal_bytes_max
             };
-            if result.is_ok() && due {
-                // A failed checkpoint loses nothing: the write-ahead records stay and the next
-                // group retries it.
-                let _ = self.checkpoint();
+            if result.is_ok() && due && self.checkpoint().is_err() {
+                // The write-ahead records still hold every state, but the database may refuse
+                // writes from now on: stop, as after a failed group.
+                self.poisoned.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -330,6 +395,7 @@ fn write_group<'a>(
         let (mut log_ops, mut log_bytes): (u64, u64) = read_meta(&meta, LOG_STATS)?;
         let mut acked: BTreeMap<DcId, VersionVector> = BTreeMap::new();
         let mut chunk: Vec<&Op> = Vec::new();
+        let mut chunk_payload_bytes = 0usize;
         let mut flush = |chunk: &mut Vec<&Op>| -> Result<(), StoreError> {
             let Some(last) = chunk.last() else { return Ok(()) };
             let bytes = pack(&*chunk);
@@ -348,10 +414,15 @@ fn write_group<'a>(
                 let extends = chunk
                     .last()
                     .is_some_and(|prev| prev.dot.origin == op.dot.origin && prev.dot.seq + 1 == op.dot.seq);
-                if !extends || chunk.len() >= LOG_CHUNK_OPS_MAX {
+                if !extends
+                    || chunk.len() >= LOG_CHUNK_OPS_MAX
+                    || chunk_payload_bytes >= LOG_CHUNK_PAYLOAD_BYTES_MAX
+                {
                     flush(&mut chunk)?;
+                    chunk_payload_bytes = 0;
                 }
                 log_last.observe(&op.dot);
+                chunk_payload_bytes += op.kind.payload_bytes() + op.key.as_str().len();
                 chunk.push(op);
             }
             seen.join(&batch.seen);
@@ -385,17 +456,30 @@ impl LogRead for DurableStore {
         ops_max: usize,
         bytes_max: usize,
     ) -> Result<Vec<Op>, StoreError> {
+        self.check_usable()?;
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(LOG).map_err(db_err)?;
         let o = origin.as_str();
-        let mut ops = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
         let mut bytes = 0usize;
         // The first chunk whose last seq is past `after_seq` holds the first op to return.
         'chunks: for entry in log.range((o, after_seq.saturating_add(1))..=(o, u64::MAX)).map_err(db_err)? {
+            if ops.len() >= ops_max || (!ops.is_empty() && bytes >= bytes_max) {
+                break;
+            }
             let (_, value) = entry.map_err(db_err)?;
             let chunk: Vec<Op> = unpack("log chunk", value.value())?;
             let op_bytes = value.value().len() / chunk.len().max(1);
             for op in chunk.into_iter().filter(|op| op.dot.seq > after_seq) {
+                let expected = ops.last().map_or(after_seq, |last| last.dot.seq) + 1;
+                if op.dot.seq != expected {
+                    if ops.is_empty() {
+                        let (origin, next_seq) = (origin.clone(), Some(op.dot.seq));
+                        return Err(StoreError::Compacted { origin, after_seq, next_seq });
+                    }
+                    // A gap after some ops: return those; the next read reports the gap.
+                    break 'chunks;
+                }
                 if ops.len() >= ops_max || (!ops.is_empty() && bytes >= bytes_max) {
                     break 'chunks;
                 }
@@ -407,6 +491,7 @@ impl LogRead for DurableStore {
     }
 
     fn log_first_seq(&self, origin: &DcId) -> Result<Option<u64>, StoreError> {
+        self.check_usable()?;
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(LOG).map_err(db_err)?;
         let o = origin.as_str();
@@ -423,6 +508,9 @@ impl LogRead for DurableStore {
 
 impl Store for DurableStore {
     fn submit(&self, batch: CommitBatch, done: CommitDone) {
+        if let Err(e) = self.check_usable() {
+            return done(Err(e));
+        }
         let Some(queue) = &self.queue else {
             return done(Err(StoreError::Closed));
         };
@@ -432,6 +520,7 @@ impl Store for DurableStore {
     }
 
     fn get(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, StoreError> {
+        self.check_usable()?;
         // The overlay holds every state newer than `kv`. A checkpoint writes `kv` before it
         // empties the overlay, so a miss here finds the state in `kv`.
         if let Some(state) = self.overlay().states.get(&(keyspace.clone(), key.clone())) {
@@ -450,28 +539,8 @@ impl Store for DurableStore {
     }
 
     fn compact_log(&self, below: &VersionVector) -> Result<u64, StoreError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(Durability::Immediate).map_err(db_err)?;
-        let mut removed = 0u64;
-        {
-            let mut log = txn.open_table(LOG).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            let (mut log_ops, mut log_bytes): (u64, u64) = read_meta(&meta, LOG_STATS)?;
-            for (origin, upto) in below.iter() {
-                let o = origin.as_str();
-                // Whole chunks only: a chunk that ends past `upto` stays until it is covered.
-                for entry in log.extract_from_if((o, 0)..=(o, upto), |_, _| true).map_err(db_err)? {
-                    let (_, value) = entry.map_err(db_err)?;
-                    let chunk: Vec<Op> = unpack("log chunk", value.value())?;
-                    removed += chunk.len() as u64;
-                    log_ops -= chunk.len() as u64;
-                    log_bytes -= value.value().len() as u64;
-                }
-            }
-            meta.insert(LOG_STATS, encode(&(log_ops, log_bytes)).as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(removed)
+        self.check_usable()?;
+        self.compact_log_txn(below).map_err(|e| self.outcome_unknown(e))
     }
 
     fn log_stats(&self) -> Result<LogStats, StoreError> {
@@ -484,6 +553,8 @@ impl Store for DurableStore {
         // in the database a moment before the committer adds its states to the overlay, so
         // retry until both agree.
         loop {
+            // A poisoned store may never bring the two into step again.
+            self.check_usable()?;
             let overlay = self.overlay();
             let txn = self.db.begin_read().map_err(db_err)?;
             let meta = txn.open_table(META).map_err(db_err)?;

@@ -18,7 +18,7 @@ mod durable;
 mod mem;
 pub mod testing;
 
-pub use durable::{DurableStore, Options, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX};
+pub use durable::{DurableStore, Options, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX, LOG_CHUNK_PAYLOAD_BYTES_MAX};
 pub use mem::MemStore;
 
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
@@ -26,10 +26,32 @@ use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 /// A store operation that failed. What happened to state is said per variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The database reported an error (IO, corruption it detected, or a full disk). A commit
-    /// that fails with this was not applied.
+    /// The database reported an error on a read (IO, or corruption it detected). Nothing was
+    /// changed.
     #[error("storage error: {0}")]
     Db(String),
+    /// A commit (or a checkpoint or compaction) failed in a way that leaves its outcome unknown:
+    /// it may or may not be durable. The store is now poisoned: every later call fails with
+    /// [`StoreError::Poisoned`] until it is reopened, and reopening tells what became durable.
+    /// A caller MUST NOT treat the commit as rolled back (for example reuse its seqs).
+    #[error("commit outcome unknown, the store must be reopened: {0}")]
+    OutcomeUnknown(String),
+    /// An earlier commit's outcome is unknown ([`StoreError::OutcomeUnknown`]); the store
+    /// refuses everything until it is reopened. Nothing was changed.
+    #[error("the store is poisoned by an earlier failed commit; reopen it")]
+    Poisoned,
+    /// The ops asked for were compacted away (or never logged here, after a state transfer):
+    /// the log of `origin` has no op `after_seq + 1`; the next op it holds is `next_seq`, if
+    /// any. A peer that needs them catches up by state transfer. Nothing was changed.
+    #[error("the log of {origin} has no op after seq {after_seq} (next held: {next_seq:?})")]
+    Compacted {
+        /// The origin whose log was read.
+        origin: DcId,
+        /// The seq the read started after.
+        after_seq: u64,
+        /// The lowest seq above `after_seq` still held, if any.
+        next_seq: Option<u64>,
+    },
     /// A stored record could not be decoded: the store is damaged. Nothing was changed.
     #[error("stored {what} could not be decoded: {detail}")]
     Corrupt {
@@ -85,9 +107,11 @@ pub trait LogRead {
     /// The vector of ops this DC has applied, as durably committed.
     fn seen(&self) -> Result<VersionVector, StoreError>;
 
-    /// Up to `ops_max` ops of `origin` with seq > `after_seq`, in seq order, stopping early once
-    /// `bytes_max` encoded bytes are reached (always at least one op when any is there). Never
-    /// loads more than that into memory, so a replicator's window stays bounded.
+    /// Up to `ops_max` ops of `origin` with seqs `after_seq + 1, after_seq + 2, …` without a gap,
+    /// stopping early once `bytes_max` encoded bytes are reached (always at least one op when any
+    /// is there) or at a gap. Empty when nothing follows `after_seq`;
+    /// [`StoreError::Compacted`] when the log holds later ops but not `after_seq + 1`. Loads at
+    /// most one log chunk beyond what it returns, so a replicator's window stays bounded.
     fn read_log(
         &self,
         origin: &DcId,
@@ -118,7 +142,7 @@ impl LogCursor {
     /// The next page of at most `ops_max` ops / `bytes_max` bytes; empty at the end of the log.
     ///
     /// # Panics
-    /// If the log returns a gap or goes backwards: an origin's log is gapless.
+    /// If the log returns a gap or goes backwards, which [`LogRead::read_log`] never does.
     pub fn next_page(
         &mut self,
         log: &(impl LogRead + ?Sized),

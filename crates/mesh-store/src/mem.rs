@@ -20,6 +20,9 @@ use std::sync::Mutex;
 struct MemState {
     kv: BTreeMap<(Keyspace, Key), KeyState>,
     log: BTreeMap<(DcId, u64), Op>,
+    /// Per origin, the highest seq logged; as in the durable store, an op at or below it is a
+    /// duplicate and is not logged again (even after compaction removed the first copy).
+    log_last: VersionVector,
     seen: VersionVector,
     acked: BTreeMap<DcId, VersionVector>,
     stats: LogStats,
@@ -28,12 +31,13 @@ struct MemState {
 impl MemState {
     fn apply(&mut self, batch: &CommitBatch) {
         for op in &batch.ops {
-            let bytes = crate::encode(op).len() as u64;
-            match self.log.insert((op.dot.origin.clone(), op.dot.seq), op.clone()) {
-                Some(old) => self.stats.bytes -= crate::encode(&old).len() as u64,
-                None => self.stats.ops += 1,
+            if self.log_last.covers(&op.dot) {
+                continue;
             }
-            self.stats.bytes += bytes;
+            self.log_last.observe(&op.dot);
+            self.log.insert((op.dot.origin.clone(), op.dot.seq), op.clone());
+            self.stats.ops += 1;
+            self.stats.bytes += crate::encode(op).len() as u64;
         }
         for (keyspace, key, state) in &batch.states {
             let k = (keyspace.clone(), key.clone());
@@ -123,11 +127,19 @@ impl LogRead for MemStore {
         bytes_max: usize,
     ) -> Result<Vec<Op>, StoreError> {
         let inner = self.lock();
-        let mut ops = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
         let mut bytes = 0usize;
         let from = (origin.clone(), after_seq.saturating_add(1));
         let to = (origin.clone(), u64::MAX);
         for op in inner.durable.log.range(from..=to).map(|(_, op)| op) {
+            let expected = ops.last().map_or(after_seq, |last| last.dot.seq) + 1;
+            if op.dot.seq != expected {
+                if ops.is_empty() {
+                    let (origin, next_seq) = (origin.clone(), Some(op.dot.seq));
+                    return Err(StoreError::Compacted { origin, after_seq, next_seq });
+                }
+                break;
+            }
             if ops.len() >= ops_max || (!ops.is_empty() && bytes >= bytes_max) {
                 break;
             }

@@ -200,6 +200,14 @@ fn power_loss_rounds(test: &str, rounds: u64, keep: impl Fn(&mut StdRng, usize) 
         for (seq, key) in &acked {
             common::assert_durable(&store, "us-east", *seq, key);
         }
+        // What survived is one consistent prefix: the log is gapless up to `seen`, and every
+        // logged op's key holds that op's state (acknowledged or not).
+        let seen = store.seen().unwrap().get(&dc("us-east"));
+        let log = store.read_log(&dc("us-east"), 0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(log.len() as u64, seen, "round {round}: the log is gapless up to seen");
+        for op in log.iter().filter(|op| op.key.as_str().starts_with(&format!("r{round}:"))) {
+            common::assert_durable(&store, "us-east", op.dot.seq, op.key.as_str());
+        }
     }
     eprintln!("{test}: {rounds} power cuts, {total_acks} acknowledged writes, all present");
 }

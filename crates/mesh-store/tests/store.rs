@@ -7,7 +7,7 @@ mod common;
 use common::{dc, put_commit, value_for};
 use mesh_core::{Key, Keyspace, VersionVector};
 use mesh_store::testing::PowerLossDisk;
-use mesh_store::{CommitBatch, DurableStore, LogCursor, LogRead, MemStore, Options, Store};
+use mesh_store::{CommitBatch, DurableStore, LogCursor, LogRead, MemStore, Options, Store, StoreError};
 use std::sync::{Arc, Barrier};
 
 fn users() -> Keyspace {
@@ -218,9 +218,22 @@ fn a_large_batch_reads_back_from_any_seq_and_a_duplicate_delivery_changes_nothin
         let first = store.log_first_seq(&dc("us-east")).unwrap().unwrap();
         assert_eq!(first, removed + 1);
         assert_eq!(store.log_stats().unwrap().ops, 2_500 - removed);
-        let rest = store.read_log(&dc("us-east"), 0, usize::MAX, usize::MAX).unwrap();
+        let rest = store.read_log(&dc("us-east"), first - 1, usize::MAX, usize::MAX).unwrap();
         assert_eq!(rest.first().map(|op| op.dot.seq), Some(first));
         assert_eq!(rest.len() as u64, 2_500 - removed);
+        // Reading from below the retained log says so, rather than skipping ahead.
+        let err = store.read_log(&dc("us-east"), 0, 10, usize::MAX).unwrap_err();
+        let expected = StoreError::Compacted { origin: dc("us-east"), after_seq: 0, next_seq: Some(first) };
+        assert_eq!(err, expected);
+        // A late duplicate of a compacted op is not logged again.
+        store
+            .commit(CommitBatch {
+                ops: vec![put_commit("us-east", 5, "user:5").ops[0].clone()],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(store.log_first_seq(&dc("us-east")).unwrap(), Some(first));
+        assert_eq!(store.log_stats().unwrap().ops, 2_500 - removed);
     });
 }
 
@@ -256,4 +269,60 @@ fn reopening_replays_states_written_since_the_last_checkpoint() {
             snap.chunk(None, 100).unwrap().into_iter().map(|(_, k, _)| k.to_string()).collect();
         assert_eq!(keys, ["user:0", "user:1", "user:2", "user:4", "user:5", "user:6"]);
     }
+}
+
+#[test]
+fn after_a_failed_commit_the_store_refuses_everything_until_reopened() {
+    let disk = PowerLossDisk::from_image(Vec::new());
+    let switch = disk.switch();
+    let store = DurableStore::open_with_backend(disk, Options::default()).unwrap();
+    store.commit(put_commit("us-east", 1, "user:1")).unwrap();
+    let image = switch.cut(0);
+    let err = store.commit(put_commit("us-east", 2, "user:2")).unwrap_err();
+    assert!(matches!(err, StoreError::OutcomeUnknown(_)), "{err:?}");
+    assert_eq!(store.commit(put_commit("us-east", 3, "user:3")).unwrap_err(), StoreError::Poisoned);
+    assert_eq!(store.get(&users(), &Key::new("user:1").unwrap()).unwrap_err(), StoreError::Poisoned);
+    assert_eq!(store.seen().unwrap_err(), StoreError::Poisoned);
+    assert!(
+        matches!(store.snapshot(), Err(StoreError::Poisoned)),
+        "a snapshot fails instead of waiting forever"
+    );
+    drop(store);
+    let store =
+        DurableStore::open_with_backend(PowerLossDisk::from_image(image), Options::default()).unwrap();
+    common::assert_durable(&store, "us-east", 1, "user:1");
+}
+
+#[test]
+fn snapshots_and_reads_during_commits_and_checkpoints_are_consistent_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DurableStore::open_with(dir.path().join("db.redb"), tiny_checkpoints()).unwrap());
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for seq in 1..=300 {
+                store.commit(put_commit("us-east", seq, &format!("user:{seq}"))).unwrap();
+            }
+        })
+    };
+    let mut cuts = 0;
+    while !writer.is_finished() {
+        // Every key k ≤ the snapshot's vector is in the snapshot, and no key beyond it.
+        let snap = store.snapshot().unwrap();
+        let upto = snap.vector().get(&dc("us-east"));
+        let keys = snap.chunk(None, 10_000).unwrap();
+        assert_eq!(keys.len() as u64, upto, "snapshot at {upto} holds {} keys", keys.len());
+        for (_, k, state) in &keys {
+            let seq: u64 = k.as_str()["user:".len()..].parse().unwrap();
+            assert!(seq <= upto);
+            assert_eq!(state.versions()[0].dot.seq, seq);
+        }
+        // A read never shows a key beyond what `seen` covers afterwards.
+        if upto > 0 {
+            assert!(store.get(&users(), &Key::new(format!("user:{upto}")).unwrap()).unwrap().is_some());
+        }
+        cuts += 1;
+    }
+    writer.join().unwrap();
+    assert!(cuts > 1, "the test took only {cuts} snapshot while writing");
 }
