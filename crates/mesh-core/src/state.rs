@@ -107,6 +107,21 @@ impl OrSet {
     }
 }
 
+/// The PN-counter op adding `delta` for `origin`, or `None` when the origin's running total of
+/// additions (or subtractions) would overflow.
+fn counter_step(counter: &PNCounter<DcId>, origin: &DcId, delta: i64) -> Option<crdts::pncounter::Op<DcId>> {
+    let step = delta.unsigned_abs();
+    // `inc_many(origin, 0)` reads the origin's running total without changing anything.
+    let total =
+        if delta >= 0 { counter.inc_many(origin.clone(), 0) } else { counter.dec_many(origin.clone(), 0) };
+    total.dot.counter.checked_add(step)?;
+    Some(if delta >= 0 {
+        counter.inc_many(origin.clone(), step)
+    } else {
+        counter.dec_many(origin.clone(), step)
+    })
+}
+
 /// The value part of a key's state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Value {
@@ -140,6 +155,13 @@ pub enum StateError {
         op: ValueKind,
         /// The type the key holds.
         key: ValueKind,
+    },
+    /// A counter add would overflow the origin's running total of additions or subtractions
+    /// (each kept as a u64 per origin).
+    #[error("counter add of {delta} would overflow this DC's running total for the key")]
+    CounterOverflow {
+        /// The refused amount.
+        delta: i64,
     },
     /// A write without context would add a sibling beyond the keyspace's `siblings_max`.
     #[error("the key already has {siblings} siblings (siblings_max = {max}); read it and write with its context to resolve them")]
@@ -266,7 +288,20 @@ impl KeyState {
                 }
                 None => Ok(self.context.clone()),
             },
-            OpKind::CounterAdd(_) | OpKind::SetAdd(_) => Ok(VersionVector::new()),
+            OpKind::CounterAdd(delta) => {
+                // Refused here, at the serving DC, so no op that cannot apply is ever created.
+                // The serving DC is not named here, so every origin's total is checked: an add is
+                // refused if it would overflow any of them.
+                match &self.value {
+                    Value::Counter(counter)
+                        if self.context.iter().any(|(o, _)| counter_step(counter, o, *delta).is_none()) =>
+                    {
+                        Err(StateError::CounterOverflow { delta: *delta })
+                    }
+                    _ => Ok(VersionVector::new()),
+                }
+            }
+            OpKind::SetAdd(_) => Ok(VersionVector::new()),
             OpKind::SetRemove(_) => Ok(client_context.cloned().unwrap_or_else(|| self.context.clone())),
         }
     }
@@ -302,10 +337,8 @@ impl KeyState {
                 self.context.join(&op.context);
             }
             (Value::Counter(counter), OpKind::CounterAdd(delta)) => {
-                let origin = op.dot.origin.clone();
-                let step = delta.unsigned_abs();
-                let pn_op =
-                    if *delta >= 0 { counter.inc_many(origin, step) } else { counter.dec_many(origin, step) };
+                let pn_op = counter_step(counter, &op.dot.origin, *delta)
+                    .ok_or(StateError::CounterOverflow { delta: *delta })?;
                 counter.apply(pn_op);
             }
             (Value::Set(set), OpKind::SetAdd(members)) => {
@@ -356,13 +389,15 @@ impl KeyState {
     }
 
     /// Drops register tombstones every DC has seen (`stable` is the meet of all DCs' `seen`)
-    /// when no live version remains beside them. Returns whether the key is now empty and may
-    /// be removed from the store. Safe only under the tombstone GC rule of DESIGN.md, which the
-    /// caller checks when it computes `stable`.
+    /// when no live version remains beside them and `stable` covers the key's whole context (so
+    /// no op the tombstones superseded can still arrive and come back). Returns whether the key
+    /// is now empty and may be removed from the store. Safe only under the tombstone GC rule of
+    /// DESIGN.md, which the caller checks when it computes `stable`.
     pub fn gc_tombstones(&mut self, stable: &VersionVector) -> bool {
+        let context_stable = stable.dominates(&self.context);
         match &mut self.value {
             Value::Register(versions) => {
-                if versions.iter().all(|v| v.is_tombstone() && stable.covers(&v.dot)) {
+                if context_stable && versions.iter().all(|v| v.is_tombstone() && stable.covers(&v.dot)) {
                     versions.clear();
                 }
                 versions.is_empty()
