@@ -92,6 +92,40 @@ impl PowerSwitch {
         image
     }
 
+    /// Cuts the power, as [`PowerSwitch::cut`], but a disk that reorders: every 4 KiB sector of
+    /// every write issued since the last sync (and every resize) survives or not as `keep`
+    /// says, independently, in issue order. Models a disk that wrote some later sectors and not
+    /// some earlier ones, and writes torn at sector boundaries.
+    pub fn cut_sectors(&self, mut keep: impl FnMut() -> bool) -> Vec<u8> {
+        const SECTOR_BYTES: u64 = 4096;
+        let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        disk.dead = true;
+        let mut image = disk.durable.clone();
+        for p in &disk.pending {
+            match p {
+                Pending::SetLen(_) => {
+                    if keep() {
+                        apply(&mut image, p);
+                    }
+                }
+                Pending::Write { offset, data } => {
+                    let mut at = 0usize;
+                    while at < data.len() {
+                        let abs = offset + at as u64;
+                        let sector_end = ((abs / SECTOR_BYTES) + 1) * SECTOR_BYTES;
+                        let end = data.len().min(at + (sector_end - abs) as usize);
+                        if keep() {
+                            let piece = Pending::Write { offset: abs, data: data[at..end].to_vec() };
+                            apply(&mut image, &piece);
+                        }
+                        at = end;
+                    }
+                }
+            }
+        }
+        image
+    }
+
     /// Writes issued since the last sync.
     pub fn unsynced_writes(&self) -> usize {
         self.disk.lock().unwrap_or_else(|e| e.into_inner()).pending.len()

@@ -156,8 +156,16 @@ fn kill_9_under_load_loses_no_acknowledged_write() {
     assert!(total_acks >= rounds * 2, "too few writes were acknowledged to prove anything");
 }
 
-/// Runs power-loss rounds; `keep` picks how many unsynced writes survive each cut.
-fn power_loss_rounds(test: &str, rounds: u64, keep: impl Fn(&mut StdRng, usize) -> usize) {
+/// How a power cut treats the writes issued since the last sync.
+enum Cut {
+    /// Keep this many of them, in order (chosen per round from the number pending).
+    Prefix(fn(&mut StdRng, usize) -> usize),
+    /// Keep each 4 KiB sector of each of them with probability one half (reordered, torn).
+    Sectors,
+}
+
+/// Runs power-loss rounds, cutting as `cut` says.
+fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
     let mut rng = StdRng::seed_from_u64(seed(test));
     let mut image = Vec::new();
     let mut total_acks = 0usize;
@@ -184,8 +192,13 @@ fn power_loss_rounds(test: &str, rounds: u64, keep: impl Fn(&mut StdRng, usize) 
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
-        let unsynced = switch.unsynced_writes();
-        image = switch.cut(keep(&mut rng, unsynced));
+        image = match &cut {
+            Cut::Prefix(keep) => {
+                let unsynced = switch.unsynced_writes();
+                switch.cut(keep(&mut rng, unsynced))
+            }
+            Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
+        };
         off.store(true, Ordering::SeqCst);
         for w in writers {
             w.join().unwrap();
@@ -214,7 +227,11 @@ fn power_loss_rounds(test: &str, rounds: u64, keep: impl Fn(&mut StdRng, usize) 
 
 #[test]
 fn power_loss_dropping_every_unsynced_write_loses_no_acknowledged_write() {
-    power_loss_rounds("power_loss_dropping_every_unsynced_write_loses_no_acknowledged_write", 25, |_, _| 0);
+    power_loss_rounds(
+        "power_loss_dropping_every_unsynced_write_loses_no_acknowledged_write",
+        25,
+        Cut::Prefix(|_, _| 0),
+    );
 }
 
 #[test]
@@ -222,6 +239,15 @@ fn power_loss_keeping_a_prefix_of_unsynced_writes_loses_no_acknowledged_write() 
     power_loss_rounds(
         "power_loss_keeping_a_prefix_of_unsynced_writes_loses_no_acknowledged_write",
         25,
-        |rng, unsynced| rng.random_range(0..=unsynced),
+        Cut::Prefix(|rng, unsynced| rng.random_range(0..=unsynced)),
+    );
+}
+
+#[test]
+fn power_loss_keeping_a_random_subset_of_unsynced_sectors_loses_no_acknowledged_write() {
+    power_loss_rounds(
+        "power_loss_keeping_a_random_subset_of_unsynced_sectors_loses_no_acknowledged_write",
+        25,
+        Cut::Sectors,
     );
 }
