@@ -23,7 +23,9 @@
 //! Nothing here changes what is durable when: a group is acknowledged only after the transaction
 //! holding its ops, states and vectors is on disk.
 
-use crate::{decode, encode, CommitBatch, CommitDone, LogRead, LogStats, Snapshot, Store, StoreError};
+use crate::{
+    decode, encode, CommitBatch, CommitDone, LogPage, LogRead, LogStats, Snapshot, Store, StoreError,
+};
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
@@ -460,34 +462,22 @@ impl LogRead for DurableStore {
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(LOG).map_err(db_err)?;
         let o = origin.as_str();
-        let mut ops: Vec<Op> = Vec::new();
-        let mut bytes = 0usize;
+        let mut page = LogPage::new(origin, after_seq, ops_max, bytes_max);
         // The first chunk whose last seq is past `after_seq` holds the first op to return.
         'chunks: for entry in log.range((o, after_seq.saturating_add(1))..=(o, u64::MAX)).map_err(db_err)? {
-            if ops.len() >= ops_max || (!ops.is_empty() && bytes >= bytes_max) {
+            if page.is_full() {
                 break;
             }
             let (_, value) = entry.map_err(db_err)?;
             let chunk: Vec<Op> = unpack("log chunk", value.value())?;
             let op_bytes = value.value().len() / chunk.len().max(1);
             for op in chunk.into_iter().filter(|op| op.dot.seq > after_seq) {
-                let expected = ops.last().map_or(after_seq, |last| last.dot.seq) + 1;
-                if op.dot.seq != expected {
-                    if ops.is_empty() {
-                        let (origin, next_seq) = (origin.clone(), Some(op.dot.seq));
-                        return Err(StoreError::Compacted { origin, after_seq, next_seq });
-                    }
-                    // A gap after some ops: return those; the next read reports the gap.
+                if !page.offer(op, op_bytes)? {
                     break 'chunks;
                 }
-                if ops.len() >= ops_max || (!ops.is_empty() && bytes >= bytes_max) {
-                    break 'chunks;
-                }
-                bytes += op_bytes;
-                ops.push(op);
             }
         }
-        Ok(ops)
+        Ok(page.finish())
     }
 
     fn log_first_seq(&self, origin: &DcId) -> Result<Option<u64>, StoreError> {

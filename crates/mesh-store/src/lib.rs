@@ -217,6 +217,52 @@ pub trait Store: LogRead + Send + Sync {
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError>;
 }
 
+/// Assembles one page of [`LogRead::read_log`] from an origin's ops offered in seq order, so both
+/// stores apply the same limits and the same gap rule.
+pub(crate) struct LogPage<'a> {
+    origin: &'a DcId,
+    after_seq: u64,
+    ops_max: usize,
+    bytes_max: usize,
+    bytes: usize,
+    ops: Vec<Op>,
+}
+
+impl<'a> LogPage<'a> {
+    pub(crate) fn new(origin: &'a DcId, after_seq: u64, ops_max: usize, bytes_max: usize) -> Self {
+        Self { origin, after_seq, ops_max, bytes_max, bytes: 0, ops: Vec::new() }
+    }
+
+    /// Whether the page is full: offer nothing more.
+    pub(crate) fn is_full(&self) -> bool {
+        self.ops.len() >= self.ops_max || (!self.ops.is_empty() && self.bytes >= self.bytes_max)
+    }
+
+    /// Offers the next op the log holds (seq > `after_seq`, increasing) and its size. Returns
+    /// whether to keep offering; an error when the very first op is not `after_seq + 1`.
+    pub(crate) fn offer(&mut self, op: Op, op_bytes: usize) -> Result<bool, StoreError> {
+        let expected = self.ops.last().map_or(self.after_seq, |last| last.dot.seq) + 1;
+        if op.dot.seq != expected {
+            if self.ops.is_empty() {
+                let (origin, after_seq) = (self.origin.clone(), self.after_seq);
+                return Err(StoreError::Compacted { origin, after_seq, next_seq: Some(op.dot.seq) });
+            }
+            // A gap after some ops: return those; the next read reports the gap.
+            return Ok(false);
+        }
+        if self.is_full() {
+            return Ok(false);
+        }
+        self.bytes += op_bytes;
+        self.ops.push(op);
+        Ok(true)
+    }
+
+    pub(crate) fn finish(self) -> Vec<Op> {
+        self.ops
+    }
+}
+
 pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("in-memory msgpack encoding of our own types cannot fail")
 }

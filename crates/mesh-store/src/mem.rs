@@ -10,7 +10,7 @@
 //!
 //! Through the [`Store`] trait, `submit` stages and syncs at once.
 
-use crate::{CommitBatch, CommitDone, LogRead, LogStats, Snapshot, Store, StoreError};
+use crate::{CommitBatch, CommitDone, LogPage, LogRead, LogStats, Snapshot, Store, StoreError};
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -127,26 +127,15 @@ impl LogRead for MemStore {
         bytes_max: usize,
     ) -> Result<Vec<Op>, StoreError> {
         let inner = self.lock();
-        let mut ops: Vec<Op> = Vec::new();
-        let mut bytes = 0usize;
+        let mut page = LogPage::new(origin, after_seq, ops_max, bytes_max);
         let from = (origin.clone(), after_seq.saturating_add(1));
         let to = (origin.clone(), u64::MAX);
         for op in inner.durable.log.range(from..=to).map(|(_, op)| op) {
-            let expected = ops.last().map_or(after_seq, |last| last.dot.seq) + 1;
-            if op.dot.seq != expected {
-                if ops.is_empty() {
-                    let (origin, next_seq) = (origin.clone(), Some(op.dot.seq));
-                    return Err(StoreError::Compacted { origin, after_seq, next_seq });
-                }
+            if !page.offer(op.clone(), crate::encode(op).len())? {
                 break;
             }
-            if ops.len() >= ops_max || (!ops.is_empty() && bytes >= bytes_max) {
-                break;
-            }
-            bytes += crate::encode(op).len();
-            ops.push(op.clone());
         }
-        Ok(ops)
+        Ok(page.finish())
     }
 
     fn log_first_seq(&self, origin: &DcId) -> Result<Option<u64>, StoreError> {
