@@ -1,0 +1,336 @@
+//! Health monitor: heartbeats, phi-accrual failure detection, lag and clock offset per peer.
+//!
+//! Call order: [`HealthMonitor::handle_timeout`] whenever [`HealthMonitor::poll_timeout`] is
+//! due (it asks for a heartbeat to be sent and re-judges every peer), then drain
+//! [`HealthMonitor::poll_event`]. Feed every heartbeat received to
+//! [`HealthMonitor::handle_heartbeat`] and every change of this DC's applied vector to
+//! [`HealthMonitor::handle_local_seen`]. Read [`HealthMonitor::status`] for `/v1/status`.
+//!
+//! The failure detector is phi accrual (Hayashibara et al.): from the recent heartbeat
+//! inter-arrival times it estimates how unlikely the current silence is, as
+//! `phi = -log10(P(silence at least this long))`; phi ≥ `phi_suspect` makes a peer suspect and
+//! phi ≥ `phi_down` down. It adapts to each link's own jitter instead of one fixed timeout.
+
+use mesh_core::{DcId, VersionVector};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Tuning of a [`HealthMonitor`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// How often heartbeats are sent, in ms.
+    pub heartbeat_interval_ms: u64,
+    /// Phi at which a peer becomes suspect (5: one wrong suspicion in 100,000 judgements).
+    pub phi_suspect: f64,
+    /// Phi at which a peer is down.
+    pub phi_down: f64,
+    /// Inter-arrival samples kept per peer.
+    pub samples_max: usize,
+    /// Floor of the estimated standard deviation, in ms, so a very regular link does not turn a
+    /// few ms of delay into a suspicion.
+    pub std_dev_min_ms: f64,
+    /// Silence tolerated on top of the mean interval, in ms (GC pauses, a busy peer).
+    pub acceptable_pause_ms: u64,
+    /// Largest clock offset tolerated, in ms (`max_clock_skew_ms`).
+    pub max_clock_skew_ms: u64,
+    /// Samples of this DC's applied vector kept to measure lag in time.
+    pub lag_samples_max: usize,
+}
+
+impl HealthConfig {
+    /// Defaults for a heartbeat period and a skew bound from mesh.toml.
+    pub fn new(heartbeat_interval_ms: u64, max_clock_skew_ms: u64) -> Self {
+        Self {
+            heartbeat_interval_ms,
+            phi_suspect: 5.0,
+            phi_down: 12.0,
+            samples_max: 200,
+            // With the floor at one interval and one interval of pause, a peer that goes silent
+            // is suspect after about 6 intervals and down after about 8 (phi 5 and 12), however
+            // regular its link was: sharp enough to notice, slow enough not to flap.
+            std_dev_min_ms: (heartbeat_interval_ms as f64).max(1.0),
+            acceptable_pause_ms: heartbeat_interval_ms,
+            max_clock_skew_ms,
+            lag_samples_max: 240,
+        }
+    }
+}
+
+/// How a peer is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Health {
+    /// Heartbeats arrive as expected.
+    Healthy,
+    /// Heartbeats are late enough to doubt the peer (phi ≥ `phi_suspect`).
+    Suspect,
+    /// The peer is considered unreachable (phi ≥ `phi_down`), or has never been heard from.
+    Down,
+}
+
+/// Something the runtime must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthEvent {
+    /// Send a heartbeat to every peer, carrying this DC's `seen`, [`HealthMonitor::known`] and
+    /// the local wall clock.
+    SendHeartbeat,
+    /// A peer's health changed.
+    Changed {
+        /// The peer.
+        peer: DcId,
+        /// Its health before.
+        from: Health,
+        /// Its health now.
+        to: Health,
+    },
+}
+
+/// How far a peer is behind this DC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    /// Ops this DC has applied that the peer has not (summed over origins).
+    pub ops: u64,
+    /// How old the peer's view of this DC's data is, in ms: 0 when caught up; otherwise the time
+    /// since the newest sample of this DC's applied vector that the peer had fully applied.
+    pub ms: u64,
+    /// The peer is behind even the oldest sample kept: `ms` is a lower bound.
+    pub at_least: bool,
+}
+
+/// One peer's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    /// Its health.
+    pub health: Health,
+    /// Its current phi (infinite before its first heartbeat).
+    pub phi: f64,
+    /// Its lag; `None` before its first heartbeat.
+    pub lag: Option<Lag>,
+    /// Its clock minus ours, in ms (median of recent heartbeats, network delay not removed);
+    /// `None` before its first heartbeat.
+    pub clock_offset_ms: Option<i64>,
+    /// When its last heartbeat arrived (runtime clock, ms).
+    pub last_heartbeat_ms: Option<u64>,
+    /// Its applied vector, as it last reported.
+    pub seen: VersionVector,
+}
+
+/// Phi-accrual failure detector for one peer.
+#[derive(Debug, Clone)]
+struct PhiAccrual {
+    intervals_ms: VecDeque<u64>,
+    last_ms: Option<u64>,
+}
+
+impl PhiAccrual {
+    fn heartbeat(&mut self, now_ms: u64, config: &HealthConfig) {
+        match self.last_ms {
+            Some(last) => self.intervals_ms.push_back(now_ms.saturating_sub(last)),
+            None => {
+                // Bootstrap with the expected interval, spread by a quarter, until real samples
+                // replace it.
+                let i = config.heartbeat_interval_ms;
+                self.intervals_ms.push_back(i - i / 4);
+                self.intervals_ms.push_back(i + i / 4);
+            }
+        }
+        while self.intervals_ms.len() > config.samples_max {
+            self.intervals_ms.pop_front();
+        }
+        self.last_ms = Some(self.last_ms.map_or(now_ms, |last| last.max(now_ms)));
+    }
+
+    fn phi(&self, now_ms: u64, config: &HealthConfig) -> f64 {
+        let Some(last) = self.last_ms else { return f64::INFINITY };
+        let n = self.intervals_ms.len() as f64;
+        let mean = self.intervals_ms.iter().sum::<u64>() as f64 / n;
+        let variance = self.intervals_ms.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let std_dev = variance.sqrt().max(config.std_dev_min_ms);
+        let silence = now_ms.saturating_sub(last) as f64;
+        // The logistic approximation of the normal CDF used by Akka and Cassandra.
+        let y = (silence - (mean + config.acceptable_pause_ms as f64)) / std_dev;
+        let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
+        let p_later = if y > 0.0 { e / (1.0 + e) } else { 1.0 - 1.0 / (1.0 + e) };
+        -p_later.max(f64::MIN_POSITIVE).log10()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    detector: PhiAccrual,
+    health: Health,
+    seen: VersionVector,
+    known: BTreeMap<DcId, VersionVector>,
+    offsets_ms: VecDeque<i64>,
+}
+
+/// Offsets kept per peer for the median.
+const OFFSET_SAMPLES_MAX: usize = 9;
+
+/// The health monitor of one DC. See the module docs for the call order.
+#[derive(Debug, Clone)]
+pub struct HealthMonitor {
+    config: HealthConfig,
+    peers: BTreeMap<DcId, Peer>,
+    local_seen: VersionVector,
+    /// (runtime ms, this DC's applied vector then), oldest first.
+    history: VecDeque<(u64, VersionVector)>,
+    next_tick_ms: u64,
+    events: VecDeque<HealthEvent>,
+}
+
+impl HealthMonitor {
+    /// A monitor of `peers` (every other DC), all down until heard from, whose first tick is due
+    /// at `now_ms`.
+    pub fn new(peers: impl IntoIterator<Item = DcId>, config: HealthConfig, now_ms: u64) -> Self {
+        assert!(config.heartbeat_interval_ms > 0, "heartbeat_interval_ms is validated > 0");
+        assert!(config.phi_suspect < config.phi_down, "suspect comes before down");
+        let peers = peers
+            .into_iter()
+            .map(|dc| {
+                let peer = Peer {
+                    detector: PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None },
+                    health: Health::Down,
+                    seen: VersionVector::new(),
+                    known: BTreeMap::new(),
+                    offsets_ms: VecDeque::new(),
+                };
+                (dc, peer)
+            })
+            .collect();
+        Self {
+            config,
+            peers,
+            local_seen: VersionVector::new(),
+            history: VecDeque::new(),
+            next_tick_ms: now_ms,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// When [`HealthMonitor::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> u64 {
+        self.next_tick_ms
+    }
+
+    /// Runs a tick if one is due: asks for a heartbeat, samples this DC's applied vector for lag
+    /// and re-judges every peer.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if now_ms < self.next_tick_ms {
+            return;
+        }
+        self.next_tick_ms = now_ms + self.config.heartbeat_interval_ms;
+        self.events.push_back(HealthEvent::SendHeartbeat);
+        if self.history.back().is_none_or(|(_, v)| *v != self.local_seen) {
+            self.history.push_back((now_ms, self.local_seen.clone()));
+            while self.history.len() > self.config.lag_samples_max {
+                self.history.pop_front();
+            }
+        }
+        for (dc, peer) in &mut self.peers {
+            let phi = peer.detector.phi(now_ms, &self.config);
+            let to = if phi >= self.config.phi_down {
+                Health::Down
+            } else if phi >= self.config.phi_suspect {
+                Health::Suspect
+            } else {
+                Health::Healthy
+            };
+            if to != peer.health {
+                self.events.push_back(HealthEvent::Changed { peer: dc.clone(), from: peer.health, to });
+                peer.health = to;
+            }
+        }
+    }
+
+    /// The next event to act on.
+    pub fn poll_event(&mut self) -> Option<HealthEvent> {
+        self.events.pop_front()
+    }
+
+    /// This DC's applied vector changed.
+    pub fn handle_local_seen(&mut self, seen: &VersionVector) {
+        self.local_seen.join(seen);
+    }
+
+    /// A heartbeat from `from` arrived at `now_ms` (runtime clock), when this DC's wall clock
+    /// read `local_wall_ms`; the peer reported its applied vector `seen`, the vectors it knows of
+    /// the others `known`, and its wall clock `peer_wall_ms`. Returns false, changing nothing,
+    /// when `from` is not a peer.
+    pub fn handle_heartbeat(
+        &mut self,
+        now_ms: u64,
+        local_wall_ms: u64,
+        from: &DcId,
+        seen: &VersionVector,
+        known: &BTreeMap<DcId, VersionVector>,
+        peer_wall_ms: u64,
+    ) -> bool {
+        let Some(peer) = self.peers.get_mut(from) else { return false };
+        peer.detector.heartbeat(now_ms, &self.config);
+        peer.seen.join(seen);
+        for (dc, vv) in known {
+            peer.known.entry(dc.clone()).or_default().join(vv);
+        }
+        let offset = i64::try_from(peer_wall_ms).unwrap_or(i64::MAX)
+            - i64::try_from(local_wall_ms).unwrap_or(i64::MAX);
+        peer.offsets_ms.push_back(offset);
+        while peer.offsets_ms.len() > OFFSET_SAMPLES_MAX {
+            peer.offsets_ms.pop_front();
+        }
+        true
+    }
+
+    /// The vectors this DC knows of every DC (its peers' reports and what they relayed), for the
+    /// heartbeat it sends, so acks and lag can travel any path.
+    pub fn known(&self) -> BTreeMap<DcId, VersionVector> {
+        let mut known: BTreeMap<DcId, VersionVector> = BTreeMap::new();
+        for (dc, peer) in &self.peers {
+            known.entry(dc.clone()).or_default().join(&peer.seen);
+            for (other, vv) in &peer.known {
+                known.entry(other.clone()).or_default().join(vv);
+            }
+        }
+        known
+    }
+
+    /// The status of `peer` at `now_ms`, or `None` if it is not a peer.
+    pub fn status(&self, peer: &DcId, now_ms: u64) -> Option<PeerStatus> {
+        let p = self.peers.get(peer)?;
+        let heard = p.detector.last_ms.is_some();
+        Some(PeerStatus {
+            health: p.health,
+            phi: p.detector.phi(now_ms, &self.config),
+            lag: heard.then(|| self.lag(&p.seen, now_ms)),
+            clock_offset_ms: median(&p.offsets_ms),
+            last_heartbeat_ms: p.detector.last_ms,
+            seen: p.seen.clone(),
+        })
+    }
+
+    fn lag(&self, peer_seen: &VersionVector, now_ms: u64) -> Lag {
+        let ops = self.local_seen.iter().map(|(dc, seq)| seq.saturating_sub(peer_seen.get(dc))).sum();
+        if peer_seen.dominates(&self.local_seen) {
+            return Lag { ops, ms: 0, at_least: false };
+        }
+        match self.history.iter().rev().find(|(_, v)| peer_seen.dominates(v)) {
+            Some((t, _)) => Lag { ops, ms: now_ms.saturating_sub(*t), at_least: false },
+            None => {
+                let oldest = self.history.front().map_or(now_ms, |(t, _)| *t);
+                Lag { ops, ms: now_ms.saturating_sub(oldest), at_least: true }
+            }
+        }
+    }
+
+    /// Whether this DC's clock is off by more than `max_clock_skew_ms` against most peers that
+    /// have reported one: it must then refuse lww and priority writes (DESIGN.md, "Clock skew").
+    pub fn clock_skewed(&self) -> bool {
+        let offsets: Vec<i64> = self.peers.values().filter_map(|p| median(&p.offsets_ms)).collect();
+        let beyond = offsets.iter().filter(|o| o.unsigned_abs() > self.config.max_clock_skew_ms).count();
+        !offsets.is_empty() && beyond * 2 > offsets.len()
+    }
+}
+
+fn median(samples: &VecDeque<i64>) -> Option<i64> {
+    let mut sorted: Vec<i64> = samples.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
+}

@@ -1,0 +1,16 @@
+//! mesh-engine: the replication behaviours of one DC as pure state machines.
+//!
+//! Every behaviour follows one shape, after quinn-proto: inputs arrive through `handle_*`
+//! methods that take `now_ms` (a monotonic millisecond clock the runtime owns), outputs are
+//! drained with `poll_*` methods, and `poll_timeout` says when the behaviour next wants
+//! `handle_timeout`. Nothing here reads a clock, draws from a thread RNG (randomness is passed
+//! in), spawns a task or touches a socket or a disk: the node's ractor actors and the simulator's
+//! scheduler are two runtimes for the same code.
+//!
+//! Built so far: [`pool::DialPolicy`] (which endpoint of a peer DC to dial, and when) and
+//! [`health::HealthMonitor`] (phi-accrual failure detection, lag and clock offset per peer).
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::disallowed_methods)]
+
+pub mod health;
+pub mod pool;

@@ -1,0 +1,169 @@
+//! The health monitor: phi-accrual judgement of peers, lag in ops and time, clock offsets and
+//! the skew rule, driven deterministically with virtual time.
+
+use mesh_core::{DcId, VersionVector};
+use mesh_engine::health::{Health, HealthConfig, HealthEvent, HealthMonitor, Lag};
+use std::collections::BTreeMap;
+
+fn dc(s: &str) -> DcId {
+    DcId::new(s).unwrap()
+}
+
+fn vv(entries: &[(&str, u64)]) -> VersionVector {
+    entries.iter().map(|(d, s)| (dc(d), *s)).collect()
+}
+
+/// A monitor of peers b and c with 100 ms heartbeats and 500 ms skew bound.
+fn monitor() -> HealthMonitor {
+    HealthMonitor::new([dc("b"), dc("c")], HealthConfig::new(100, 500), 0)
+}
+
+fn beat(m: &mut HealthMonitor, now_ms: u64, from: &str) {
+    assert!(m.handle_heartbeat(
+        now_ms,
+        1_000_000 + now_ms,
+        &dc(from),
+        &VersionVector::new(),
+        &BTreeMap::new(),
+        1_000_000 + now_ms
+    ));
+}
+
+/// Runs ticks up to `until_ms`, returning the health changes of `peer` with their times.
+fn tick_until(m: &mut HealthMonitor, until_ms: u64, peer: &str) -> Vec<(u64, Health)> {
+    let mut changes = Vec::new();
+    while m.poll_timeout() <= until_ms {
+        let now = m.poll_timeout();
+        m.handle_timeout(now);
+        while let Some(e) = m.poll_event() {
+            if let HealthEvent::Changed { peer: p, to, .. } = e {
+                if p == dc(peer) {
+                    changes.push((now, to));
+                }
+            }
+        }
+    }
+    changes
+}
+
+#[test]
+fn a_peer_never_heard_from_is_down_until_its_heartbeats_arrive() {
+    let mut m = monitor();
+    assert_eq!(m.status(&dc("b"), 0).unwrap().health, Health::Down);
+    assert!(m.status(&dc("b"), 0).unwrap().phi.is_infinite());
+    for t in (0..=1_000).step_by(100) {
+        beat(&mut m, t, "b");
+    }
+    let changes = tick_until(&mut m, 1_000, "b");
+    assert_eq!(changes.first().map(|c| c.1), Some(Health::Healthy));
+    assert_eq!(m.status(&dc("c"), 1_000).unwrap().health, Health::Down, "c never spoke");
+}
+
+#[test]
+fn silence_makes_a_peer_suspect_then_down_and_a_heartbeat_brings_it_back() {
+    let mut m = monitor();
+    for t in (0..=2_000).step_by(100) {
+        beat(&mut m, t, "b");
+        tick_until(&mut m, t, "b");
+    }
+    assert_eq!(m.status(&dc("b"), 2_000).unwrap().health, Health::Healthy);
+    // Silence from 2,000 ms on.
+    let changes = tick_until(&mut m, 5_000, "b");
+    let states: Vec<Health> = changes.iter().map(|c| c.1).collect();
+    assert_eq!(states, [Health::Suspect, Health::Down], "suspect first, then down: {changes:?}");
+    let (suspect_at, down_at) = (changes[0].0, changes[1].0);
+    // About 6 intervals of silence to suspect, about 8 to declare down (see HealthConfig::new).
+    assert!((2_500..=2_800).contains(&suspect_at), "suspect at {suspect_at}");
+    assert!(down_at > suspect_at && down_at <= 3_100, "down at {down_at}");
+    beat(&mut m, 5_000, "b");
+    assert_eq!(tick_until(&mut m, 5_100, "b").last().map(|c| c.1), Some(Health::Healthy));
+}
+
+#[test]
+fn a_jittery_link_is_given_more_slack_than_a_regular_one() {
+    let mut regular = monitor();
+    let mut jittery = monitor();
+    let mut t_jittery = 0;
+    for i in 0..100u64 {
+        beat(&mut regular, i * 100, "b");
+        t_jittery += if i % 2 == 0 { 40 } else { 160 };
+        beat(&mut jittery, t_jittery, "b");
+    }
+    let silence = 450;
+    let phi_regular = regular.status(&dc("b"), 99 * 100 + silence).unwrap().phi;
+    let phi_jittery = jittery.status(&dc("b"), t_jittery + silence).unwrap().phi;
+    assert!(phi_jittery < phi_regular, "jittery {phi_jittery} vs regular {phi_regular}");
+}
+
+#[test]
+fn lag_is_measured_in_ops_and_in_time_since_the_peer_last_had_everything() {
+    let mut m = monitor();
+    // This DC applies 10 ops per 100 ms tick, from the first tick on.
+    for tick in 1..=10u64 {
+        m.handle_local_seen(&vv(&[("a", tick * 10)]));
+        m.handle_timeout(tick * 100);
+    }
+    // b has applied what this DC had at 600 ms (a:60), and reports it at 1,000 ms.
+    assert!(m.status(&dc("b"), 1_000).unwrap().lag.is_none(), "no lag before b is heard from");
+    m.handle_heartbeat(1_000, 0, &dc("b"), &vv(&[("a", 60)]), &BTreeMap::new(), 0);
+    let lag = m.status(&dc("b"), 1_000).unwrap().lag.unwrap();
+    assert_eq!(lag, Lag { ops: 40, ms: 400, at_least: false });
+    // Caught up: no lag.
+    m.handle_heartbeat(1_050, 0, &dc("b"), &vv(&[("a", 100)]), &BTreeMap::new(), 0);
+    assert_eq!(m.status(&dc("b"), 1_050).unwrap().lag.unwrap(), Lag { ops: 0, ms: 0, at_least: false });
+    // c reports nothing applied: behind even the oldest sample.
+    m.handle_heartbeat(1_000, 0, &dc("c"), &VersionVector::new(), &BTreeMap::new(), 0);
+    let lag = m.status(&dc("c"), 1_000).unwrap().lag.unwrap();
+    assert_eq!(lag.ops, 100);
+    assert!(lag.at_least);
+}
+
+#[test]
+fn the_clock_is_skewed_only_against_most_peers() {
+    let mut m = monitor();
+    let hb = |m: &mut HealthMonitor, from: &str, local: u64, peer: u64| {
+        m.handle_heartbeat(0, local, &dc(from), &VersionVector::new(), &BTreeMap::new(), peer)
+    };
+    // b's clock is 2 s ahead of ours, c agrees with us: one peer of two is not most.
+    for i in 0..5 {
+        hb(&mut m, "b", 10_000 + i, 12_000 + i);
+        hb(&mut m, "c", 10_000 + i, 10_010 + i);
+    }
+    assert_eq!(m.status(&dc("b"), 0).unwrap().clock_offset_ms, Some(2_000));
+    assert_eq!(m.status(&dc("c"), 0).unwrap().clock_offset_ms, Some(10));
+    assert!(!m.clock_skewed());
+    // Now c too sees our clock 900 ms behind: both peers disagree with us, so we are skewed.
+    for i in 0..9 {
+        hb(&mut m, "c", 10_000 + i, 10_900 + i);
+    }
+    assert!(m.clock_skewed());
+}
+
+#[test]
+fn known_vectors_relay_what_peers_reported_about_others_and_strangers_are_ignored() {
+    let mut m = monitor();
+    let mut known = BTreeMap::new();
+    known.insert(dc("c"), vv(&[("c", 7)]));
+    assert!(m.handle_heartbeat(0, 0, &dc("b"), &vv(&[("b", 3)]), &known, 0));
+    assert!(!m.handle_heartbeat(0, 0, &dc("zz"), &vv(&[("zz", 1)]), &BTreeMap::new(), 0));
+    let k = m.known();
+    assert_eq!(k.get(&dc("b")), Some(&vv(&[("b", 3)])));
+    assert_eq!(k.get(&dc("c")), Some(&vv(&[("c", 7)])), "c's vector learned through b");
+    assert_eq!(k.get(&dc("zz")), None);
+}
+
+#[test]
+fn a_heartbeat_is_asked_for_every_interval() {
+    let mut m = monitor();
+    let mut sends = Vec::new();
+    while m.poll_timeout() <= 1_000 {
+        let now = m.poll_timeout();
+        m.handle_timeout(now);
+        while let Some(e) = m.poll_event() {
+            if e == HealthEvent::SendHeartbeat {
+                sends.push(now);
+            }
+        }
+    }
+    assert_eq!(sends, (0..=1_000).step_by(100).collect::<Vec<u64>>());
+}
