@@ -7,10 +7,13 @@
 //! in), spawns a task or touches a socket or a disk: the node's ractor actors and the simulator's
 //! scheduler are two runtimes for the same code.
 //!
-//! Built so far: [`pool::DialPolicy`] (which endpoint of a peer DC to dial, and when) and
-//! [`health::HealthMonitor`] (phi-accrual failure detection, lag and clock offset per peer).
+//! Built so far: [`pool::DialPolicy`] (which endpoint of a peer DC to dial, and when),
+//! [`health::HealthMonitor`] (phi-accrual failure detection, lag and clock offset per peer) and
+//! [`sync::SyncTracker`] (async, sync and hybrid writes: acks learned directly or relayed,
+//! timeouts with the partial result).
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::disallowed_methods)]
 
 pub mod health;
 pub mod pool;
+pub mod sync;
