@@ -14,6 +14,10 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::disallowed_methods)]
 
+mod commit;
 pub mod health;
 pub mod pool;
+pub mod resolver;
 pub mod sync;
+
+pub use commit::{CommitBatch, StateRead};

@@ -22,6 +22,7 @@ pub use durable::{DurableStore, Options, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX, LOG_C
 pub use mem::MemStore;
 
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
+pub use mesh_engine::CommitBatch;
 
 /// A store operation that failed. What happened to state is said per variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,31 +64,6 @@ pub enum StoreError {
     /// The store was closed or its committer stopped; the commit was not applied.
     #[error("the store is closed")]
     Closed,
-}
-
-/// One atomic commit: ops for the log, the key states they produced, and vectors.
-#[derive(Debug, Clone, Default)]
-pub struct CommitBatch {
-    /// Ops to append to their origins' logs (local writes and applied remote ops alike).
-    pub ops: Vec<Op>,
-    /// Key states to write; `None` removes the key (tombstone GC).
-    pub states: Vec<(Keyspace, Key, Option<KeyState>)>,
-    /// Joined into the stored `seen` vector (the ops this DC has applied).
-    pub seen: VersionVector,
-    /// Per peer, joined into the stored acked vector (what the peer confirmed durable).
-    pub acked: Vec<(DcId, VersionVector)>,
-}
-
-impl CommitBatch {
-    /// Number of ops in the batch.
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    /// Whether the batch carries no op, state or vector.
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.states.is_empty() && self.seen.is_empty() && self.acked.is_empty()
-    }
 }
 
 /// Called once with the outcome of a submitted commit.
@@ -273,3 +249,17 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
 }
+
+// Every store serves the engine's state reads with its durable states.
+macro_rules! state_read {
+    ($($t:ty),*) => {$(
+        impl mesh_engine::StateRead for $t {
+            type Error = StoreError;
+
+            fn state(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, StoreError> {
+                self.get(keyspace, key)
+            }
+        }
+    )*};
+}
+state_read!(DurableStore, MemStore, dyn Store);

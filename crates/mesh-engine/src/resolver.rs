@@ -1,0 +1,365 @@
+//! The conflict resolver: the one place a DC's key states change.
+//!
+//! It names local writes (the next gapless seq of this DC and an HLC), applies remote ops
+//! idempotently and per origin in seq order through the keyspace's rules, and asks the runtime to
+//! persist each change. Everything that depends on a change (the write's completion, the ack to
+//! the sender, the conflict record) is held until the runtime reports that change durable: no dot
+//! leaves this DC before it is durable (DESIGN.md, "Durability rules").
+//!
+//! Call order:
+//! - [`Resolver::handle_write`] for a client write, [`Resolver::handle_batch`] for ops from a
+//!   peer; both may emit [`Output::Persist`].
+//! - The runtime commits each persisted batch in the order emitted and then calls
+//!   [`Resolver::handle_committed`] with its id, in that same order (the store commits in
+//!   submission order). A failed commit leaves the store poisoned: the runtime restarts the DC
+//!   from its store, and no held output is ever released.
+//! - Drain [`Resolver::poll_output`] after every call.
+
+use crate::commit::{CommitBatch, StateRead};
+use crate::sync::RequestId;
+use mesh_core::topology::Topology;
+use mesh_core::{
+    Applied, Conflict, DcId, Dot, HlcClock, Key, KeyState, Keyspace, Op, OpKind, StateError, Strategy,
+    VersionVector, VALUE_BYTES_MAX,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// Names a persist effect; reported back through [`Resolver::handle_committed`].
+pub type PersistId = u64;
+
+/// A client write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRequest {
+    /// The runtime's id for the request.
+    pub request: RequestId,
+    /// Keyspace written.
+    pub keyspace: Keyspace,
+    /// Key written.
+    pub key: Key,
+    /// What the write does.
+    pub kind: OpKind,
+    /// The context the client read, if it sent one.
+    pub context: Option<VersionVector>,
+}
+
+/// Why a client write was refused. Nothing was written and no seq was used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The keyspace is not in the topology.
+    #[error("unknown keyspace {0}")]
+    UnknownKeyspace(Keyspace),
+    /// The value or members exceed the size limit.
+    #[error("the write carries {bytes} bytes, more than the {max}-byte limit")]
+    TooLarge {
+        /// Bytes carried.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The write does not fit the key's state (wrong value type, too many siblings, counter
+    /// overflow).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// This DC's clock is off against most peers; lww and priority keyspaces refuse writes.
+    #[error("this DC's clock is off by more than max_clock_skew_ms against most peers; {strategy} writes are refused")]
+    ClockSkewed {
+        /// The keyspace's strategy.
+        strategy: String,
+    },
+    /// The key's current state could not be read.
+    #[error("reading the key's state failed: {0}")]
+    Read(String),
+}
+
+/// Why applying a peer's ops stopped. The ops before the failing one were applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// An op skips ahead of its origin's stream: `expected` was due, `got` came.
+    #[error("gap in {origin}'s ops: expected seq {expected}, got {got}")]
+    Gap {
+        /// The origin.
+        origin: DcId,
+        /// The next seq this DC can apply.
+        expected: u64,
+        /// The seq that came.
+        got: u64,
+    },
+    /// The op cannot apply here (unknown keyspace or wrong value type): the peers' topologies
+    /// differ, which the Hello fingerprint check should have refused.
+    #[error("op {dot:?} refused: {reason}")]
+    Refused {
+        /// The op.
+        dot: Dot,
+        /// Why.
+        reason: String,
+    },
+    /// A key's state could not be read.
+    #[error("reading a key's state failed: {0}")]
+    Read(String),
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Commit `batch` durably, then call [`Resolver::handle_committed`]`(id)`.
+    Persist {
+        /// The id to report.
+        id: PersistId,
+        /// What to commit.
+        batch: CommitBatch,
+    },
+    /// The client write `request` is durable here as `dot` (hand it to the sync tracker).
+    Written {
+        /// The request.
+        request: RequestId,
+        /// The write's dot.
+        dot: Dot,
+        /// Its keyspace (for its mode).
+        keyspace: Keyspace,
+    },
+    /// Tell `to` that this DC has durably applied `seen`.
+    Ack {
+        /// The peer whose ops were applied.
+        to: DcId,
+        /// This DC's applied vector, durable.
+        seen: VersionVector,
+    },
+    /// Concurrent writes were resolved (after the change was durable).
+    Conflict(Conflict),
+}
+
+/// The conflict resolver of one DC. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Resolver {
+    local: DcId,
+    topology: Arc<Topology>,
+    clock: HlcClock,
+    /// The next seq of this DC's own ops.
+    next_seq: u64,
+    /// Everything applied here, committed or not.
+    applied: VersionVector,
+    /// States changed by persists not yet committed, with the last persist that changed each.
+    pending: BTreeMap<(Keyspace, Key), (KeyState, PersistId)>,
+    /// Outputs held until their persist commits, oldest persist first.
+    held: VecDeque<(PersistId, Vec<Output>)>,
+    next_persist: PersistId,
+    skewed: bool,
+    outputs: VecDeque<Output>,
+    /// Remote timestamps seen beyond the skew bound (for metrics and alerts).
+    skew_excess_events: u64,
+}
+
+impl Resolver {
+    /// A resolver for DC `local` whose store has durably applied `seen` (so its next seq follows
+    /// `seen[local]`).
+    pub fn new(local: DcId, topology: Arc<Topology>, seen: VersionVector) -> Self {
+        let max_skew_ms = topology.config.replication.max_clock_skew_ms;
+        Self {
+            next_seq: seen.get(&local) + 1,
+            local,
+            topology,
+            clock: HlcClock::new(max_skew_ms),
+            applied: seen,
+            pending: BTreeMap::new(),
+            held: VecDeque::new(),
+            next_persist: 1,
+            skewed: false,
+            outputs: VecDeque::new(),
+            skew_excess_events: 0,
+        }
+    }
+
+    /// Everything applied here (including changes not yet durable). Never sent to a peer: the
+    /// runtime sends only vectors from released outputs or from the store.
+    pub fn applied(&self) -> &VersionVector {
+        &self.applied
+    }
+
+    /// Remote timestamps seen beyond `max_clock_skew_ms` so far.
+    pub fn skew_excess_events(&self) -> u64 {
+        self.skew_excess_events
+    }
+
+    /// The health monitor's verdict on this DC's clock ([`crate::health::HealthMonitor::clock_skewed`]).
+    pub fn handle_clock_skewed(&mut self, skewed: bool) {
+        self.skewed = skewed;
+    }
+
+    fn current(
+        &self,
+        keyspace: &Keyspace,
+        key: &Key,
+        store: &impl StateRead,
+    ) -> Result<Option<KeyState>, String> {
+        if let Some((state, _)) = self.pending.get(&(keyspace.clone(), key.clone())) {
+            return Ok(Some(state.clone()));
+        }
+        store.state(keyspace, key).map_err(|e| e.to_string())
+    }
+
+    /// A client write. On success the write is named and persisted; [`Output::Written`] follows
+    /// its commit. On error nothing changed.
+    pub fn handle_write(
+        &mut self,
+        wall_ms: u64,
+        write: WriteRequest,
+        store: &impl StateRead,
+    ) -> Result<(), WriteError> {
+        let spec = self
+            .topology
+            .keyspace(&write.keyspace)
+            .ok_or_else(|| WriteError::UnknownKeyspace(write.keyspace.clone()))?;
+        let bytes = write.kind.payload_bytes();
+        if bytes > VALUE_BYTES_MAX {
+            return Err(WriteError::TooLarge { bytes, max: VALUE_BYTES_MAX });
+        }
+        let strategy = spec.rules.strategy();
+        if self.skewed && matches!(strategy, Strategy::Lww | Strategy::Priority) {
+            return Err(WriteError::ClockSkewed { strategy: strategy.to_string() });
+        }
+        let state = self
+            .current(&write.keyspace, &write.key, store)
+            .map_err(WriteError::Read)?
+            .unwrap_or_else(|| KeyState::new(spec.kind));
+        let context = state.write_context(
+            &write.kind,
+            write.context.as_ref(),
+            spec.rules.contextless_write_is_new_sibling(),
+            spec.siblings_max,
+        )?;
+        let op = Op {
+            dot: Dot::new(self.local.clone(), self.next_seq),
+            hlc: self.clock.tick(wall_ms),
+            keyspace: write.keyspace.clone(),
+            key: write.key.clone(),
+            kind: write.kind,
+            context,
+        };
+        let mut next = state;
+        let concurrent = match next.apply(&op)? {
+            Applied::Applied { concurrent } => concurrent,
+            Applied::Covered => unreachable!("a new dot of this DC is never covered"),
+        };
+        self.next_seq += 1;
+        let mut held =
+            vec![Output::Written { request: write.request, dot: op.dot.clone(), keyspace: write.keyspace }];
+        held.extend(self.conflict(&op, &next, !concurrent.is_empty()));
+        let k = (op.keyspace.clone(), op.key.clone());
+        self.persist(vec![op], vec![(k, next)], held);
+        Ok(())
+    }
+
+    /// Ops from peer `from` (its own or relayed), in the order sent. Each origin's ops apply in
+    /// seq order; ops already applied are skipped. The applied ops are persisted together and
+    /// acknowledged to `from` once durable. On error, the ops before the failing one stay applied.
+    pub fn handle_batch(
+        &mut self,
+        wall_ms: u64,
+        from: &DcId,
+        ops: Vec<Op>,
+        store: &impl StateRead,
+    ) -> Result<(), ApplyError> {
+        let mut applied_ops = Vec::new();
+        let mut states: BTreeMap<(Keyspace, Key), KeyState> = BTreeMap::new();
+        let mut held = Vec::new();
+        let mut result = Ok(());
+        for op in ops {
+            if self.applied.covers(&op.dot) {
+                continue;
+            }
+            let expected = self.applied.get(&op.dot.origin) + 1;
+            if op.dot.seq != expected {
+                result = Err(ApplyError::Gap { origin: op.dot.origin.clone(), expected, got: op.dot.seq });
+                break;
+            }
+            let Some(spec) = self.topology.keyspace(&op.keyspace) else {
+                result = Err(ApplyError::Refused {
+                    dot: op.dot.clone(),
+                    reason: format!("unknown keyspace {}", op.keyspace),
+                });
+                break;
+            };
+            let k = (op.keyspace.clone(), op.key.clone());
+            let state = match states.get(&k) {
+                Some(s) => s.clone(),
+                None => match self.current(&op.keyspace, &op.key, store) {
+                    Ok(s) => s.unwrap_or_else(|| KeyState::new(spec.kind)),
+                    Err(e) => {
+                        result = Err(ApplyError::Read(e));
+                        break;
+                    }
+                },
+            };
+            let mut next = state;
+            let concurrent = match next.apply(&op) {
+                Ok(Applied::Applied { concurrent }) => !concurrent.is_empty(),
+                // Superseded by a context this DC already absorbed: nothing to change, but the
+                // op is still logged and counted as applied.
+                Ok(Applied::Covered) => false,
+                Err(e) => {
+                    result = Err(ApplyError::Refused { dot: op.dot.clone(), reason: e.to_string() });
+                    break;
+                }
+            };
+            if self.clock.observe(op.hlc, wall_ms).excess_ms > 0 {
+                self.skew_excess_events += 1;
+            }
+            self.applied.observe(&op.dot);
+            held.extend(self.conflict(&op, &next, concurrent));
+            states.insert(k, next);
+            applied_ops.push(op);
+        }
+        if !applied_ops.is_empty() {
+            held.push(Output::Ack { to: from.clone(), seen: self.applied.clone() });
+            self.persist(applied_ops, states.into_iter().collect(), held);
+        }
+        result
+    }
+
+    /// The conflict record for `op` applied to `state`, if it left concurrent versions.
+    fn conflict(&self, op: &Op, state: &KeyState, concurrent: bool) -> Option<Output> {
+        if !concurrent {
+            return None;
+        }
+        let spec = self.topology.keyspace(&op.keyspace)?;
+        Some(Output::Conflict(spec.rules.conflict(&op.keyspace, &op.key, state.versions())))
+    }
+
+    /// Emits a persist of `ops` and the key `states` they produced, and holds `held` until it
+    /// commits.
+    fn persist(&mut self, ops: Vec<Op>, states: Vec<((Keyspace, Key), KeyState)>, held: Vec<Output>) {
+        let id = self.next_persist;
+        self.next_persist += 1;
+        let mut seen = VersionVector::new();
+        for op in &ops {
+            seen.observe(&op.dot);
+        }
+        let mut keyed = Vec::with_capacity(states.len());
+        for (k, state) in states {
+            self.pending.insert(k.clone(), (state.clone(), id));
+            keyed.push((k.0, k.1, Some(state)));
+        }
+        self.held.push_back((id, held));
+        self.outputs.push_back(Output::Persist {
+            id,
+            batch: CommitBatch { ops, states: keyed, seen, acked: vec![] },
+        });
+    }
+
+    /// Persist `id` is durable. Releases what it held; the store now has its states.
+    ///
+    /// # Panics
+    /// If `id` is not the oldest persist awaiting its commit: commits are reported in order.
+    pub fn handle_committed(&mut self, id: PersistId) {
+        let (oldest, held) = self.held.pop_front().expect("a commit was awaited");
+        assert_eq!(oldest, id, "commits are reported in submission order");
+        self.pending.retain(|_, (_, p)| *p > id);
+        self.outputs.extend(held);
+    }
+
+    /// The next output to act on.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+}

@@ -1,0 +1,241 @@
+//! The conflict resolver: local writes get gapless seqs and rising HLCs; remote ops apply once,
+//! per origin in order; nothing that depends on a change (completion, ack, conflict record)
+//! leaves before the runtime reports that change durable; concurrent writes yield conflict
+//! records; a skewed clock refuses lww and priority writes only.
+
+use mesh_core::{
+    builtin_resolvers, DcId, Dot, Hlc, Key, KeyState, Keyspace, Op, OpKind, Topology, VersionVector,
+};
+use mesh_engine::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest};
+use mesh_engine::{CommitBatch, StateRead};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+fn dc(s: &str) -> DcId {
+    DcId::new(s).unwrap()
+}
+
+fn topology() -> Arc<Topology> {
+    let text = include_str!("../../../mesh.toml");
+    Arc::new(Topology::new(toml::from_str(text).unwrap(), &builtin_resolvers()).unwrap())
+}
+
+/// A store for the harness: the states of committed batches.
+#[derive(Default)]
+struct Store(BTreeMap<(Keyspace, Key), KeyState>);
+
+impl StateRead for Store {
+    type Error = std::convert::Infallible;
+    fn state(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, Self::Error> {
+        Ok(self.0.get(&(keyspace.clone(), key.clone())).cloned())
+    }
+}
+
+/// A runtime in miniature: it queues persists and commits them when told, in order.
+struct Harness {
+    resolver: Resolver,
+    store: Store,
+    uncommitted: VecDeque<(PersistId, CommitBatch)>,
+    released: Vec<Output>,
+}
+
+impl Harness {
+    fn new(local: &str) -> Self {
+        Self {
+            resolver: Resolver::new(dc(local), topology(), VersionVector::new()),
+            store: Store::default(),
+            uncommitted: VecDeque::new(),
+            released: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.resolver.poll_output() {
+            match out {
+                Output::Persist { id, batch } => self.uncommitted.push_back((id, batch)),
+                other => self.released.push(other),
+            }
+        }
+    }
+
+    fn write(&mut self, request: u64, keyspace: &str, key: &str, kind: OpKind) -> Result<(), WriteError> {
+        let w = WriteRequest {
+            request,
+            keyspace: Keyspace::new(keyspace).unwrap(),
+            key: Key::new(key).unwrap(),
+            kind,
+            context: None,
+        };
+        let r = self.resolver.handle_write(1_000 + request, w, &self.store);
+        self.drain();
+        r
+    }
+
+    fn apply(&mut self, from: &str, ops: Vec<Op>) -> Result<(), ApplyError> {
+        let r = self.resolver.handle_batch(1_000, &dc(from), ops, &self.store);
+        self.drain();
+        r
+    }
+
+    /// Commits every queued persist, in order.
+    fn commit_all(&mut self) -> Vec<CommitBatch> {
+        let mut batches = Vec::new();
+        while let Some((id, batch)) = self.uncommitted.pop_front() {
+            for (ks, k, state) in &batch.states {
+                self.store.0.insert((ks.clone(), k.clone()), state.clone().unwrap());
+            }
+            self.resolver.handle_committed(id);
+            batches.push(batch);
+        }
+        self.drain();
+        batches
+    }
+
+    fn take_released(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.released)
+    }
+}
+
+fn put(origin: &str, seq: u64, ms: u64, key: &str, value: &[u8], context: VersionVector) -> Op {
+    Op {
+        dot: Dot::new(dc(origin), seq),
+        hlc: Hlc::new(ms, 0),
+        keyspace: Keyspace::new("users").unwrap(),
+        key: Key::new(key).unwrap(),
+        kind: OpKind::Put(value.to_vec()),
+        context,
+    }
+}
+
+#[test]
+fn a_local_write_completes_only_after_its_commit() {
+    let mut h = Harness::new("us-east");
+    h.write(1, "users", "u1", OpKind::Put(b"v".to_vec())).unwrap();
+    assert_eq!(h.take_released(), [], "nothing leaves before the commit");
+    assert_eq!(h.uncommitted.len(), 1);
+    let batches = h.commit_all();
+    assert_eq!(batches[0].ops[0].dot, Dot::new(dc("us-east"), 1));
+    assert_eq!(batches[0].seen, [(dc("us-east"), 1)].into_iter().collect());
+    assert_eq!(
+        h.take_released(),
+        [Output::Written {
+            request: 1,
+            dot: Dot::new(dc("us-east"), 1),
+            keyspace: Keyspace::new("users").unwrap()
+        }]
+    );
+}
+
+#[test]
+fn local_writes_get_gapless_seqs_rising_hlcs_and_build_on_uncommitted_ones() {
+    let mut h = Harness::new("us-east");
+    h.write(1, "users", "u1", OpKind::Put(b"a".to_vec())).unwrap();
+    h.write(2, "users", "u1", OpKind::Put(b"b".to_vec())).unwrap();
+    h.write(3, "page_views", "home", OpKind::CounterAdd(5)).unwrap();
+    let ops: Vec<Op> = h.commit_all().into_iter().flat_map(|b| b.ops).collect();
+    assert_eq!(ops.iter().map(|o| o.dot.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(ops[0].hlc < ops[1].hlc && ops[1].hlc < ops[2].hlc);
+    // The second write saw the first, although it was not committed yet: it supersedes it.
+    assert!(ops[1].context.covers(&ops[0].dot));
+    let state = h.store.state(&Keyspace::new("users").unwrap(), &Key::new("u1").unwrap()).unwrap().unwrap();
+    assert_eq!(state.versions().len(), 1);
+}
+
+#[test]
+fn remote_ops_apply_once_in_order_and_are_acked_after_their_commit() {
+    let mut h = Harness::new("us-east");
+    let ops = vec![
+        put("us-west", 1, 5, "u1", b"x", VersionVector::new()),
+        put("us-west", 2, 6, "u2", b"y", VersionVector::new()),
+    ];
+    h.apply("us-west", ops.clone()).unwrap();
+    assert_eq!(h.take_released(), [], "no ack before the commit");
+    h.commit_all();
+    let seen: VersionVector = [(dc("us-west"), 2)].into_iter().collect();
+    assert_eq!(h.take_released(), [Output::Ack { to: dc("us-west"), seen: seen.clone() }]);
+    // A duplicate delivery changes nothing and persists nothing.
+    h.apply("us-west", ops).unwrap();
+    assert!(h.uncommitted.is_empty());
+    // A gap stops at the gap: seq 4 cannot apply before 3.
+    let err = h.apply("us-west", vec![put("us-west", 4, 8, "u3", b"z", VersionVector::new())]).unwrap_err();
+    assert_eq!(err, ApplyError::Gap { origin: dc("us-west"), expected: 3, got: 4 });
+    assert_eq!(h.resolver.applied(), &seen);
+}
+
+#[test]
+fn a_relayed_op_from_a_third_dc_applies_and_is_acked_to_the_relay() {
+    let mut h = Harness::new("us-east");
+    h.apply("us-west", vec![put("eu-central", 1, 5, "u1", b"x", VersionVector::new())]).unwrap();
+    h.commit_all();
+    assert_eq!(
+        h.take_released(),
+        [Output::Ack { to: dc("us-west"), seen: [(dc("eu-central"), 1)].into_iter().collect() }]
+    );
+}
+
+#[test]
+fn concurrent_writes_yield_a_conflict_record_after_the_commit() {
+    let mut h = Harness::new("us-east");
+    h.write(1, "users", "u1", OpKind::Put(b"local".to_vec())).unwrap();
+    h.commit_all();
+    h.take_released();
+    // us-west wrote u1 without having seen us-east:1, with a later HLC.
+    h.apply("us-west", vec![put("us-west", 1, 9_999_999, "u1", b"remote", VersionVector::new())]).unwrap();
+    assert!(h.take_released().is_empty());
+    h.commit_all();
+    let released = h.take_released();
+    let conflict = released
+        .iter()
+        .find_map(|o| if let Output::Conflict(c) = o { Some(c.clone()) } else { None })
+        .expect("a conflict record");
+    assert_eq!(conflict.strategy, "lww");
+    assert_eq!(conflict.versions.len(), 2);
+    assert_eq!(conflict.winner, Some(Dot::new(dc("us-west"), 1)), "the later HLC wins under lww");
+}
+
+#[test]
+fn a_skewed_clock_refuses_lww_and_priority_writes_but_not_crdts() {
+    let mut h = Harness::new("us-east");
+    h.resolver.handle_clock_skewed(true);
+    assert!(matches!(
+        h.write(1, "users", "u1", OpKind::Put(b"v".to_vec())),
+        Err(WriteError::ClockSkewed { .. })
+    ));
+    assert!(matches!(
+        h.write(2, "config", "c", OpKind::Put(b"v".to_vec())),
+        Err(WriteError::ClockSkewed { .. })
+    ));
+    h.write(3, "page_views", "home", OpKind::CounterAdd(1)).unwrap();
+    h.write(4, "carts", "cart", OpKind::Put(b"v".to_vec())).unwrap();
+    let ops: Vec<Op> = h.commit_all().into_iter().flat_map(|b| b.ops).collect();
+    assert_eq!(ops.iter().map(|o| o.dot.seq).collect::<Vec<_>>(), [1, 2], "refused writes used no seq");
+}
+
+#[test]
+fn bad_writes_are_refused_without_using_a_seq() {
+    let mut h = Harness::new("us-east");
+    assert!(matches!(h.write(1, "nope", "k", OpKind::Delete), Err(WriteError::UnknownKeyspace(_))));
+    assert!(matches!(h.write(2, "users", "k", OpKind::CounterAdd(1)), Err(WriteError::State(_))));
+    assert!(matches!(
+        h.write(3, "users", "k", OpKind::Put(vec![0; (1 << 20) + 1])),
+        Err(WriteError::TooLarge { .. })
+    ));
+    h.write(4, "users", "k", OpKind::Delete).unwrap();
+    assert_eq!(h.commit_all()[0].ops[0].dot.seq, 1);
+}
+
+#[test]
+fn a_restarted_resolver_continues_after_the_durable_seq() {
+    let seen: VersionVector = [(dc("us-east"), 41), (dc("us-west"), 7)].into_iter().collect();
+    let mut r = Resolver::new(dc("us-east"), topology(), seen);
+    let w = WriteRequest {
+        request: 1,
+        keyspace: Keyspace::new("users").unwrap(),
+        key: Key::new("k").unwrap(),
+        kind: OpKind::Delete,
+        context: None,
+    };
+    r.handle_write(5, w, &Store::default()).unwrap();
+    let Some(Output::Persist { batch, .. }) = r.poll_output() else { panic!("a persist") };
+    assert_eq!(batch.ops[0].dot.seq, 42);
+}
