@@ -41,6 +41,9 @@ pub struct WriteRequest {
     pub kind: OpKind,
     /// The context the client read, if it sent one.
     pub context: Option<VersionVector>,
+    /// The client's idempotency key: a retry with the same key within the window is answered
+    /// with the first write's outcome instead of writing again (per DC).
+    pub idempotency_key: Option<String>,
 }
 
 /// Why a client write was refused. Nothing was written and no seq was used.
@@ -70,6 +73,9 @@ pub enum WriteError {
     /// The key's current state could not be read.
     #[error("reading the key's state failed: {0}")]
     Read(String),
+    /// The idempotency key was used within the window for a different write.
+    #[error("idempotency key {0:?} was already used for a different write")]
+    IdempotencyKeyReused(String),
 }
 
 /// Why applying a peer's ops stopped. The ops before the failing one were applied.
@@ -129,6 +135,29 @@ pub enum Output {
     Conflict(Conflict),
 }
 
+/// Most idempotency keys remembered at once; the oldest are forgotten first.
+pub const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
+
+/// What an idempotency key stands for.
+#[derive(Debug, Clone)]
+struct Remembered {
+    /// A hash of what the first write was, to refuse the key's reuse for another one (a hash,
+    /// not the write, so a remembered key costs the same whatever the value's size).
+    fingerprint: u64,
+    dot: Dot,
+    /// The persist that holds the write, while it is not committed.
+    persist: Option<PersistId>,
+    at_ms: u64,
+}
+
+fn fingerprint(keyspace: &Keyspace, key: &Key, kind: &OpKind) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same in every run, and never sent anywhere.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (keyspace, key, kind).hash(&mut h);
+    h.finish()
+}
+
 /// The conflict resolver of one DC. See the module docs for the call order.
 #[derive(Debug)]
 pub struct Resolver {
@@ -148,6 +177,12 @@ pub struct Resolver {
     outputs: VecDeque<Output>,
     /// Remote timestamps seen beyond the skew bound (for metrics and alerts).
     skew_excess_events: u64,
+    idempotency: BTreeMap<String, Remembered>,
+    /// (time, key) in arrival order, to forget keys by age and by count.
+    idempotency_order: VecDeque<(u64, String)>,
+    idempotency_window_ms: u64,
+    /// Remembered keys whose write is not committed yet, by persist, oldest first.
+    idempotency_inflight: VecDeque<(PersistId, String)>,
 }
 
 impl Resolver {
@@ -155,6 +190,7 @@ impl Resolver {
     /// `seen[local]`).
     pub fn new(local: DcId, topology: Arc<Topology>, seen: VersionVector) -> Self {
         let max_skew_ms = topology.config.replication.max_clock_skew_ms;
+        let idempotency_window_ms = topology.config.replication.idempotency_window_s.saturating_mul(1_000);
         Self {
             next_seq: seen.get(&local) + 1,
             local,
@@ -167,6 +203,10 @@ impl Resolver {
             skewed: false,
             outputs: VecDeque::new(),
             skew_excess_events: 0,
+            idempotency: BTreeMap::new(),
+            idempotency_order: VecDeque::new(),
+            idempotency_window_ms,
+            idempotency_inflight: VecDeque::new(),
         }
     }
 
@@ -198,14 +238,32 @@ impl Resolver {
         store.state(keyspace, key).map_err(|e| e.to_string())
     }
 
-    /// A client write. On success the write is named and persisted; [`Output::Written`] follows
-    /// its commit. On error nothing changed.
+    /// A client write at `now_ms` (runtime clock) when the wall clock reads `wall_ms`. On success
+    /// the write is named and persisted; [`Output::Written`] follows its commit. A retry with a
+    /// remembered idempotency key writes nothing: it gets the first write's [`Output::Written`],
+    /// at once if that write is durable, else with it. On error nothing changed.
     pub fn handle_write(
         &mut self,
+        now_ms: u64,
         wall_ms: u64,
         write: WriteRequest,
         store: &impl StateRead,
     ) -> Result<(), WriteError> {
+        self.forget_idempotency_keys(now_ms);
+        if let Some(key) = &write.idempotency_key {
+            if let Some(r) = self.idempotency.get(key) {
+                if r.fingerprint != fingerprint(&write.keyspace, &write.key, &write.kind) {
+                    return Err(WriteError::IdempotencyKeyReused(key.clone()));
+                }
+                let written =
+                    Output::Written { request: write.request, dot: r.dot.clone(), keyspace: write.keyspace };
+                match r.persist.and_then(|p| self.held.iter_mut().find(|(id, _)| *id == p)) {
+                    Some((_, held)) => held.push(written),
+                    None => self.outputs.push_back(written),
+                }
+                return Ok(());
+            }
+        }
         let spec = self
             .topology
             .keyspace(&write.keyspace)
@@ -245,9 +303,36 @@ impl Resolver {
         let mut held =
             vec![Output::Written { request: write.request, dot: op.dot.clone(), keyspace: write.keyspace }];
         held.extend(self.conflict(&op, &next, !concurrent.is_empty()));
+        if let Some(key) = write.idempotency_key {
+            let fingerprint = fingerprint(&op.keyspace, &op.key, &op.kind);
+            let r = Remembered {
+                fingerprint,
+                dot: op.dot.clone(),
+                persist: Some(self.next_persist),
+                at_ms: now_ms,
+            };
+            self.idempotency.insert(key.clone(), r);
+            self.idempotency_inflight.push_back((self.next_persist, key.clone()));
+            self.idempotency_order.push_back((now_ms, key));
+        }
         let k = (op.keyspace.clone(), op.key.clone());
         self.persist(vec![op], vec![(k, next)], held);
         Ok(())
+    }
+
+    /// Forgets idempotency keys older than the window, and the oldest beyond the count bound.
+    fn forget_idempotency_keys(&mut self, now_ms: u64) {
+        while let Some((at_ms, key)) = self.idempotency_order.front() {
+            let expired = now_ms.saturating_sub(*at_ms) > self.idempotency_window_ms;
+            if !expired && self.idempotency_order.len() <= IDEMPOTENCY_KEYS_MAX {
+                break;
+            }
+            // A key re-remembered later has a newer entry; forget only the entry of this time.
+            if self.idempotency.get(key).is_some_and(|r| r.at_ms == *at_ms) {
+                self.idempotency.remove(key);
+            }
+            self.idempotency_order.pop_front();
+        }
     }
 
     /// Ops from peer `from` (its own or relayed), in the order sent. Each origin's ops apply in
@@ -355,6 +440,12 @@ impl Resolver {
         let (oldest, held) = self.held.pop_front().expect("a commit was awaited");
         assert_eq!(oldest, id, "commits are reported in submission order");
         self.pending.retain(|_, (_, p)| *p > id);
+        while self.idempotency_inflight.front().is_some_and(|(p, _)| *p <= id) {
+            let (p, key) = self.idempotency_inflight.pop_front().expect("checked");
+            if let Some(r) = self.idempotency.get_mut(&key).filter(|r| r.persist == Some(p)) {
+                r.persist = None;
+            }
+        }
         self.outputs.extend(held);
     }
 

@@ -65,8 +65,9 @@ impl Harness {
             key: Key::new(key).unwrap(),
             kind,
             context: None,
+            idempotency_key: None,
         };
-        let r = self.resolver.handle_write(1_000 + request, w, &self.store);
+        let r = self.resolver.handle_write(request, 1_000 + request, w, &self.store);
         self.drain();
         r
     }
@@ -234,8 +235,47 @@ fn a_restarted_resolver_continues_after_the_durable_seq() {
         key: Key::new("k").unwrap(),
         kind: OpKind::Delete,
         context: None,
+        idempotency_key: None,
     };
-    r.handle_write(5, w, &Store::default()).unwrap();
+    r.handle_write(0, 5, w, &Store::default()).unwrap();
     let Some(Output::Persist { batch, .. }) = r.poll_output() else { panic!("a persist") };
     assert_eq!(batch.ops[0].dot.seq, 42);
+}
+
+#[test]
+fn a_retry_with_the_same_idempotency_key_writes_nothing_and_gets_the_first_outcome() {
+    let mut h = Harness::new("us-east");
+    let w = |request, key: &str, delta| WriteRequest {
+        request,
+        keyspace: Keyspace::new("page_views").unwrap(),
+        key: Key::new("home").unwrap(),
+        kind: OpKind::CounterAdd(delta),
+        context: None,
+        idempotency_key: Some(key.to_string()),
+    };
+    let first = Dot::new(dc("us-east"), 1);
+    let ks = Keyspace::new("page_views").unwrap();
+    h.resolver.handle_write(0, 0, w(1, "k1", 5), &h.store).unwrap();
+    // Retried before the first write is durable: answered with it, once it is.
+    h.resolver.handle_write(10, 10, w(2, "k1", 5), &h.store).unwrap();
+    h.drain();
+    assert_eq!(h.uncommitted.len(), 1, "the retry wrote nothing");
+    assert_eq!(h.take_released(), []);
+    h.commit_all();
+    let written = |request| Output::Written { request, dot: first.clone(), keyspace: ks.clone() };
+    assert_eq!(h.take_released(), [written(1), written(2)]);
+    // Retried after: answered at once.
+    h.resolver.handle_write(20, 20, w(3, "k1", 5), &h.store).unwrap();
+    h.drain();
+    assert_eq!(h.take_released(), [written(3)]);
+    assert!(h.uncommitted.is_empty());
+    // The same key for another write is refused.
+    let err = h.resolver.handle_write(30, 30, w(4, "k1", 6), &h.store).unwrap_err();
+    assert_eq!(err, WriteError::IdempotencyKeyReused("k1".into()));
+    // After the window (600 s in mesh.toml's default) the key is forgotten: a new write.
+    h.resolver.handle_write(700_000, 700_000, w(5, "k1", 5), &h.store).unwrap();
+    h.drain();
+    assert_eq!(h.commit_all()[0].ops[0].dot.seq, 2);
+    let state = h.store.state(&ks, &Key::new("home").unwrap()).unwrap().unwrap();
+    assert_eq!(state.counter_value(), Some(10), "two writes, not four");
 }
