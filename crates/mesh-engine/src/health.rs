@@ -88,10 +88,11 @@ pub enum HealthEvent {
 pub struct Lag {
     /// Ops this DC has applied that the peer has not (summed over origins).
     pub ops: u64,
-    /// How old the peer's view of this DC's data is, in ms: 0 when caught up; otherwise the time
-    /// since the newest sample of this DC's applied vector that the peer had fully applied.
+    /// How long the oldest data this DC has and the peer lacks has waited, in ms: 0 when caught
+    /// up; otherwise the time since the first tick that sampled an applied vector the peer does
+    /// not cover (at most one tick late).
     pub ms: u64,
-    /// The peer is behind even the oldest sample kept: `ms` is a lower bound.
+    /// The peer lacks even the oldest sample kept: `ms` is a lower bound.
     pub at_least: bool,
 }
 
@@ -174,6 +175,7 @@ pub struct HealthMonitor {
     /// (runtime ms, this DC's applied vector then), oldest first.
     history: VecDeque<(u64, VersionVector)>,
     next_tick_ms: u64,
+    last_tick_ms: u64,
     events: VecDeque<HealthEvent>,
 }
 
@@ -202,6 +204,7 @@ impl HealthMonitor {
             local_seen: VersionVector::new(),
             history: VecDeque::new(),
             next_tick_ms: now_ms,
+            last_tick_ms: now_ms,
             events: VecDeque::new(),
         }
     }
@@ -218,6 +221,7 @@ impl HealthMonitor {
             return;
         }
         self.next_tick_ms = now_ms + self.config.heartbeat_interval_ms;
+        self.last_tick_ms = now_ms;
         self.events.push_back(HealthEvent::SendHeartbeat);
         if self.history.back().is_none_or(|(_, v)| *v != self.local_seen) {
             self.history.push_back((now_ms, self.local_seen.clone()));
@@ -265,6 +269,11 @@ impl HealthMonitor {
         peer_wall_ms: u64,
     ) -> bool {
         let Some(peer) = self.peers.get_mut(from) else { return false };
+        if peer.detector.phi(now_ms, &self.config) >= self.config.phi_down {
+            // Back from an outage: the silence says nothing about the link's normal rhythm, and
+            // as one huge sample it would blind the detector to the next failure for a long time.
+            peer.detector = PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None };
+        }
         peer.detector.heartbeat(now_ms, &self.config);
         peer.seen.join(seen);
         for (dc, vv) in known {
@@ -311,12 +320,16 @@ impl HealthMonitor {
         if peer_seen.dominates(&self.local_seen) {
             return Lag { ops, ms: 0, at_least: false };
         }
-        match self.history.iter().rev().find(|(_, v)| peer_seen.dominates(v)) {
-            Some((t, _)) => Lag { ops, ms: now_ms.saturating_sub(*t), at_least: false },
-            None => {
-                let oldest = self.history.front().map_or(now_ms, |(t, _)| *t);
-                Lag { ops, ms: now_ms.saturating_sub(oldest), at_least: true }
+        // Samples are taken only when the applied vector changed, so the first one the peer does
+        // not cover is when the oldest data it lacks arrived here (to within a tick).
+        match self.history.iter().position(|(_, v)| !peer_seen.dominates(v)) {
+            Some(i) => {
+                let (t, _) = &self.history[i];
+                let full = self.history.len() >= self.config.lag_samples_max;
+                Lag { ops, ms: now_ms.saturating_sub(*t), at_least: i == 0 && full }
             }
+            // The peer covers every sample: what it lacks arrived after the last tick.
+            None => Lag { ops, ms: now_ms.saturating_sub(self.last_tick_ms), at_least: false },
         }
     }
 

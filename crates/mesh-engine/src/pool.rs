@@ -24,8 +24,8 @@ enum State {
     Waiting { due_ms: u64 },
     /// A dial is in progress.
     Dialing,
-    /// Connected.
-    Connected,
+    /// Connected since this time.
+    Connected { since_ms: u64 },
 }
 
 /// The dialing policy for one peer DC. See the module docs for the call order.
@@ -76,7 +76,7 @@ impl DialPolicy {
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.state {
             State::Waiting { due_ms } => Some(due_ms),
-            State::Dialing | State::Connected => None,
+            State::Dialing | State::Connected { .. } => None,
         }
     }
 
@@ -91,12 +91,12 @@ impl DialPolicy {
         }
     }
 
-    /// The dial succeeded. The backoff resets; a later reconnect starts from the preferred
-    /// endpoint again.
-    pub fn handle_connected(&mut self) {
+    /// The dial succeeded at `now_ms`; a later reconnect starts from the preferred endpoint. The
+    /// backoff resets only once the connection has stayed up for `retry_delay_max_ms`, so a link
+    /// that connects and is then refused (a Hello mismatch) or drops at once keeps backing off.
+    pub fn handle_connected(&mut self, now_ms: u64) {
         assert_eq!(self.state, State::Dialing, "handle_connected follows a dial");
-        self.state = State::Connected;
-        self.failures = 0;
+        self.state = State::Connected { since_ms: now_ms };
         self.failures_here = 0;
         self.endpoint = 0;
     }
@@ -106,16 +106,24 @@ impl DialPolicy {
     /// after `retry_attempts` failures on this one. Returns when the next dial is due.
     pub fn handle_failed(&mut self, now_ms: u64, rng: &mut impl Rng) -> u64 {
         assert!(
-            matches!(self.state, State::Dialing | State::Connected),
+            matches!(self.state, State::Dialing | State::Connected { .. }),
             "handle_failed follows a dial or a connection"
         );
-        if self.state == State::Dialing {
-            self.failures += 1;
-            self.failures_here += 1;
-            if self.failures_here >= self.retry_attempts {
-                self.endpoint = (self.endpoint + 1) % self.endpoints.len();
-                self.failures_here = 0;
+        match self.state {
+            State::Dialing => {
+                self.failures += 1;
+                self.failures_here += 1;
+                if self.failures_here >= self.retry_attempts {
+                    self.endpoint = (self.endpoint + 1) % self.endpoints.len();
+                    self.failures_here = 0;
+                }
             }
+            State::Connected { since_ms } if now_ms.saturating_sub(since_ms) >= self.retry_delay_max_ms => {
+                self.failures = 0;
+            }
+            // Up only briefly: count it as a failure, so a flapping link backs off.
+            State::Connected { .. } => self.failures += 1,
+            State::Waiting { .. } => unreachable!("asserted above"),
         }
         // A lost connection redials after the base delay (with jitter); failed dials back off.
         let exponent = self.failures.saturating_sub(1).min(32);
@@ -129,7 +137,7 @@ impl DialPolicy {
 
     /// Whether a connection is up.
     pub fn is_connected(&self) -> bool {
-        self.state == State::Connected
+        matches!(self.state, State::Connected { .. })
     }
 }
 
@@ -189,12 +197,30 @@ mod tests {
         }
         let dial = p.poll_dial(now).unwrap();
         assert_eq!(dial, Dial { endpoint: "b:1".into(), failures: 3 });
-        p.handle_connected();
+        p.handle_connected(now);
         assert!(p.is_connected());
-        // The connection is lost: the redial comes after the base delay, at the preferred endpoint.
+        // The connection stayed up long enough, then was lost: the redial comes after the base
+        // delay, at the preferred endpoint.
+        now += 1_000;
         let due = p.handle_failed(now, &mut rng);
         assert!((50..=100).contains(&(due - now)));
         assert_eq!(p.poll_dial(due), Some(Dial { endpoint: "a:1".into(), failures: 0 }));
+    }
+
+    #[test]
+    fn a_link_that_drops_right_after_connecting_keeps_backing_off() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut p = policy(0);
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            p.poll_dial(now).unwrap();
+            p.handle_connected(now);
+            let due = p.handle_failed(now + 5, &mut rng);
+            delays.push(due - (now + 5));
+            now = due;
+        }
+        assert!(delays[4] >= 500, "still redialling every {delays:?} ms");
     }
 
     #[test]

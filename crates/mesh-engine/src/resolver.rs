@@ -221,6 +221,14 @@ impl Resolver {
         self.skew_excess_events
     }
 
+    /// A peer reported (in its Hello) that it has applied this DC's ops up to `seq`: this DC's
+    /// next seq goes past it, so a seq lost with unsynced writes is never reused (DESIGN.md,
+    /// "Durability rules"). The runtime accepts writes only after hearing from peers, or after
+    /// the bound for starting a new incarnation.
+    pub fn handle_peer_seen(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
     /// The health monitor's verdict on this DC's clock ([`crate::health::HealthMonitor::clock_skewed`]).
     pub fn handle_clock_skewed(&mut self, skewed: bool) {
         self.skewed = skewed;
@@ -300,6 +308,7 @@ impl Resolver {
             Applied::Covered => unreachable!("a new dot of this DC is never covered"),
         };
         self.next_seq += 1;
+        self.applied.observe(&op.dot);
         let mut held =
             vec![Output::Written { request: write.request, dot: op.dot.clone(), keyspace: write.keyspace }];
         held.extend(self.conflict(&op, &next, !concurrent.is_empty()));
@@ -391,13 +400,25 @@ impl Resolver {
                 self.skew_excess_events += 1;
             }
             self.applied.observe(&op.dot);
+            if op.dot.origin == self.local {
+                // This DC's own ops coming back (a peer resending what it had): never reuse them.
+                self.next_seq = self.next_seq.max(op.dot.seq + 1);
+            }
             held.extend(self.conflict(&op, &next, concurrent));
             states.insert(k, next);
             applied_ops.push(op);
         }
+        let ack = Output::Ack { to: from.clone(), seen: self.applied.clone() };
         if !applied_ops.is_empty() {
-            held.push(Output::Ack { to: from.clone(), seen: self.applied.clone() });
+            held.push(ack);
             self.persist(applied_ops, states.into_iter().collect(), held);
+        } else {
+            // Nothing new (a resend, perhaps because an ack was lost): ack again, once everything
+            // applied so far is durable.
+            match self.held.back_mut() {
+                Some((_, last)) => last.push(ack),
+                None => self.outputs.push_back(ack),
+            }
         }
         result
     }

@@ -110,9 +110,10 @@ impl SyncTracker {
     /// The write of `request`, named `dot`, is durable here. `mode` is its resolved mode
     /// ([`resolve_mode`]); a sync write waits for `acks` DCs until `now_ms + timeout_ms`.
     ///
+    /// A sync write that finds the waiting set full is answered at once with the partial result.
+    ///
     /// # Panics
-    /// If a sync write arrives while [`SyncTracker::has_room`] is false, or a request id is
-    /// reused while it waits.
+    /// If a request id is reused while it waits.
     pub fn handle_committed(
         &mut self,
         now_ms: u64,
@@ -123,8 +124,10 @@ impl SyncTracker {
         timeout_ms: u64,
     ) {
         assert_eq!(dot.origin, self.local, "only this DC's own writes are tracked");
+        // Never clamped down to the DCs there are: a write that asks for more than can answer
+        // times out with the partial result rather than being reported done.
         let required = match mode {
-            Mode::Sync => acks.required(self.active.len()).clamp(1, self.active.len()),
+            Mode::Sync => acks.required(self.active.len()).max(1),
             Mode::Async | Mode::Hybrid => 1,
         };
         let confirmed = self.confirmed(&dot);
@@ -132,8 +135,13 @@ impl SyncTracker {
             self.outcomes.push_back(SyncOutcome::Done { request, confirmed });
             return;
         }
-        assert!(self.has_room(), "the caller checks has_room before writing a sync write");
-        let deadline_ms = now_ms + timeout_ms;
+        if !self.has_room() {
+            // More sync writes committed than may wait (several passed has_room while their
+            // commits were in flight): answer this one at once with what is known.
+            self.outcomes.push_back(SyncOutcome::TimedOut { request, confirmed, required });
+            return;
+        }
+        let deadline_ms = now_ms.saturating_add(timeout_ms);
         let previous = self.waiting.insert(request, Waiting { dot, required, deadline_ms });
         assert!(previous.is_none(), "request id {request} reused while waiting");
         self.deadlines.insert((deadline_ms, request));

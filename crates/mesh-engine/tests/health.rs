@@ -81,8 +81,10 @@ fn silence_makes_a_peer_suspect_then_down_and_a_heartbeat_brings_it_back() {
 
 #[test]
 fn a_jittery_link_is_given_more_slack_than_a_regular_one() {
-    let mut regular = monitor();
-    let mut jittery = monitor();
+    // A low floor on the deviation, so the links' own spread decides.
+    let config = HealthConfig { std_dev_min_ms: 1.0, ..HealthConfig::new(100, 500) };
+    let mut regular = HealthMonitor::new([dc("b"), dc("c")], config.clone(), 0);
+    let mut jittery = HealthMonitor::new([dc("b"), dc("c")], config, 0);
     let mut t_jittery = 0;
     for i in 0..100u64 {
         beat(&mut regular, i * 100, "b");
@@ -96,26 +98,37 @@ fn a_jittery_link_is_given_more_slack_than_a_regular_one() {
 }
 
 #[test]
-fn lag_is_measured_in_ops_and_in_time_since_the_peer_last_had_everything() {
+fn lag_is_measured_in_ops_and_in_time_since_the_oldest_data_the_peer_lacks_arrived() {
     let mut m = monitor();
     // This DC applies 10 ops per 100 ms tick, from the first tick on.
     for tick in 1..=10u64 {
         m.handle_local_seen(&vv(&[("a", tick * 10)]));
         m.handle_timeout(tick * 100);
     }
-    // b has applied what this DC had at 600 ms (a:60), and reports it at 1,000 ms.
+    // b has applied what this DC had at 600 ms (a:60), and reports it at 1,000 ms: the ops it
+    // lacks arrived by the 700 ms tick.
     assert!(m.status(&dc("b"), 1_000).unwrap().lag.is_none(), "no lag before b is heard from");
     m.handle_heartbeat(1_000, 0, &dc("b"), &vv(&[("a", 60)]), &BTreeMap::new(), 0);
     let lag = m.status(&dc("b"), 1_000).unwrap().lag.unwrap();
-    assert_eq!(lag, Lag { ops: 40, ms: 400, at_least: false });
+    assert_eq!(lag, Lag { ops: 40, ms: 300, at_least: false });
     // Caught up: no lag.
     m.handle_heartbeat(1_050, 0, &dc("b"), &vv(&[("a", 100)]), &BTreeMap::new(), 0);
     assert_eq!(m.status(&dc("b"), 1_050).unwrap().lag.unwrap(), Lag { ops: 0, ms: 0, at_least: false });
-    // c reports nothing applied: behind even the oldest sample.
+    // c reports nothing applied: it lacks everything since the first write, sampled at 100 ms.
     m.handle_heartbeat(1_000, 0, &dc("c"), &VersionVector::new(), &BTreeMap::new(), 0);
-    let lag = m.status(&dc("c"), 1_000).unwrap().lag.unwrap();
-    assert_eq!(lag.ops, 100);
-    assert!(lag.at_least);
+    assert_eq!(m.status(&dc("c"), 1_000).unwrap().lag.unwrap(), Lag { ops: 100, ms: 900, at_least: false });
+    // With only 3 samples kept, that lag is known only as a lower bound.
+    let mut short =
+        HealthMonitor::new([dc("c")], HealthConfig { lag_samples_max: 3, ..HealthConfig::new(100, 500) }, 0);
+    for tick in 1..=10u64 {
+        short.handle_local_seen(&vv(&[("a", tick * 10)]));
+        short.handle_timeout(tick * 100);
+    }
+    short.handle_heartbeat(1_000, 0, &dc("c"), &VersionVector::new(), &BTreeMap::new(), 0);
+    assert_eq!(
+        short.status(&dc("c"), 1_000).unwrap().lag.unwrap(),
+        Lag { ops: 100, ms: 200, at_least: true }
+    );
 }
 
 #[test]
@@ -166,4 +179,43 @@ fn a_heartbeat_is_asked_for_every_interval() {
         }
     }
     assert_eq!(sends, (0..=1_000).step_by(100).collect::<Vec<u64>>());
+}
+
+#[test]
+fn lag_after_an_idle_period_counts_from_when_the_missing_data_arrived() {
+    let mut m = monitor();
+    m.handle_local_seen(&vv(&[("a", 1)]));
+    m.handle_timeout(0);
+    m.handle_heartbeat(0, 0, &dc("b"), &vv(&[("a", 1)]), &BTreeMap::new(), 0);
+    // An hour of nothing, then a write; b is 100 ms behind it.
+    let mut t = 0;
+    while t < 3_600_000 {
+        t += 100;
+        m.handle_timeout(t);
+    }
+    m.handle_local_seen(&vv(&[("a", 2)]));
+    m.handle_timeout(t + 100);
+    let lag = m.status(&dc("b"), t + 200).unwrap().lag.unwrap();
+    assert_eq!(lag, Lag { ops: 1, ms: 100, at_least: false });
+}
+
+#[test]
+fn after_an_outage_the_detector_starts_afresh_and_suspects_the_next_failure_promptly() {
+    let mut m = monitor();
+    for t in (0..=2_000).step_by(100) {
+        beat(&mut m, t, "b");
+        tick_until(&mut m, t, "b");
+    }
+    // An hour of silence, then b is back with regular heartbeats for 2 s.
+    let back = 3_602_000;
+    tick_until(&mut m, back - 100, "b");
+    for t in (back..=back + 2_000).step_by(100) {
+        beat(&mut m, t, "b");
+        tick_until(&mut m, t, "b");
+    }
+    assert_eq!(m.status(&dc("b"), back + 2_000).unwrap().health, Health::Healthy);
+    // b fails again: suspected within a second, not after the hour-long gap fades.
+    let changes = tick_until(&mut m, back + 4_000, "b");
+    let suspect_at = changes.iter().find(|c| c.1 == Health::Suspect).map(|c| c.0).expect("suspected");
+    assert!(suspect_at <= back + 2_000 + 1_000, "suspected only at {suspect_at}");
 }

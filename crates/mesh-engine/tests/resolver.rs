@@ -279,3 +279,52 @@ fn a_retry_with_the_same_idempotency_key_writes_nothing_and_gets_the_first_outco
     let state = h.store.state(&ks, &Key::new("home").unwrap()).unwrap().unwrap();
     assert_eq!(state.counter_value(), Some(10), "two writes, not four");
 }
+
+#[test]
+fn acks_cover_this_dcs_own_writes_and_a_resend_is_acked_again() {
+    let mut h = Harness::new("us-east");
+    h.write(1, "users", "u1", OpKind::Put(b"a".to_vec())).unwrap();
+    h.apply("us-west", vec![put("us-west", 1, 5, "u2", b"x", VersionVector::new())]).unwrap();
+    h.commit_all();
+    let seen: VersionVector = [(dc("us-east"), 1), (dc("us-west"), 1)].into_iter().collect();
+    assert!(h.take_released().contains(&Output::Ack { to: dc("us-west"), seen: seen.clone() }));
+    // us-west resends (its ack was lost): nothing to apply, acked again.
+    h.apply("us-west", vec![put("us-west", 1, 5, "u2", b"x", VersionVector::new())]).unwrap();
+    assert_eq!(h.take_released(), [Output::Ack { to: dc("us-west"), seen }]);
+}
+
+#[test]
+fn this_dcs_own_ops_coming_back_or_reported_by_peers_are_never_reused() {
+    let mut h = Harness::new("us-east");
+    // After a crash that lost us-east:1..2, a peer hands them back.
+    h.apply(
+        "us-west",
+        vec![
+            put("us-east", 1, 5, "u1", b"a", VersionVector::new()),
+            put("us-east", 2, 6, "u2", b"b", VersionVector::new()),
+        ],
+    )
+    .unwrap();
+    // And another peer says in its Hello that it saw up to us-east:5.
+    h.resolver.handle_peer_seen(5);
+    h.write(1, "users", "u3", OpKind::Put(b"c".to_vec())).unwrap();
+    let ops: Vec<Op> = h.commit_all().into_iter().flat_map(|b| b.ops).collect();
+    assert_eq!(ops.last().unwrap().dot, Dot::new(dc("us-east"), 6));
+}
+
+#[test]
+fn a_batch_that_fails_midway_keeps_and_acks_what_applied_before() {
+    let mut h = Harness::new("us-east");
+    let ops = vec![
+        put("us-west", 1, 5, "u1", b"a", VersionVector::new()),
+        put("us-west", 3, 6, "u2", b"b", VersionVector::new()),
+    ];
+    assert!(matches!(h.apply("us-west", ops), Err(ApplyError::Gap { expected: 2, got: 3, .. })));
+    let batches = h.commit_all();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].ops.len(), 1);
+    assert_eq!(
+        h.take_released(),
+        [Output::Ack { to: dc("us-west"), seen: [(dc("us-west"), 1)].into_iter().collect() }]
+    );
+}

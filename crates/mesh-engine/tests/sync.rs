@@ -73,8 +73,9 @@ fn an_all_write_times_out_with_the_partial_result_when_a_dc_is_down() {
 }
 
 #[test]
-fn an_ack_relayed_through_another_dc_counts() {
-    // a cannot hear from b directly; c's heartbeat carries the vector c knows of b.
+fn a_vector_learned_for_one_dc_counts_however_it_travelled() {
+    // The tracker does not care whether b's vector came in b's Ack or relayed in c's heartbeat:
+    // the runtime feeds both through handle_durable.
     let mut t = tracker();
     t.handle_committed(0, 3, Dot::new(dc("a"), 2), Mode::Sync, Acks::Count(2), 1_000);
     t.handle_durable(&dc("b"), &vv(&[("a", 2)]));
@@ -86,10 +87,24 @@ fn a_write_already_covered_when_it_commits_is_done_at_once_and_strangers_do_not_
     let mut t = tracker();
     t.handle_durable(&dc("b"), &vv(&[("a", 10)]));
     t.handle_durable(&dc("zz"), &vv(&[("a", 10)]));
-    t.handle_committed(0, 4, Dot::new(dc("a"), 10), Mode::Sync, Acks::Named(AcksName::All), 1_000);
-    assert_eq!(drain(&mut t), []);
+    t.handle_committed(0, 4, Dot::new(dc("a"), 10), Mode::Sync, Acks::Count(2), 1_000);
+    assert_eq!(drain(&mut t), [SyncOutcome::Done { request: 4, confirmed: vec![dc("a"), dc("b")] }]);
+    t.handle_committed(0, 5, Dot::new(dc("a"), 11), Mode::Sync, Acks::Named(AcksName::All), 1_000);
+    assert_eq!(drain(&mut t), [], "zz is no DC of the mesh: a:11 waits for c");
     t.handle_durable(&dc("c"), &vv(&[("a", 12)]));
-    assert_eq!(drain(&mut t), [SyncOutcome::Done { request: 4, confirmed: vec![dc("a"), dc("b"), dc("c")] }]);
+    t.handle_durable(&dc("b"), &vv(&[("a", 12)]));
+    assert_eq!(drain(&mut t), [SyncOutcome::Done { request: 5, confirmed: vec![dc("a"), dc("b"), dc("c")] }]);
+}
+
+#[test]
+fn a_write_asking_for_more_dcs_than_exist_times_out_instead_of_passing() {
+    let mut t = tracker();
+    t.handle_durable(&dc("b"), &vv(&[("a", 1)]));
+    t.handle_durable(&dc("c"), &vv(&[("a", 1)]));
+    t.handle_committed(0, 1, Dot::new(dc("a"), 1), Mode::Sync, Acks::Count(4), 10);
+    t.handle_timeout(10);
+    let all = vec![dc("a"), dc("b"), dc("c")];
+    assert_eq!(drain(&mut t), [SyncOutcome::TimedOut { request: 1, confirmed: all, required: 4 }]);
 }
 
 #[test]
@@ -100,6 +115,10 @@ fn the_waiting_set_is_bounded() {
         t.handle_committed(0, r, Dot::new(dc("a"), r), Mode::Sync, Acks::Named(AcksName::All), 10);
     }
     assert!(!t.has_room());
+    // A third that passed has_room while its commit was in flight is answered at once.
+    t.handle_committed(0, 3, Dot::new(dc("a"), 3), Mode::Sync, Acks::Named(AcksName::All), 10);
+    let confirmed = vec![dc("a")];
+    assert_eq!(drain(&mut t), [SyncOutcome::TimedOut { request: 3, confirmed, required: 2 }]);
     t.handle_timeout(10);
     assert_eq!(drain(&mut t).len(), 2);
     assert!(t.has_room());
