@@ -229,6 +229,12 @@ impl Resolver {
         self.next_seq = self.next_seq.max(seq + 1);
     }
 
+    /// On restart: the highest HLC in this DC's store (its log's last ops), so local writes keep
+    /// ordering after the ones before the restart even if the wall clock went backwards.
+    pub fn handle_restored_hlc(&mut self, hlc: mesh_core::Hlc, wall_ms: u64) {
+        self.clock.observe(hlc, wall_ms);
+    }
+
     /// The health monitor's verdict on this DC's clock ([`crate::health::HealthMonitor::clock_skewed`]).
     pub fn handle_clock_skewed(&mut self, skewed: bool) {
         self.skewed = skewed;

@@ -328,3 +328,21 @@ fn a_batch_that_fails_midway_keeps_and_acks_what_applied_before() {
         [Output::Ack { to: dc("us-west"), seen: [(dc("us-west"), 1)].into_iter().collect() }]
     );
 }
+
+#[test]
+fn after_a_restart_local_writes_order_after_the_stored_ones_even_if_the_wall_clock_went_back() {
+    let mut h = Harness::new("us-east");
+    h.resolver.handle_restored_hlc(Hlc::new(5_000, 3), 5_100);
+    // The wall clock now reads 2,000 ms (it went back).
+    let w = WriteRequest {
+        request: 1,
+        keyspace: Keyspace::new("users").unwrap(),
+        key: Key::new("k").unwrap(),
+        kind: OpKind::Delete,
+        context: None,
+        idempotency_key: None,
+    };
+    h.resolver.handle_write(0, 2_000, w, &h.store).unwrap();
+    h.drain();
+    assert!(h.commit_all()[0].ops[0].hlc > Hlc::new(5_000, 3));
+}
