@@ -10,12 +10,15 @@
 //! Built so far: [`pool::DialPolicy`] (which endpoint of a peer DC to dial, and when),
 //! [`health::HealthMonitor`] (phi-accrual failure detection, lag and clock offset per peer) and
 //! [`sync::SyncTracker`] (async, sync and hybrid writes: acks learned directly or relayed,
-//! timeouts with the partial result).
+//! timeouts with the partial result), [`resolver::Resolver`] (local writes, remote apply, the
+//! durability barrier, conflict records, idempotency keys) and [`hello::check_hello`] (identity,
+//! membership and fingerprint checks of a new link, and where replication resumes).
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::disallowed_methods)]
 
 mod commit;
 pub mod health;
+pub mod hello;
 pub mod pool;
 pub mod resolver;
 pub mod sync;
