@@ -20,6 +20,18 @@ fn topology() -> Arc<Topology> {
     Arc::new(Topology::new(toml::from_str(text).unwrap(), &builtin_resolvers()).unwrap())
 }
 
+/// A client write without context or idempotency key.
+fn write_request(request: u64, keyspace: &str, key: &str, kind: OpKind) -> WriteRequest {
+    WriteRequest {
+        request,
+        keyspace: Keyspace::new(keyspace).unwrap(),
+        key: Key::new(key).unwrap(),
+        kind,
+        context: None,
+        idempotency_key: None,
+    }
+}
+
 /// A store for the harness: the states of committed batches.
 #[derive(Default)]
 struct Store(BTreeMap<(Keyspace, Key), KeyState>);
@@ -59,15 +71,12 @@ impl Harness {
     }
 
     fn write(&mut self, request: u64, keyspace: &str, key: &str, kind: OpKind) -> Result<(), WriteError> {
-        let w = WriteRequest {
+        let r = self.resolver.handle_write(
             request,
-            keyspace: Keyspace::new(keyspace).unwrap(),
-            key: Key::new(key).unwrap(),
-            kind,
-            context: None,
-            idempotency_key: None,
-        };
-        let r = self.resolver.handle_write(request, 1_000 + request, w, &self.store);
+            1_000 + request,
+            write_request(request, keyspace, key, kind),
+            &self.store,
+        );
         self.drain();
         r
     }
@@ -229,15 +238,7 @@ fn bad_writes_are_refused_without_using_a_seq() {
 fn a_restarted_resolver_continues_after_the_durable_seq() {
     let seen: VersionVector = [(dc("us-east"), 41), (dc("us-west"), 7)].into_iter().collect();
     let mut r = Resolver::new(dc("us-east"), topology(), seen);
-    let w = WriteRequest {
-        request: 1,
-        keyspace: Keyspace::new("users").unwrap(),
-        key: Key::new("k").unwrap(),
-        kind: OpKind::Delete,
-        context: None,
-        idempotency_key: None,
-    };
-    r.handle_write(0, 5, w, &Store::default()).unwrap();
+    r.handle_write(0, 5, write_request(1, "users", "k", OpKind::Delete), &Store::default()).unwrap();
     let Some(Output::Persist { batch, .. }) = r.poll_output() else { panic!("a persist") };
     assert_eq!(batch.ops[0].dot.seq, 42);
 }
@@ -245,13 +246,9 @@ fn a_restarted_resolver_continues_after_the_durable_seq() {
 #[test]
 fn a_retry_with_the_same_idempotency_key_writes_nothing_and_gets_the_first_outcome() {
     let mut h = Harness::new("us-east");
-    let w = |request, key: &str, delta| WriteRequest {
-        request,
-        keyspace: Keyspace::new("page_views").unwrap(),
-        key: Key::new("home").unwrap(),
-        kind: OpKind::CounterAdd(delta),
-        context: None,
+    let w = |id, key: &str, delta| WriteRequest {
         idempotency_key: Some(key.to_string()),
+        ..write_request(id, "page_views", "home", OpKind::CounterAdd(delta))
     };
     let first = Dot::new(dc("us-east"), 1);
     let ks = Keyspace::new("page_views").unwrap();
@@ -334,15 +331,7 @@ fn after_a_restart_local_writes_order_after_the_stored_ones_even_if_the_wall_clo
     let mut h = Harness::new("us-east");
     h.resolver.handle_restored_hlc(Hlc::new(5_000, 3), 5_100);
     // The wall clock now reads 2,000 ms (it went back).
-    let w = WriteRequest {
-        request: 1,
-        keyspace: Keyspace::new("users").unwrap(),
-        key: Key::new("k").unwrap(),
-        kind: OpKind::Delete,
-        context: None,
-        idempotency_key: None,
-    };
-    h.resolver.handle_write(0, 2_000, w, &h.store).unwrap();
+    h.resolver.handle_write(0, 2_000, write_request(1, "users", "k", OpKind::Delete), &h.store).unwrap();
     h.drain();
     assert!(h.commit_all()[0].ops[0].hlc > Hlc::new(5_000, 3));
 }
