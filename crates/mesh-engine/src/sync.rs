@@ -1,8 +1,8 @@
 //! Sync tracker: which writes wait for acknowledgements from other DCs, and when they are done.
 //!
 //! Call order: after a write's local durable commit (`committed(id)` from the store), call
-//! [`SyncTracker::handle_committed`] with the mode the write resolved to
-//! ([`resolve_mode`]). Every time this DC learns a DC's durable vector, directly from an Ack or
+//! [`SyncTracker::handle_committed`] with the mode the write resolved to ([`resolve_mode`]) and
+//! its deadline, counted from when the request arrived (`sync_timeout_ms` after it). Every time this DC learns a DC's durable vector, directly from an Ack or
 //! relayed in a heartbeat's known vectors, call [`SyncTracker::handle_durable`]. Call
 //! [`SyncTracker::handle_timeout`] when [`SyncTracker::poll_timeout`] is due. Drain
 //! [`SyncTracker::poll_outcome`] and reply to the client: an async write is done at once; a sync
@@ -108,7 +108,8 @@ impl SyncTracker {
     }
 
     /// The write of `request`, named `dot`, is durable here. `mode` is its resolved mode
-    /// ([`resolve_mode`]); a sync write waits for `acks` DCs until `now_ms + timeout_ms`.
+    /// ([`resolve_mode`]); a sync write waits for `acks` DCs until `deadline_ms` (runtime clock;
+    /// the request's arrival plus `sync_timeout_ms`, so time spent before the commit counts).
     ///
     /// A sync write that finds the waiting set full is answered at once with the partial result.
     ///
@@ -116,12 +117,11 @@ impl SyncTracker {
     /// If a request id is reused while it waits.
     pub fn handle_committed(
         &mut self,
-        now_ms: u64,
         request: RequestId,
         dot: Dot,
         mode: Mode,
         acks: Acks,
-        timeout_ms: u64,
+        deadline_ms: u64,
     ) {
         assert_eq!(dot.origin, self.local, "only this DC's own writes are tracked");
         // Never clamped down to the DCs there are: a write that asks for more than can answer
@@ -141,7 +141,6 @@ impl SyncTracker {
             self.outcomes.push_back(SyncOutcome::TimedOut { request, confirmed, required });
             return;
         }
-        let deadline_ms = now_ms.saturating_add(timeout_ms);
         let previous = self.waiting.insert(request, Waiting { dot, required, deadline_ms });
         assert!(previous.is_none(), "request id {request} reused while waiting");
         self.deadlines.insert((deadline_ms, request));

@@ -37,7 +37,7 @@ fn modes_resolve_as_the_design_says() {
 #[test]
 fn an_async_write_is_done_at_its_local_commit() {
     let mut t = tracker();
-    t.handle_committed(0, 1, Dot::new(dc("a"), 1), Mode::Async, Acks::Named(AcksName::All), 1_000);
+    t.handle_committed(1, Dot::new(dc("a"), 1), Mode::Async, Acks::Named(AcksName::All), 1_000);
     assert_eq!(drain(&mut t), [SyncOutcome::Done { request: 1, confirmed: vec![dc("a")] }]);
     assert_eq!(t.waiting(), 0);
 }
@@ -45,7 +45,7 @@ fn an_async_write_is_done_at_its_local_commit() {
 #[test]
 fn a_quorum_write_is_done_when_one_more_dc_covers_it() {
     let mut t = tracker();
-    t.handle_committed(0, 7, Dot::new(dc("a"), 5), Mode::Sync, Acks::Named(AcksName::Quorum), 1_000);
+    t.handle_committed(7, Dot::new(dc("a"), 5), Mode::Sync, Acks::Named(AcksName::Quorum), 1_000);
     assert_eq!(drain(&mut t), []);
     t.handle_durable(&dc("b"), &vv(&[("a", 4)]));
     assert_eq!(drain(&mut t), [], "b's vector does not cover a:5 yet");
@@ -57,7 +57,7 @@ fn a_quorum_write_is_done_when_one_more_dc_covers_it() {
 #[test]
 fn an_all_write_times_out_with_the_partial_result_when_a_dc_is_down() {
     let mut t = tracker();
-    t.handle_committed(100, 9, Dot::new(dc("a"), 1), Mode::Sync, Acks::Named(AcksName::All), 2_000);
+    t.handle_committed(9, Dot::new(dc("a"), 1), Mode::Sync, Acks::Named(AcksName::All), 2_100);
     t.handle_durable(&dc("c"), &vv(&[("a", 1)]));
     assert_eq!(t.poll_timeout(), Some(2_100));
     t.handle_timeout(2_099);
@@ -77,7 +77,7 @@ fn a_vector_learned_for_one_dc_counts_however_it_travelled() {
     // The tracker does not care whether b's vector came in b's Ack or relayed in c's heartbeat:
     // the runtime feeds both through handle_durable.
     let mut t = tracker();
-    t.handle_committed(0, 3, Dot::new(dc("a"), 2), Mode::Sync, Acks::Count(2), 1_000);
+    t.handle_committed(3, Dot::new(dc("a"), 2), Mode::Sync, Acks::Count(2), 1_000);
     t.handle_durable(&dc("b"), &vv(&[("a", 2)]));
     assert_eq!(drain(&mut t), [SyncOutcome::Done { request: 3, confirmed: vec![dc("a"), dc("b")] }]);
 }
@@ -87,9 +87,9 @@ fn a_write_already_covered_when_it_commits_is_done_at_once_and_strangers_do_not_
     let mut t = tracker();
     t.handle_durable(&dc("b"), &vv(&[("a", 10)]));
     t.handle_durable(&dc("zz"), &vv(&[("a", 10)]));
-    t.handle_committed(0, 4, Dot::new(dc("a"), 10), Mode::Sync, Acks::Count(2), 1_000);
+    t.handle_committed(4, Dot::new(dc("a"), 10), Mode::Sync, Acks::Count(2), 1_000);
     assert_eq!(drain(&mut t), [SyncOutcome::Done { request: 4, confirmed: vec![dc("a"), dc("b")] }]);
-    t.handle_committed(0, 5, Dot::new(dc("a"), 11), Mode::Sync, Acks::Named(AcksName::All), 1_000);
+    t.handle_committed(5, Dot::new(dc("a"), 11), Mode::Sync, Acks::Named(AcksName::All), 1_000);
     assert_eq!(drain(&mut t), [], "zz is no DC of the mesh: a:11 waits for c");
     t.handle_durable(&dc("c"), &vv(&[("a", 12)]));
     t.handle_durable(&dc("b"), &vv(&[("a", 12)]));
@@ -101,7 +101,7 @@ fn a_write_asking_for_more_dcs_than_exist_times_out_instead_of_passing() {
     let mut t = tracker();
     t.handle_durable(&dc("b"), &vv(&[("a", 1)]));
     t.handle_durable(&dc("c"), &vv(&[("a", 1)]));
-    t.handle_committed(0, 1, Dot::new(dc("a"), 1), Mode::Sync, Acks::Count(4), 10);
+    t.handle_committed(1, Dot::new(dc("a"), 1), Mode::Sync, Acks::Count(4), 10);
     t.handle_timeout(10);
     let all = vec![dc("a"), dc("b"), dc("c")];
     assert_eq!(drain(&mut t), [SyncOutcome::TimedOut { request: 1, confirmed: all, required: 4 }]);
@@ -112,11 +112,11 @@ fn the_waiting_set_is_bounded() {
     let mut t = SyncTracker::new(dc("a"), [dc("b")], 2);
     for r in 1..=2 {
         assert!(t.has_room());
-        t.handle_committed(0, r, Dot::new(dc("a"), r), Mode::Sync, Acks::Named(AcksName::All), 10);
+        t.handle_committed(r, Dot::new(dc("a"), r), Mode::Sync, Acks::Named(AcksName::All), 10);
     }
     assert!(!t.has_room());
     // A third that passed has_room while its commit was in flight is answered at once.
-    t.handle_committed(0, 3, Dot::new(dc("a"), 3), Mode::Sync, Acks::Named(AcksName::All), 10);
+    t.handle_committed(3, Dot::new(dc("a"), 3), Mode::Sync, Acks::Named(AcksName::All), 10);
     let confirmed = vec![dc("a")];
     assert_eq!(drain(&mut t), [SyncOutcome::TimedOut { request: 3, confirmed, required: 2 }]);
     t.handle_timeout(10);
