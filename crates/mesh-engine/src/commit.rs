@@ -3,7 +3,8 @@
 //! The engine never imports a store (DESIGN.md): it emits [`CommitBatch`]es in its persist
 //! effects and reads key states through [`StateRead`], which the stores implement.
 
-use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
+use mesh_core::{DcId, Dot, Key, KeyState, Keyspace, Op, VersionVector};
+use serde::{Deserialize, Serialize};
 
 /// One atomic commit: ops for the log, the key states they produced, and vectors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,6 +17,23 @@ pub struct CommitBatch {
     pub seen: VersionVector,
     /// Per peer, joined into the stored acked vector (what the peer confirmed durable).
     pub acked: Vec<(DcId, VersionVector)>,
+    /// Idempotency keys of the batch's client writes, so a retry after a restart is still
+    /// recognised within the window.
+    pub idempotency: Vec<IdempotencyRecord>,
+}
+
+/// A remembered idempotency key: the write it named, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The client's key.
+    pub key: String,
+    /// The write's dot.
+    pub dot: Dot,
+    /// A hash of the write (keyspace, key, kind), to refuse the key's reuse for another write.
+    pub fingerprint: u64,
+    /// The wall clock when the write was accepted, in ms: records older than the window are
+    /// dropped.
+    pub wall_ms: u64,
 }
 
 impl CommitBatch {
@@ -38,4 +56,8 @@ pub trait StateRead {
 
     /// The durable state of a key (`None`: never written, or removed).
     fn state(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, Self::Error>;
+
+    /// The idempotency records accepted at or after `since_wall_ms`, oldest first, to restore a
+    /// resolver after a restart.
+    fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, Self::Error>;
 }

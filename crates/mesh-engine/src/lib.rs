@@ -23,4 +23,4 @@ pub mod pool;
 pub mod resolver;
 pub mod sync;
 
-pub use commit::{CommitBatch, StateRead};
+pub use commit::{CommitBatch, IdempotencyRecord, StateRead};

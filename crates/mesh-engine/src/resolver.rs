@@ -15,7 +15,7 @@
 //!   from its store, and no held output is ever released.
 //! - Drain [`Resolver::poll_output`] after every call.
 
-use crate::commit::{CommitBatch, StateRead};
+use crate::commit::{CommitBatch, IdempotencyRecord, StateRead};
 use crate::sync::RequestId;
 use mesh_core::topology::Topology;
 use mesh_core::{
@@ -229,6 +229,34 @@ impl Resolver {
         self.next_seq = self.next_seq.max(seq + 1);
     }
 
+    /// On restart: the idempotency records the store kept (see
+    /// [`StateRead::idempotency_records`]), so a client retrying across the restart inside the
+    /// window still gets the first write's outcome. `now_ms` and `wall_ms` are the runtime and
+    /// wall clocks now; records older than the window are skipped.
+    pub fn handle_restored_idempotency(
+        &mut self,
+        records: Vec<IdempotencyRecord>,
+        now_ms: u64,
+        wall_ms: u64,
+    ) {
+        for r in records {
+            let age_ms = wall_ms.saturating_sub(r.wall_ms);
+            if age_ms > self.idempotency_window_ms {
+                continue;
+            }
+            let at_ms = now_ms.saturating_sub(age_ms);
+            let remembered = Remembered { fingerprint: r.fingerprint, dot: r.dot, persist: None, at_ms };
+            self.idempotency.insert(r.key.clone(), remembered);
+            self.idempotency_order.push_back((at_ms, r.key));
+        }
+        self.forget_idempotency_keys(now_ms);
+    }
+
+    /// The idempotency window, in ms (`idempotency_window_s`).
+    pub fn idempotency_window_ms(&self) -> u64 {
+        self.idempotency_window_ms
+    }
+
     /// On restart: the highest HLC in this DC's store (its log's last ops), so local writes keep
     /// ordering after the ones before the restart even if the wall clock went backwards.
     pub fn handle_restored_hlc(&mut self, hlc: mesh_core::Hlc, wall_ms: u64) {
@@ -318,6 +346,7 @@ impl Resolver {
         let mut held =
             vec![Output::Written { request: write.request, dot: op.dot.clone(), keyspace: write.keyspace }];
         held.extend(self.conflict(&op, &next, !concurrent.is_empty()));
+        let mut records = Vec::new();
         if let Some(key) = write.idempotency_key {
             let fingerprint = fingerprint(&op.keyspace, &op.key, &op.kind);
             let r = Remembered {
@@ -328,10 +357,14 @@ impl Resolver {
             };
             self.idempotency.insert(key.clone(), r);
             self.idempotency_inflight.push_back((self.next_persist, key.clone()));
-            self.idempotency_order.push_back((now_ms, key));
+            self.idempotency_order.push_back((now_ms, key.clone()));
+            records.push(IdempotencyRecord { key, dot: op.dot.clone(), fingerprint, wall_ms });
         }
         let k = (op.keyspace.clone(), op.key.clone());
         self.persist(vec![op], vec![(k, next)], held);
+        if let Some(Output::Persist { batch, .. }) = self.outputs.back_mut() {
+            batch.idempotency = records;
+        }
         Ok(())
     }
 
@@ -455,7 +488,7 @@ impl Resolver {
         self.held.push_back((id, held));
         self.outputs.push_back(Output::Persist {
             id,
-            batch: CommitBatch { ops, states: keyed, seen, acked: vec![] },
+            batch: CommitBatch { ops, states: keyed, seen, acked: vec![], idempotency: vec![] },
         });
     }
 

@@ -7,7 +7,7 @@ use mesh_core::{
     builtin_resolvers, DcId, Dot, Hlc, Key, KeyState, Keyspace, Op, OpKind, Topology, VersionVector,
 };
 use mesh_engine::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest};
-use mesh_engine::{CommitBatch, StateRead};
+use mesh_engine::{CommitBatch, IdempotencyRecord, StateRead};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -32,14 +32,17 @@ fn write_request(request: u64, keyspace: &str, key: &str, kind: OpKind) -> Write
     }
 }
 
-/// A store for the harness: the states of committed batches.
+/// A store for the harness: the states and idempotency records of committed batches.
 #[derive(Default)]
-struct Store(BTreeMap<(Keyspace, Key), KeyState>);
+struct Store(BTreeMap<(Keyspace, Key), KeyState>, Vec<IdempotencyRecord>);
 
 impl StateRead for Store {
     type Error = std::convert::Infallible;
     fn state(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, Self::Error> {
         Ok(self.0.get(&(keyspace.clone(), key.clone())).cloned())
+    }
+    fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, Self::Error> {
+        Ok(self.1.iter().filter(|r| r.wall_ms >= since_wall_ms).cloned().collect())
     }
 }
 
@@ -94,6 +97,7 @@ impl Harness {
             for (ks, k, state) in &batch.states {
                 self.store.0.insert((ks.clone(), k.clone()), state.clone().unwrap());
             }
+            self.store.1.extend(batch.idempotency.iter().cloned());
             self.resolver.handle_committed(id);
             batches.push(batch);
         }
@@ -334,4 +338,33 @@ fn after_a_restart_local_writes_order_after_the_stored_ones_even_if_the_wall_clo
     h.resolver.handle_write(0, 2_000, write_request(1, "users", "k", OpKind::Delete), &h.store).unwrap();
     h.drain();
     assert!(h.commit_all()[0].ops[0].hlc > Hlc::new(5_000, 3));
+}
+
+#[test]
+fn a_retry_after_a_restart_inside_the_window_still_gets_the_first_outcome() {
+    let mut h = Harness::new("us-east");
+    let w = |id| WriteRequest {
+        idempotency_key: Some("retry-me".into()),
+        ..write_request(id, "page_views", "home", OpKind::CounterAdd(5))
+    };
+    h.resolver.handle_write(0, 50_000, w(1), &h.store).unwrap();
+    h.drain();
+    let batches = h.commit_all();
+    assert_eq!(batches[0].idempotency.len(), 1, "the key is committed with the write");
+    // Restart: a new resolver, restored from what the store kept, 60 s later.
+    let mut restarted = Resolver::new(dc("us-east"), topology(), batches[0].seen.clone());
+    let records = h.store.idempotency_records(0).unwrap();
+    restarted.handle_restored_idempotency(records.clone(), 10, 110_000);
+    restarted.handle_write(20, 110_000, w(2), &h.store).unwrap();
+    let ks = Keyspace::new("page_views").unwrap();
+    assert_eq!(
+        restarted.poll_output(),
+        Some(Output::Written { request: 2, dot: Dot::new(dc("us-east"), 1), keyspace: ks })
+    );
+    assert_eq!(restarted.poll_output(), None, "nothing written again");
+    // Restored after the window (600 s): forgotten, so the retry is a new write.
+    let mut late = Resolver::new(dc("us-east"), topology(), batches[0].seen.clone());
+    late.handle_restored_idempotency(records, 10, 50_000 + 600_001);
+    late.handle_write(20, 700_000, w(3), &h.store).unwrap();
+    assert!(matches!(late.poll_output(), Some(Output::Persist { .. })));
 }

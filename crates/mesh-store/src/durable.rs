@@ -24,7 +24,8 @@
 //! holding its ops, states and vectors is on disk.
 
 use crate::{
-    decode, encode, CommitBatch, CommitDone, LogPage, LogRead, LogStats, Snapshot, Store, StoreError,
+    decode, encode, CommitBatch, CommitDone, IdempotencyRecord, LogPage, LogRead, LogStats, Snapshot, Store,
+    StoreError,
 };
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use redb::{
@@ -49,6 +50,8 @@ const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 /// Group number → msgpack `Vec<(Keyspace, Key, Option<KeyState>)>`: the states a group wrote.
 const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+/// (accepted at wall ms, idempotency key) → msgpack `IdempotencyRecord`.
+const IDEMPOTENCY: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("idempotency");
 /// Vectors and counters: "seen", "log_last", "acked/<dc>", "log_stats", "wal".
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -74,11 +77,18 @@ pub struct Options {
     /// Checkpoint once this many bytes of write-ahead records accumulated. Bounds the replay work
     /// on open.
     pub checkpoint_wal_bytes_max: u64,
+    /// Idempotency records older than this (by the wall clock of the newest one) are dropped
+    /// (`idempotency_window_s` × 1,000).
+    pub idempotency_window_ms: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { checkpoint_keys_max: 65_536, checkpoint_wal_bytes_max: 64 << 20 }
+        Self {
+            checkpoint_keys_max: 65_536,
+            checkpoint_wal_bytes_max: 64 << 20,
+            idempotency_window_ms: 600_000,
+        }
     }
 }
 
@@ -159,6 +169,7 @@ impl DurableStore {
         txn.open_table(KV).map_err(db_err)?;
         txn.open_table(LOG).map_err(db_err)?;
         txn.open_table(WAL).map_err(db_err)?;
+        txn.open_table(IDEMPOTENCY).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         // Replay the write-ahead records after the last checkpoint into the overlay.
@@ -334,7 +345,7 @@ impl Committer {
         let number = self.overlay.read().unwrap_or_else(|e| e.into_inner()).group + 1;
         let states: Vec<&(Keyspace, Key, Option<KeyState>)> = group.iter().flat_map(|b| &b.states).collect();
         let record = pack(&states);
-        write_group(&self.db, group.iter(), number, &record)?;
+        write_group(&self.db, group.iter(), number, &record, self.options.idempotency_window_ms)?;
         self.wal_bytes += record.len() as u64;
         // The batches are no longer needed: their states move into the overlay uncopied.
         let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
@@ -379,9 +390,10 @@ impl Committer {
 /// transaction and returns once it is durable.
 fn write_group<'a>(
     db: &Database,
-    group: impl Iterator<Item = &'a CommitBatch>,
+    group: impl Iterator<Item = &'a CommitBatch> + Clone,
     number: u64,
     record: &[u8],
+    idempotency_window_ms: u64,
 ) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
@@ -390,6 +402,17 @@ fn write_group<'a>(
         let mut wal = txn.open_table(WAL).map_err(db_err)?;
         let mut meta = txn.open_table(META).map_err(db_err)?;
         wal.insert(number, record).map_err(db_err)?;
+        // Idempotency records, and the expiry of the old ones; the table is touched only by
+        // groups that carry records.
+        let records: Vec<&IdempotencyRecord> = group.clone().flat_map(|b| &b.idempotency).collect();
+        if let Some(newest_ms) = records.iter().map(|r| r.wall_ms).max() {
+            let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(db_err)?;
+            for r in &records {
+                idempotency.insert((r.wall_ms, r.key.as_str()), encode(r).as_slice()).map_err(db_err)?;
+            }
+            let cutoff_ms = newest_ms.saturating_sub(idempotency_window_ms);
+            idempotency.retain_in((0, "")..(cutoff_ms, ""), |_, _| false).map_err(db_err)?;
+        }
         let (_, checkpointed): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
         meta.insert(WAL_POSITION, encode(&(number, checkpointed)).as_slice()).map_err(db_err)?;
         let mut seen: VersionVector = read_meta(&meta, SEEN)?;
@@ -536,6 +559,18 @@ impl Store for DurableStore {
     fn log_stats(&self) -> Result<LogStats, StoreError> {
         let (ops, bytes): (u64, u64) = self.read_meta(LOG_STATS)?;
         Ok(LogStats { ops, bytes })
+    }
+
+    fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        self.check_usable()?;
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(IDEMPOTENCY).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range((since_wall_ms, "")..).map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(decode("idempotency record", v.value())?);
+        }
+        Ok(out)
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {

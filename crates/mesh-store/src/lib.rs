@@ -22,7 +22,7 @@ pub use durable::{DurableStore, Options, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX, LOG_C
 pub use mem::MemStore;
 
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
-pub use mesh_engine::CommitBatch;
+pub use mesh_engine::{CommitBatch, IdempotencyRecord};
 
 /// A store operation that failed. What happened to state is said per variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,6 +191,10 @@ pub trait Store: LogRead + Send + Sync {
 
     /// Cuts a consistent snapshot.
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError>;
+
+    /// The idempotency records committed with client writes accepted at or after
+    /// `since_wall_ms`, oldest first. Older records may have been dropped.
+    fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError>;
 }
 
 /// Assembles one page of [`LogRead::read_log`] from an origin's ops offered in seq order, so both
@@ -258,6 +262,10 @@ macro_rules! state_read {
 
             fn state(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, StoreError> {
                 self.get(keyspace, key)
+            }
+
+            fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError> {
+                Store::idempotency_records(self, since_wall_ms)
             }
         }
     )*};

@@ -10,7 +10,9 @@
 //!
 //! Through the [`Store`] trait, `submit` stages and syncs at once.
 
-use crate::{CommitBatch, CommitDone, LogPage, LogRead, LogStats, Snapshot, Store, StoreError};
+use crate::{
+    CommitBatch, CommitDone, IdempotencyRecord, LogPage, LogRead, LogStats, Snapshot, Store, StoreError,
+};
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -26,6 +28,9 @@ struct MemState {
     seen: VersionVector,
     acked: BTreeMap<DcId, VersionVector>,
     stats: LogStats,
+    /// (accepted at wall ms, key) → record. Not pruned: a simulation is bounded; readers ask
+    /// for the records of their window.
+    idempotency: BTreeMap<(u64, String), IdempotencyRecord>,
 }
 
 impl MemState {
@@ -49,6 +54,9 @@ impl MemState {
         self.seen.join(&batch.seen);
         for (peer, vv) in &batch.acked {
             self.acked.entry(peer.clone()).or_default().join(vv);
+        }
+        for r in &batch.idempotency {
+            self.idempotency.insert((r.wall_ms, r.key.clone()), r.clone());
         }
     }
 }
@@ -178,6 +186,16 @@ impl Store for MemStore {
 
     fn log_stats(&self) -> Result<LogStats, StoreError> {
         Ok(self.lock().durable.stats)
+    }
+
+    fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .durable
+            .idempotency
+            .range((since_wall_ms, String::new())..)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {

@@ -208,5 +208,6 @@ pub fn put_commit(origin: &DcId, seq: u64, key: &str, value: Vec<u8>) -> CommitB
         ops: vec![op],
         seen,
         acked: vec![],
+        idempotency: vec![],
     }
 }

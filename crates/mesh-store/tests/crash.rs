@@ -24,7 +24,7 @@ const WRITERS: usize = 8;
 /// Checkpoints every few hundred keys, so that kills and power cuts also land during and after
 /// checkpoints, not only between write-ahead records.
 fn checkpoint_often() -> Options {
-    Options { checkpoint_keys_max: 200, checkpoint_wal_bytes_max: 64 << 10 }
+    Options { checkpoint_keys_max: 200, checkpoint_wal_bytes_max: 64 << 10, ..Options::default() }
 }
 
 fn seed(test: &str) -> u64 {

@@ -48,7 +48,7 @@ proptest! {
     fn the_memory_store_answers_like_the_durable_store(steps in prop::collection::vec(step(), 1..25)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let options = Options { checkpoint_keys_max: 5, checkpoint_wal_bytes_max: 8 << 10 };
+        let options = Options { checkpoint_keys_max: 5, checkpoint_wal_bytes_max: 8 << 10, ..Options::default() };
         let mut durable = DurableStore::open_with(&path, options).unwrap();
         let mem = MemStore::new();
         let mut logged: [Vec<CommitBatch>; 3] = Default::default();

@@ -24,7 +24,7 @@ fn both(test: impl Fn(&dyn Store)) {
 }
 
 fn tiny_checkpoints() -> Options {
-    Options { checkpoint_keys_max: 3, checkpoint_wal_bytes_max: 4096 }
+    Options { checkpoint_keys_max: 3, checkpoint_wal_bytes_max: 4096, ..Options::default() }
 }
 
 #[test]
@@ -325,4 +325,33 @@ fn snapshots_and_reads_during_commits_and_checkpoints_are_consistent_cuts() {
     }
     writer.join().unwrap();
     assert!(cuts > 1, "the test took only {cuts} snapshot while writing");
+}
+
+#[test]
+fn idempotency_records_survive_a_reopen_and_expire_after_the_window() {
+    use mesh_store::IdempotencyRecord;
+    let record = |key: &str, wall_ms| IdempotencyRecord {
+        key: key.into(),
+        dot: mesh_core::Dot::new(dc("us-east"), wall_ms),
+        fingerprint: 7,
+        wall_ms,
+    };
+    both(|store| {
+        store.commit(CommitBatch { idempotency: vec![record("old", 1_000)], ..Default::default() }).unwrap();
+        store
+            .commit(CommitBatch { idempotency: vec![record("new", 700_000)], ..Default::default() })
+            .unwrap();
+        assert_eq!(store.idempotency_records(100_000).unwrap(), [record("new", 700_000)]);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    {
+        let store = DurableStore::open(&path).unwrap();
+        store.commit(CommitBatch { idempotency: vec![record("old", 1_000)], ..Default::default() }).unwrap();
+        store
+            .commit(CommitBatch { idempotency: vec![record("new", 700_000)], ..Default::default() })
+            .unwrap();
+    }
+    let store = DurableStore::open(&path).unwrap();
+    assert_eq!(store.idempotency_records(0).unwrap(), [record("new", 700_000)], "the old one expired");
 }
