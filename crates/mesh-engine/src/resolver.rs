@@ -361,10 +361,7 @@ impl Resolver {
             records.push(IdempotencyRecord { key, dot: op.dot.clone(), fingerprint, wall_ms });
         }
         let k = (op.keyspace.clone(), op.key.clone());
-        self.persist(vec![op], vec![(k, next)], held);
-        if let Some(Output::Persist { batch, .. }) = self.outputs.back_mut() {
-            batch.idempotency = records;
-        }
+        self.persist(vec![op], vec![(k, next)], records, held);
         Ok(())
     }
 
@@ -450,7 +447,7 @@ impl Resolver {
         let ack = Output::Ack { to: from.clone(), seen: self.applied.clone() };
         if !applied_ops.is_empty() {
             held.push(ack);
-            self.persist(applied_ops, states.into_iter().collect(), held);
+            self.persist(applied_ops, states.into_iter().collect(), vec![], held);
         } else {
             // Nothing new (a resend, perhaps because an ack was lost): ack again, once everything
             // applied so far is durable.
@@ -471,9 +468,15 @@ impl Resolver {
         Some(Output::Conflict(spec.rules.conflict(&op.keyspace, &op.key, state.versions())))
     }
 
-    /// Emits a persist of `ops` and the key `states` they produced, and holds `held` until it
-    /// commits.
-    fn persist(&mut self, ops: Vec<Op>, states: Vec<((Keyspace, Key), KeyState)>, held: Vec<Output>) {
+    /// Emits a persist of `ops`, the key `states` they produced and the `idempotency` records of
+    /// their client writes, and holds `held` until it commits.
+    fn persist(
+        &mut self,
+        ops: Vec<Op>,
+        states: Vec<((Keyspace, Key), KeyState)>,
+        idempotency: Vec<IdempotencyRecord>,
+        held: Vec<Output>,
+    ) {
         let id = self.next_persist;
         self.next_persist += 1;
         let mut seen = VersionVector::new();
@@ -488,7 +491,7 @@ impl Resolver {
         self.held.push_back((id, held));
         self.outputs.push_back(Output::Persist {
             id,
-            batch: CommitBatch { ops, states: keyed, seen, acked: vec![], idempotency: vec![] },
+            batch: CommitBatch { ops, states: keyed, seen, acked: vec![], idempotency },
         });
     }
 

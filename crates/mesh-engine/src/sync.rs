@@ -152,16 +152,16 @@ impl SyncTracker {
             return;
         }
         self.durable.entry(dc.clone()).or_default().join(vector);
-        let done: Vec<RequestId> = self
+        let done: Vec<(RequestId, Vec<DcId>)> = self
             .waiting
             .iter()
-            .filter(|(_, w)| self.confirmed(&w.dot).len() >= w.required)
-            .map(|(r, _)| *r)
+            .map(|(r, w)| (*r, self.confirmed(&w.dot), w.required))
+            .filter(|(_, confirmed, required)| confirmed.len() >= *required)
+            .map(|(r, confirmed, _)| (r, confirmed))
             .collect();
-        for request in done {
+        for (request, confirmed) in done {
             let w = self.waiting.remove(&request).expect("listed above");
             self.deadlines.remove(&(w.deadline_ms, request));
-            let confirmed = self.confirmed(&w.dot);
             self.outcomes.push_back(SyncOutcome::Done { request, confirmed });
         }
     }
