@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest datacenter id, in bytes.
 pub const DC_ID_BYTES_MAX: usize = 32;
@@ -65,9 +66,16 @@ fn check(
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared, not copied, when cloned: ids are cloned on every vector and op.
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// The identifier as a string.
@@ -136,7 +144,7 @@ impl DcId {
         check("datacenter id", &s, DC_ID_BYTES_MAX, "a-z, 0-9 and '-', starting with a letter", |i, c| {
             c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || c == '-'))
         })?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 }
 
@@ -151,7 +159,7 @@ impl Keyspace {
             "a-z, 0-9, '_' and '-', starting with a letter",
             |i, c| c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || c == '-' || c == '_')),
         )?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 }
 
@@ -160,7 +168,7 @@ impl Key {
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
         check("key", &s, KEY_BYTES_MAX, "any character but control characters", |_, c| !c.is_control())?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 }
 

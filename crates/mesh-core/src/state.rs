@@ -419,7 +419,7 @@ impl KeyState {
     }
 
     /// Reads the key: registers through `choose` (the strategy), counters and sets as they are.
-    pub(crate) fn read_with(&self, choose: impl FnOnce(&[Version]) -> Vec<Version>) -> ReadResult {
+    pub fn read_with(&self, choose: impl FnOnce(&[Version]) -> Vec<Version>) -> ReadResult {
         let value = match &self.value {
             Value::Register(versions) => {
                 ReadValue::Register(choose(versions).into_iter().filter(|v| !v.is_tombstone()).collect())

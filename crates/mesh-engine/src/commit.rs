@@ -60,4 +60,42 @@ pub trait StateRead {
     /// The idempotency records accepted at or after `since_wall_ms`, oldest first, to restore a
     /// resolver after a restart.
     fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, Self::Error>;
+
+    /// Walks the durable keys for tombstone GC: examines up to `max` keys after `after`
+    /// (exclusive), in (keyspace, key) order, and returns those whose state holds tombstones and
+    /// nothing else, with the last key examined (`None`: the walk reached the end).
+    fn scan_tombstoned(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<Scan, Self::Error>;
+}
+
+/// One step of a walk over the keys ([`StateRead::scan_tombstoned`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// The keys found.
+    pub keys: Vec<(Keyspace, Key)>,
+    /// Where the next step starts; `None` when the walk is complete.
+    pub last: Option<(Keyspace, Key)>,
+}
+
+/// Whether a state holds tombstones and nothing else (what tombstone GC looks for).
+pub fn only_tombstones(state: &KeyState) -> bool {
+    state.is_deleted() && !state.versions().is_empty()
+}
+
+/// Reads the durable op log: what replicators send. The stores implement it (DESIGN.md: the
+/// engine defines the log-read trait it needs).
+pub trait OpLog {
+    /// Why a read failed.
+    type Error: std::error::Error;
+
+    /// Up to `ops_max` ops of `origin` with seqs `after_seq + 1, after_seq + 2, …` without a gap,
+    /// stopping early once `bytes_max` encoded bytes are reached (always at least one op when any
+    /// is there). `Ok(Some(empty))` when the log holds nothing after `after_seq`; `Ok(None)` when
+    /// the log no longer holds `after_seq + 1` but later ops (compacted away).
+    fn read_ops(
+        &self,
+        origin: &DcId,
+        after_seq: u64,
+        ops_max: usize,
+        bytes_max: usize,
+    ) -> Result<Option<Vec<Op>>, Self::Error>;
 }

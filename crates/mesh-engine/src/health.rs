@@ -301,6 +301,12 @@ impl HealthMonitor {
         known
     }
 
+    /// How `peer` is judged (as of the last tick), or `None` if it is not a peer. Cheaper than
+    /// [`HealthMonitor::status`], which also measures lag.
+    pub fn health(&self, peer: &DcId) -> Option<Health> {
+        self.peers.get(peer).map(|p| p.health)
+    }
+
     /// The status of `peer` at `now_ms`, or `None` if it is not a peer.
     pub fn status(&self, peer: &DcId, now_ms: u64) -> Option<PeerStatus> {
         let p = self.peers.get(peer)?;

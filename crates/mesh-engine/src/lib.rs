@@ -19,8 +19,12 @@
 mod commit;
 pub mod health;
 pub mod hello;
+pub mod node;
+mod planted;
 pub mod pool;
+pub mod replicator;
 pub mod resolver;
 pub mod sync;
 
-pub use commit::{CommitBatch, IdempotencyRecord, StateRead};
+pub use commit::{only_tombstones, CommitBatch, IdempotencyRecord, OpLog, Scan, StateRead};
+pub use planted::PlantedBug;

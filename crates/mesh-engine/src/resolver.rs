@@ -17,6 +17,7 @@
 
 use crate::commit::{CommitBatch, IdempotencyRecord, StateRead};
 use crate::sync::RequestId;
+use crate::PlantedBug;
 use mesh_core::topology::Topology;
 use mesh_core::{
     Applied, Conflict, DcId, Dot, HlcClock, Key, KeyState, Keyspace, Op, OpKind, StateError, Strategy,
@@ -168,8 +169,9 @@ pub struct Resolver {
     next_seq: u64,
     /// Everything applied here, committed or not.
     applied: VersionVector,
-    /// States changed by persists not yet committed, with the last persist that changed each.
-    pending: BTreeMap<(Keyspace, Key), (KeyState, PersistId)>,
+    /// States changed by persists not yet committed (`None`: removed), with the last persist
+    /// that changed each.
+    pending: BTreeMap<(Keyspace, Key), (Option<KeyState>, PersistId)>,
     /// Outputs held until their persist commits, oldest persist first.
     held: VecDeque<(PersistId, Vec<Output>)>,
     next_persist: PersistId,
@@ -183,6 +185,7 @@ pub struct Resolver {
     idempotency_window_ms: u64,
     /// Remembered keys whose write is not committed yet, by persist, oldest first.
     idempotency_inflight: VecDeque<(PersistId, String)>,
+    planted: Option<PlantedBug>,
 }
 
 impl Resolver {
@@ -207,6 +210,17 @@ impl Resolver {
             idempotency_order: VecDeque::new(),
             idempotency_window_ms,
             idempotency_inflight: VecDeque::new(),
+            planted: None,
+        }
+    }
+
+    /// Test only: plants a known bug (see [`PlantedBug`]), so the simulator can show that its
+    /// checkers catch it. Never set in production.
+    pub fn plant(&mut self, bug: PlantedBug) {
+        self.planted = Some(bug);
+        if bug == PlantedBug::SeqReuseAfterRestart {
+            // The bug: the next seq is taken as the last durable one, not the one after it.
+            self.next_seq = self.next_seq.saturating_sub(1).max(1);
         }
     }
 
@@ -275,7 +289,7 @@ impl Resolver {
         store: &impl StateRead,
     ) -> Result<Option<KeyState>, String> {
         if let Some((state, _)) = self.pending.get(&(keyspace.clone(), key.clone())) {
-            return Ok(Some(state.clone()));
+            return Ok(state.clone());
         }
         store.state(keyspace, key).map_err(|e| e.to_string())
     }
@@ -361,7 +375,7 @@ impl Resolver {
             records.push(IdempotencyRecord { key, dot: op.dot.clone(), fingerprint, wall_ms });
         }
         let k = (op.keyspace.clone(), op.key.clone());
-        self.persist(vec![op], vec![(k, next)], records, held);
+        self.persist(vec![op], vec![(k, Some(next))], records, held);
         Ok(())
     }
 
@@ -447,7 +461,7 @@ impl Resolver {
         let ack = Output::Ack { to: from.clone(), seen: self.applied.clone() };
         if !applied_ops.is_empty() {
             held.push(ack);
-            self.persist(applied_ops, states.into_iter().collect(), vec![], held);
+            self.persist(applied_ops, states.into_iter().map(|(k, s)| (k, Some(s))).collect(), vec![], held);
         } else {
             // Nothing new (a resend, perhaps because an ack was lost): ack again, once everything
             // applied so far is durable.
@@ -459,13 +473,59 @@ impl Resolver {
         result
     }
 
+    /// Tombstone GC: drops the tombstones of those of `keys` whose state holds only tombstones
+    /// that `stable` covers, with a context `stable` covers ([`KeyState::gc_tombstones`]).
+    /// `stable` MUST follow the rule of DESIGN.md: every DC reported a `seen` covering it, and
+    /// this DC has applied each reporter's own ops up to that report. The changes are persisted
+    /// like any other. Returns how many keys lost their tombstones.
+    ///
+    /// The key itself stays, with its context and no version: a later write here then carries
+    /// that context, so a DC that has not collected the same tombstones yet sees the write as
+    /// superseding them (removing the key would make such a write look concurrent with them,
+    /// and a priority or lww resolution could then differ between DCs).
+    pub fn handle_gc(
+        &mut self,
+        keys: Vec<(Keyspace, Key)>,
+        stable: &VersionVector,
+        store: &impl StateRead,
+    ) -> Result<usize, String> {
+        let mut removed = Vec::new();
+        for (keyspace, key) in keys {
+            let Some(mut state) = self.current(&keyspace, &key, store)? else { continue };
+            if crate::commit::only_tombstones(&state) && state.gc_tombstones(stable) {
+                removed.push(((keyspace, key), Some(state)));
+            }
+        }
+        let n = removed.len();
+        if n > 0 {
+            self.persist(vec![], removed, vec![], vec![]);
+        }
+        Ok(n)
+    }
+
+    /// The current state of a key as this DC will have it once every emitted persist commits.
+    pub fn state(
+        &self,
+        keyspace: &Keyspace,
+        key: &Key,
+        store: &impl StateRead,
+    ) -> Result<Option<KeyState>, String> {
+        self.current(keyspace, key, store)
+    }
+
     /// The conflict record for `op` applied to `state`, if it left concurrent versions.
     fn conflict(&self, op: &Op, state: &KeyState, concurrent: bool) -> Option<Output> {
         if !concurrent {
             return None;
         }
         let spec = self.topology.keyspace(&op.keyspace)?;
-        Some(Output::Conflict(spec.rules.conflict(&op.keyspace, &op.key, state.versions())))
+        let mut conflict = spec.rules.conflict(&op.keyspace, &op.key, state.versions());
+        if self.planted == Some(PlantedBug::LwwTieFavoursLocal) && *spec.rules.strategy() == Strategy::Lww {
+            if let Some(dot) = crate::planted::lww_tie_favouring(state.versions(), &self.local) {
+                conflict.winner = Some(dot);
+            }
+        }
+        Some(Output::Conflict(conflict))
     }
 
     /// Emits a persist of `ops`, the key `states` they produced and the `idempotency` records of
@@ -473,7 +533,7 @@ impl Resolver {
     fn persist(
         &mut self,
         ops: Vec<Op>,
-        states: Vec<((Keyspace, Key), KeyState)>,
+        states: Vec<((Keyspace, Key), Option<KeyState>)>,
         idempotency: Vec<IdempotencyRecord>,
         held: Vec<Output>,
     ) {
@@ -486,9 +546,15 @@ impl Resolver {
         let mut keyed = Vec::with_capacity(states.len());
         for (k, state) in states {
             self.pending.insert(k.clone(), (state.clone(), id));
-            keyed.push((k.0, k.1, Some(state)));
+            keyed.push((k.0, k.1, state));
         }
-        self.held.push_back((id, held));
+        if self.planted == Some(PlantedBug::AckBeforeCommit) {
+            // The bug: what depends on the commit leaves before it.
+            self.outputs.extend(held);
+            self.held.push_back((id, Vec::new()));
+        } else {
+            self.held.push_back((id, held));
+        }
         self.outputs.push_back(Output::Persist {
             id,
             batch: CommitBatch { ops, states: keyed, seen, acked: vec![], idempotency },

@@ -44,6 +44,22 @@ impl StateRead for Store {
     fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, Self::Error> {
         Ok(self.1.iter().filter(|r| r.wall_ms >= since_wall_ms).cloned().collect())
     }
+    fn scan_tombstoned(
+        &self,
+        after: Option<&(Keyspace, Key)>,
+        max: usize,
+    ) -> Result<mesh_engine::Scan, Self::Error> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.clone()));
+        let page: Vec<_> = self.0.range((start, Bound::Unbounded)).take(max).collect();
+        let last = if page.len() == max { page.last().map(|(k, _)| (*k).clone()) } else { None };
+        let keys = page
+            .into_iter()
+            .filter(|(_, s)| mesh_engine::only_tombstones(s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        Ok(mesh_engine::Scan { keys, last })
+    }
 }
 
 /// A runtime in miniature: it queues persists and commits them when told, in order.

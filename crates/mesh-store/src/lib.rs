@@ -254,6 +254,40 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
 }
 
+/// How each store walks its keys for [`mesh_engine::StateRead::scan_tombstoned`].
+trait ScanTombstoned {
+    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError>;
+}
+
+/// A scan step from a page of states read from a snapshot.
+fn scan_page(page: Vec<(Keyspace, Key, KeyState)>, max: usize) -> mesh_engine::Scan {
+    let last = if page.len() == max { page.last().map(|(ks, k, _)| (ks.clone(), k.clone())) } else { None };
+    let keys = page
+        .into_iter()
+        .filter(|(_, _, s)| mesh_engine::only_tombstones(s))
+        .map(|(ks, k, _)| (ks, k))
+        .collect();
+    mesh_engine::Scan { keys, last }
+}
+
+impl ScanTombstoned for DurableStore {
+    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError> {
+        Ok(scan_page(self.snapshot()?.chunk(after, max)?, max))
+    }
+}
+
+impl ScanTombstoned for dyn Store {
+    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError> {
+        Ok(scan_page(self.snapshot()?.chunk(after, max)?, max))
+    }
+}
+
+impl ScanTombstoned for MemStore {
+    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError> {
+        Ok(self.scan_tombstoned(after, max))
+    }
+}
+
 // Every store serves the engine's state reads with its durable states.
 macro_rules! state_read {
     ($($t:ty),*) => {$(
@@ -266,6 +300,32 @@ macro_rules! state_read {
 
             fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError> {
                 Store::idempotency_records(self, since_wall_ms)
+            }
+
+            fn scan_tombstoned(
+                &self,
+                after: Option<&(Keyspace, Key)>,
+                max: usize,
+            ) -> Result<mesh_engine::Scan, StoreError> {
+                ScanTombstoned::scan(self, after, max)
+            }
+        }
+
+        impl mesh_engine::OpLog for $t {
+            type Error = StoreError;
+
+            fn read_ops(
+                &self,
+                origin: &DcId,
+                after_seq: u64,
+                ops_max: usize,
+                bytes_max: usize,
+            ) -> Result<Option<Vec<Op>>, StoreError> {
+                match self.read_log(origin, after_seq, ops_max, bytes_max) {
+                    Ok(ops) => Ok(Some(ops)),
+                    Err(StoreError::Compacted { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
         }
     )*};

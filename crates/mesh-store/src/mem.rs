@@ -21,7 +21,8 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct MemState {
     kv: BTreeMap<(Keyspace, Key), KeyState>,
-    log: BTreeMap<(DcId, u64), Op>,
+    /// Ops by (origin, seq), with their encoded size.
+    log: BTreeMap<(DcId, u64), (Op, usize)>,
     /// Per origin, the highest seq logged; as in the durable store, an op at or below it is a
     /// duplicate and is not logged again (even after compaction removed the first copy).
     log_last: VersionVector,
@@ -40,9 +41,10 @@ impl MemState {
                 continue;
             }
             self.log_last.observe(&op.dot);
-            self.log.insert((op.dot.origin.clone(), op.dot.seq), op.clone());
+            let bytes = crate::encode(op).len();
+            self.log.insert((op.dot.origin.clone(), op.dot.seq), (op.clone(), bytes));
             self.stats.ops += 1;
-            self.stats.bytes += crate::encode(op).len() as u64;
+            self.stats.bytes += bytes as u64;
         }
         for (keyspace, key, state) in &batch.states {
             let k = (keyspace.clone(), key.clone());
@@ -104,6 +106,28 @@ impl MemStore {
         inner.next_id
     }
 
+    /// Examines up to `max` durable keys after `after`, in key order, and returns those holding
+    /// only tombstones (without copying any state).
+    pub fn scan_tombstoned(&self, after: Option<&(Keyspace, Key)>, max: usize) -> mesh_engine::Scan {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut scan = mesh_engine::Scan::default();
+        let mut examined = 0;
+        for ((ks, k), state) in
+            inner.durable.kv.range::<(Keyspace, Key), _>((start, Bound::Unbounded)).take(max)
+        {
+            examined += 1;
+            if mesh_engine::only_tombstones(state) {
+                scan.keys.push((ks.clone(), k.clone()));
+            }
+            if examined == max {
+                scan.last = Some((ks.clone(), k.clone()));
+            }
+        }
+        scan
+    }
+
     /// Number of staged, unsynced batches.
     pub fn unsynced(&self) -> usize {
         self.lock().staged.len()
@@ -138,8 +162,8 @@ impl LogRead for MemStore {
         let mut page = LogPage::new(origin, after_seq, ops_max, bytes_max);
         let from = (origin.clone(), after_seq.saturating_add(1));
         let to = (origin.clone(), u64::MAX);
-        for op in inner.durable.log.range(from..=to).map(|(_, op)| op) {
-            if !page.offer(op.clone(), crate::encode(op).len())? {
+        for (op, bytes) in inner.durable.log.range(from..=to).map(|(_, entry)| entry) {
+            if !page.offer(op.clone(), *bytes)? {
                 break;
             }
         }
@@ -176,9 +200,9 @@ impl Store for MemStore {
             inner.durable.log.keys().filter(|(origin, seq)| below.get(origin) >= *seq).cloned().collect();
         for k in &doomed {
             let state = &mut inner.durable;
-            if let Some(op) = state.log.remove(k) {
+            if let Some((_, bytes)) = state.log.remove(k) {
                 state.stats.ops -= 1;
-                state.stats.bytes -= crate::encode(&op).len() as u64;
+                state.stats.bytes -= bytes as u64;
             }
         }
         Ok(doomed.len() as u64)
@@ -199,6 +223,7 @@ impl Store for MemStore {
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
+        // A copy: a simulation's key set is small, and the copy is what makes the cut consistent.
         let inner = self.lock();
         Ok(Box::new(MemSnapshot { vector: inner.durable.seen.clone(), kv: inner.durable.kv.clone() }))
     }

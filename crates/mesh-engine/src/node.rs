@@ -1,0 +1,830 @@
+//! One DC's behaviours wired together: the conflict resolver, one replicator per peer, the
+//! health monitor, the sync tracker and the dial policies. Both runtimes drive this one
+//! composition (the simulator directly; the node's actors through it), so the wiring between
+//! behaviours exists once.
+//!
+//! Call order, for a runtime:
+//! - [`Node::new`] from the store (its durable vector, HLC, idempotency records, acked vectors).
+//! - Inputs: [`Node::handle_write`] for client writes, [`Node::handle_connected`] /
+//!   [`Node::handle_disconnected`] / [`Node::handle_dial_failed`] for links,
+//!   [`Node::handle_message`] for every message a peer sent, [`Node::handle_committed`] once a
+//!   persist is durable (in emission order), [`Node::handle_timeout`] when
+//!   [`Node::poll_timeout`] is due.
+//! - After each input, drain [`Node::poll_effect`] and carry the effects out in order. A
+//!   [`Effect::Persist`] is committed in emission order, then reported back; nothing that
+//!   depends on it is emitted before (DESIGN.md, "Durability rules").
+//!
+//! `now_ms` is the runtime's monotonic clock, `wall_ms` the wall clock (HLCs, skew, idempotency
+//! ages). Every read goes through `store`, which shows durable state only.
+
+use crate::commit::{CommitBatch, OpLog, StateRead};
+use crate::health::{Health, HealthConfig, HealthEvent, HealthMonitor, PeerStatus};
+use crate::hello::{check_hello, HelloRefusal};
+use crate::planted::PlantedBug;
+use crate::pool::DialPolicy;
+use crate::replicator::{targets, RelayClock, Replicator, ReplicatorConfig, ReplicatorStats};
+use crate::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest};
+use crate::sync::{resolve_mode, RequestId, SyncOutcome, SyncTracker};
+use mesh_core::topology::{Acks, Mode};
+use mesh_core::{Conflict, DcId, Dot, Hlc, Key, Keyspace, ReadResult, Topology, VersionVector};
+use mesh_wire::{Ack, Batch, Heartbeat, Hello, Message, PROTOCOL_VERSION};
+use rand::RngCore;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Tuning of a [`Node`]; [`NodeConfig::new`] derives it from the topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Per-link batching and windows.
+    pub replicator: ReplicatorConfig,
+    /// Failure detection.
+    pub health: HealthConfig,
+    /// How long this DC holds a third DC's op before relaying it to a peer that still lacks it.
+    pub relay_delay_ms: u64,
+    /// After a start, how long writes wait for every peer's Hello (so no seq a peer holds is
+    /// reused) before they are accepted anyway.
+    pub startup_wait_ms: u64,
+    /// How often tombstones are collected.
+    pub gc_interval_ms: u64,
+    /// Keys examined per collection round.
+    pub gc_scan_keys: usize,
+    /// How often the log is compacted below what every DC acked.
+    pub compact_interval_ms: u64,
+    /// Most sync writes waiting for acks at once.
+    pub sync_waiting_max: usize,
+    /// Test only: a planted bug. Never set in production.
+    pub planted: Option<PlantedBug>,
+}
+
+impl NodeConfig {
+    /// The configuration mesh.toml's `[replication]` implies.
+    pub fn new(topology: &Topology) -> Self {
+        let r = &topology.config.replication;
+        let heartbeat = r.heartbeat_interval_ms;
+        Self {
+            replicator: ReplicatorConfig {
+                batch_size: r.batch_size as usize,
+                // Room for the frame header and the batch's own metadata.
+                batch_bytes_max: (r.frame_bytes_max as usize) / 2,
+                max_delay_ms: r.max_delay_ms,
+                inflight_max: r.inflight_batches_max as usize,
+                retransmit_ms: (heartbeat * 8).max(1_000),
+            },
+            health: HealthConfig::new(heartbeat, r.max_clock_skew_ms),
+            // Several heartbeats: a peer's reports reach this DC well within it when the
+            // origin's own link works, so a healthy mesh relays nothing.
+            relay_delay_ms: (heartbeat * 6).max(500),
+            startup_wait_ms: (heartbeat * 8).max(1_000),
+            gc_interval_ms: (heartbeat * 4).max(250),
+            gc_scan_keys: 1_000,
+            compact_interval_ms: (heartbeat * 4).max(250),
+            sync_waiting_max: r.commit_queue_ops_max as usize,
+            planted: None,
+        }
+    }
+}
+
+/// Where a node starts: the clocks, and what the store holds durably.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Startup {
+    /// The runtime clock now, in ms.
+    pub now_ms: u64,
+    /// The wall clock now, in ms since the Unix epoch.
+    pub wall_ms: u64,
+    /// The store's durable `seen` vector.
+    pub seen: VersionVector,
+    /// Per peer, the vector it acknowledged as durable, as the store persisted it.
+    pub acked: BTreeMap<DcId, VersionVector>,
+}
+
+/// Why a client write was refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeWriteError {
+    /// The DC is starting: it waits for its peers' Hello (or a bound) so it never reuses a seq.
+    #[error("this DC is starting and does not accept writes yet")]
+    Starting,
+    /// Too many sync writes are waiting for their acks.
+    #[error("too many sync writes are waiting for acknowledgements; retry later")]
+    SyncBusy,
+    /// The resolver refused it.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// How a write asks to wait, overriding its keyspace's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// The mode (`None`: the keyspace's).
+    pub mode: Option<Mode>,
+    /// The acks of a sync write (`None`: the keyspace's).
+    pub acks: Option<Acks>,
+}
+
+/// Something the operator should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alarm {
+    /// A peer's Hello was refused; the link is closed.
+    LinkRefused {
+        /// The peer.
+        peer: DcId,
+        /// Why.
+        refusal: HelloRefusal,
+    },
+    /// A peer reports less than it had acknowledged as durable: it lost data.
+    PeerRegressed {
+        /// The peer.
+        peer: DcId,
+        /// The entries of its acked vector its Hello no longer covers.
+        lost: VersionVector,
+    },
+    /// A peer needs ops this DC's log no longer holds; it must catch up by state transfer.
+    StateTransferNeeded {
+        /// The peer.
+        peer: DcId,
+        /// The origins whose ops are missing.
+        origins: Vec<DcId>,
+    },
+    /// A peer's ops could not be applied (other than a gap, which a resend repairs).
+    ApplyFailed {
+        /// The peer.
+        peer: DcId,
+        /// Why.
+        error: ApplyError,
+    },
+    /// The store failed a read; the DC stops serving until restarted.
+    StoreFailed(String),
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send `message` to `to` on the open link (drop it if there is none).
+    Send {
+        /// The peer.
+        to: DcId,
+        /// The message.
+        message: Message,
+    },
+    /// Commit `batch` durably, then call [`Node::handle_committed`]`(id)`.
+    Persist {
+        /// The id to report.
+        id: PersistId,
+        /// What to commit.
+        batch: CommitBatch,
+    },
+    /// Answer a client write.
+    Reply {
+        /// The request.
+        request: RequestId,
+        /// The write's dot.
+        dot: Dot,
+        /// Done, or timed out with the partial result.
+        outcome: SyncOutcome,
+    },
+    /// Concurrent writes were resolved (record, count).
+    Conflict(Conflict),
+    /// Dial `peer` at `endpoint`; report [`Node::handle_connected`] or
+    /// [`Node::handle_dial_failed`].
+    Dial {
+        /// The peer.
+        peer: DcId,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// Close the link to `peer` (its Hello was refused).
+    Close {
+        /// The peer.
+        peer: DcId,
+    },
+    /// Remove log entries `below` covers: every DC has them durably.
+    Compact {
+        /// The vector every DC acknowledged.
+        below: VersionVector,
+    },
+    /// Raise an alarm.
+    Alarm(Alarm),
+}
+
+/// Counters of the node, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Links refused at Hello.
+    pub links_refused: u64,
+    /// Batches that stopped at a gap (lost or reordered batches; the sender resends).
+    pub gaps: u64,
+    /// Keys whose tombstones were collected.
+    pub keys_collected: u64,
+}
+
+struct Recovered {
+    seen: VersionVector,
+    acked: BTreeMap<DcId, VersionVector>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingWrite {
+    options: WriteOptions,
+    arrived_ms: u64,
+}
+
+/// One DC. See the module docs.
+#[derive(Debug)]
+pub struct Node<R> {
+    local: DcId,
+    topology: Arc<Topology>,
+    config: NodeConfig,
+    rng: R,
+    resolver: Resolver,
+    sync: SyncTracker,
+    health: HealthMonitor,
+    replicators: BTreeMap<DcId, Replicator>,
+    /// Dial policies of the peers this DC dials: of each pair, the DC with the lower id dials,
+    /// so a pair has one connection.
+    dialers: BTreeMap<DcId, DialPolicy>,
+    /// Durable here: the vector every emitted vector comes from.
+    durable: VersionVector,
+    /// Persists awaiting their commit, with the ops they add.
+    persists: VecDeque<(PersistId, VersionVector)>,
+    relay: RelayClock,
+    requests: BTreeMap<RequestId, PendingWrite>,
+    written: BTreeMap<RequestId, Dot>,
+    /// Per peer, how far to return its own ops (what this DC held when its Hello came).
+    returned: BTreeMap<DcId, u64>,
+    hello_from: BTreeSet<DcId>,
+    /// The highest seq of this DC any peer reported holding.
+    own_reported: u64,
+    started_ms: u64,
+    /// Whether the startup bound has passed (writes then wait only for own ops coming back).
+    startup_waited: bool,
+    ready: bool,
+    /// Acked vectors learned since the last persist, written with the next one.
+    acked_pending: BTreeMap<DcId, VersionVector>,
+    /// Acked vectors, as known (persisted or learned), for the Hello check.
+    acked: BTreeMap<DcId, VersionVector>,
+    /// Per peer, its recent direct reports of `seen`, oldest first (tombstone GC).
+    reports: BTreeMap<DcId, VecDeque<VersionVector>>,
+    /// Per DC, what it holds durably as far as this DC knows (direct or relayed).
+    known_durable: BTreeMap<DcId, VersionVector>,
+    compacted_below: VersionVector,
+    next_gc_ms: u64,
+    gc_cursor: Option<(Keyspace, Key)>,
+    next_compact_ms: u64,
+    failed: bool,
+    /// Per peer, the compacted origins last alarmed about.
+    transfer_alarmed: BTreeMap<DcId, Vec<DcId>>,
+    effects: VecDeque<Effect>,
+    stats: NodeStats,
+}
+
+/// Most `seen` reports kept per peer for tombstone GC.
+const REPORTS_MAX: usize = 64;
+
+impl<R: RngCore> Node<R> {
+    /// DC `local` starting over `store`, whose durable vectors `startup` carries. `rng` draws
+    /// the dial jitter.
+    pub fn new(
+        local: DcId,
+        topology: Arc<Topology>,
+        config: NodeConfig,
+        startup: Startup,
+        rng: R,
+        store: &(impl StateRead + OpLog),
+    ) -> Self {
+        let Startup { now_ms, wall_ms, seen, acked } = startup;
+        let recovered = Recovered { seen, acked };
+        let peers: Vec<DcId> =
+            topology.dcs.iter().filter(|d| d.active && d.id != local).map(|d| d.id.clone()).collect();
+        let mut resolver = Resolver::new(local.clone(), topology.clone(), recovered.seen.clone());
+        if let Some(bug) = config.planted {
+            resolver.plant(bug);
+        }
+        // The highest HLC among the log's last ops, so local writes keep ordering after the
+        // ones before the restart even if the wall clock went backwards.
+        let mut last_hlc: Option<Hlc> = None;
+        let mut failed = false;
+        for (origin, seq) in recovered.seen.iter() {
+            match store.read_ops(origin, seq.saturating_sub(1), 1, usize::MAX) {
+                Ok(Some(ops)) => last_hlc = last_hlc.max(ops.last().map(|op| op.hlc)),
+                Ok(None) => {}
+                Err(_) => failed = true,
+            }
+        }
+        if let Some(hlc) = last_hlc {
+            resolver.handle_restored_hlc(hlc, wall_ms);
+        }
+        let window_ms = resolver.idempotency_window_ms();
+        match store.idempotency_records(wall_ms.saturating_sub(window_ms)) {
+            Ok(records) => resolver.handle_restored_idempotency(records, now_ms, wall_ms),
+            Err(_) => failed = true,
+        }
+        let r = &topology.config.replication;
+        let dialers = topology
+            .dcs
+            .iter()
+            .filter(|d| d.active && d.id > local)
+            .map(|d| {
+                let endpoints = d.endpoints.iter().map(|e| e.address.clone()).collect();
+                let policy = DialPolicy::new(
+                    endpoints,
+                    r.retry_attempts,
+                    r.retry_delay_ms,
+                    r.retry_delay_max_ms,
+                    now_ms,
+                );
+                (d.id.clone(), policy)
+            })
+            .collect();
+        let replicators = peers
+            .iter()
+            .map(|p| (p.clone(), Replicator::new(local.clone(), p.clone(), config.replicator.clone())))
+            .collect();
+        let mut health = HealthMonitor::new(peers.clone(), config.health.clone(), now_ms);
+        health.handle_local_seen(&recovered.seen);
+        let ready = peers.is_empty() || !r.enabled;
+        let mut node = Self {
+            sync: SyncTracker::new(local.clone(), peers.iter().cloned(), config.sync_waiting_max),
+            relay: RelayClock::new(config.relay_delay_ms, recovered.seen.clone()),
+            local,
+            topology,
+            rng,
+            resolver,
+            health,
+            replicators,
+            dialers,
+            durable: recovered.seen,
+            persists: VecDeque::new(),
+            requests: BTreeMap::new(),
+            written: BTreeMap::new(),
+            returned: BTreeMap::new(),
+            hello_from: BTreeSet::new(),
+            own_reported: 0,
+            started_ms: now_ms,
+            startup_waited: false,
+            ready,
+            acked_pending: BTreeMap::new(),
+            known_durable: recovered.acked.clone(),
+            acked: recovered.acked,
+            reports: BTreeMap::new(),
+            compacted_below: VersionVector::new(),
+            next_gc_ms: now_ms + config.gc_interval_ms,
+            gc_cursor: None,
+            next_compact_ms: now_ms + config.compact_interval_ms,
+            config,
+            failed: false,
+            transfer_alarmed: BTreeMap::new(),
+            effects: VecDeque::new(),
+            stats: NodeStats::default(),
+        };
+        if failed {
+            node.fail("reading the store at start failed".into());
+        }
+        node
+    }
+
+    /// This DC.
+    pub fn local(&self) -> &DcId {
+        &self.local
+    }
+
+    /// The durable `seen` vector.
+    pub fn durable(&self) -> &VersionVector {
+        &self.durable
+    }
+
+    /// Whether client writes are accepted (see [`NodeWriteError::Starting`]).
+    pub fn is_ready(&self) -> bool {
+        self.ready && !self.failed
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// The replicator of `peer`'s link, for its counters.
+    pub fn replicator(&self, peer: &DcId) -> Option<&Replicator> {
+        self.replicators.get(peer)
+    }
+
+    /// Counters of every link.
+    pub fn link_stats(&self) -> BTreeMap<DcId, ReplicatorStats> {
+        self.replicators.iter().map(|(p, r)| (p.clone(), r.stats())).collect()
+    }
+
+    /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).
+    pub fn peer_status(&self, peer: &DcId, now_ms: u64) -> Option<PeerStatus> {
+        self.health.status(peer, now_ms)
+    }
+
+    /// Sync writes waiting for acks.
+    pub fn sync_waiting(&self) -> usize {
+        self.sync.waiting()
+    }
+
+    /// Reads a key: its durable state resolved by the keyspace's rules. `Ok(None)`: unknown
+    /// keyspace. Reads never show a change that is not durable (its dots would leave early).
+    pub fn read<S: StateRead>(
+        &self,
+        keyspace: &Keyspace,
+        key: &Key,
+        store: &S,
+    ) -> Result<Option<ReadResult>, S::Error> {
+        let Some(spec) = self.topology.keyspace(keyspace) else { return Ok(None) };
+        let state = store.state(keyspace, key)?.unwrap_or_else(|| mesh_core::KeyState::new(spec.kind));
+        if self.config.planted == Some(PlantedBug::LwwTieFavoursLocal)
+            && *spec.rules.strategy() == mesh_core::Strategy::Lww
+        {
+            if let Some(dot) = crate::planted::lww_tie_favouring(state.versions(), &self.local) {
+                return Ok(Some(state.read_with(|vs| vs.iter().filter(|v| v.dot == dot).cloned().collect())));
+            }
+        }
+        Ok(Some(spec.rules.read(&state)))
+    }
+
+    fn fail(&mut self, detail: String) {
+        if !self.failed {
+            self.failed = true;
+            self.effects.push_back(Effect::Alarm(Alarm::StoreFailed(detail)));
+        }
+    }
+
+    /// A client write of request `write.request`. On `Ok` the node answers it later with one
+    /// [`Effect::Reply`]; on `Err` nothing was written.
+    pub fn handle_write(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        write: WriteRequest,
+        options: WriteOptions,
+        store: &(impl StateRead + OpLog),
+    ) -> Result<(), NodeWriteError> {
+        if !self.is_ready() {
+            return Err(NodeWriteError::Starting);
+        }
+        let spec = self
+            .topology
+            .keyspace(&write.keyspace)
+            .ok_or_else(|| WriteError::UnknownKeyspace(write.keyspace.clone()))?;
+        if resolve_mode(spec.mode, spec.critical, options.mode) == Mode::Sync && !self.sync.has_room() {
+            return Err(NodeWriteError::SyncBusy);
+        }
+        let request = write.request;
+        self.requests.insert(request, PendingWrite { options, arrived_ms: now_ms });
+        if let Err(e) = self.resolver.handle_write(now_ms, wall_ms, write, store) {
+            self.requests.remove(&request);
+            return Err(e.into());
+        }
+        self.drive(now_ms, store);
+        Ok(())
+    }
+
+    /// Persist `id` is durable.
+    pub fn handle_committed(&mut self, now_ms: u64, id: PersistId, store: &(impl StateRead + OpLog)) {
+        let (oldest, seen) = self.persists.pop_front().expect("a commit was awaited");
+        assert_eq!(oldest, id, "commits are reported in emission order");
+        self.durable.join(&seen);
+        self.resolver.handle_committed(id);
+        self.health.handle_local_seen(&self.durable);
+        self.relay.record(now_ms, &self.durable);
+        self.drive(now_ms, store);
+    }
+
+    /// A link to `peer` is up (dialed by this DC or accepted): the Hello goes first.
+    pub fn handle_connected(&mut self, now_ms: u64, peer: &DcId) {
+        if let Some(dialer) = self.dialers.get_mut(peer) {
+            dialer.handle_connected(now_ms);
+        }
+        let hello = Hello {
+            dc: self.local.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            topology_fingerprint: self.topology.fingerprint(),
+            seen: self.durable.clone(),
+        };
+        self.effects.push_back(Effect::Send { to: peer.clone(), message: Message::Hello(hello) });
+    }
+
+    /// A dial of `peer` failed.
+    pub fn handle_dial_failed(&mut self, now_ms: u64, peer: &DcId) {
+        if let Some(dialer) = self.dialers.get_mut(peer) {
+            dialer.handle_failed(now_ms, &mut self.rng);
+        }
+    }
+
+    /// The link to `peer` dropped.
+    pub fn handle_disconnected(&mut self, now_ms: u64, peer: &DcId) {
+        if let Some(r) = self.replicators.get_mut(peer) {
+            r.handle_close();
+        }
+        if let Some(dialer) = self.dialers.get_mut(peer) {
+            // Connected (or dialing): the loss counts as a failure, so a link refused at its
+            // Hello or flapping backs off.
+            if dialer.poll_timeout().is_none() {
+                dialer.handle_failed(now_ms, &mut self.rng);
+            }
+        }
+    }
+
+    /// A message from `peer`, whose identity the transport proved (its certificate).
+    pub fn handle_message(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        peer: &DcId,
+        message: Message,
+        store: &(impl StateRead + OpLog),
+    ) {
+        if !self.replicators.contains_key(peer) {
+            return;
+        }
+        match message {
+            Message::Hello(hello) => self.on_hello(now_ms, peer, hello),
+            Message::Batch(batch) => {
+                if !self.replicators[peer].is_open() {
+                    return; // Before the Hello: the link is not accepted yet.
+                }
+                match self.resolver.handle_batch(wall_ms, peer, batch.ops, store) {
+                    Ok(()) => {}
+                    Err(ApplyError::Gap { .. }) => self.stats.gaps += 1,
+                    Err(error) => self
+                        .effects
+                        .push_back(Effect::Alarm(Alarm::ApplyFailed { peer: peer.clone(), error })),
+                }
+            }
+            Message::Ack(Ack { seen }) => {
+                self.learn_durable(peer, &seen);
+                self.acked.entry(peer.clone()).or_default().join(&seen);
+                self.acked_pending.entry(peer.clone()).or_default().join(&seen);
+                self.report(peer, seen);
+            }
+            Message::Heartbeat(Heartbeat { seen, known, wall_ms: peer_wall_ms }) => {
+                self.health.handle_heartbeat(now_ms, wall_ms, peer, &seen, &known, peer_wall_ms);
+                self.learn_durable(peer, &seen);
+                for (dc, vv) in &known {
+                    if *dc != self.local {
+                        self.learn_durable(dc, vv);
+                    }
+                }
+                self.report(peer, seen);
+            }
+            // State transfer is not built yet: a peer behind the retained log raises an alarm.
+            Message::SnapshotRequest(_) | Message::SnapshotChunk(_) => {}
+        }
+        self.drive(now_ms, store);
+    }
+
+    fn on_hello(&mut self, now_ms: u64, peer: &DcId, hello: Hello) {
+        let acked = self.acked.get(peer).cloned().unwrap_or_default();
+        let fingerprint = hello.topology_fingerprint;
+        match check_hello(&self.topology, &self.local, peer, &hello.dc, fingerprint, &hello.seen, &acked) {
+            Err(refusal) => {
+                self.stats.links_refused += 1;
+                self.effects.push_back(Effect::Alarm(Alarm::LinkRefused { peer: peer.clone(), refusal }));
+                self.effects.push_back(Effect::Close { peer: peer.clone() });
+                self.handle_disconnected(now_ms, peer);
+            }
+            Ok(accepted) => {
+                if let Some(lost) = accepted.regressed {
+                    self.effects.push_back(Effect::Alarm(Alarm::PeerRegressed { peer: peer.clone(), lost }));
+                }
+                let own = hello.seen.get(&self.local);
+                self.resolver.handle_peer_seen(own);
+                self.own_reported = self.own_reported.max(own);
+                self.returned.insert(peer.clone(), self.durable.get(peer));
+                self.hello_from.insert(peer.clone());
+                self.learn_durable(peer, &hello.seen);
+                self.replicators.get_mut(peer).expect("checked").handle_open(&accepted.resume_from);
+            }
+        }
+    }
+
+    /// `dc` is known to hold `seen` durably.
+    fn learn_durable(&mut self, dc: &DcId, seen: &VersionVector) {
+        if let Some(r) = self.replicators.get_mut(dc) {
+            r.handle_peer_seen(seen);
+        }
+        self.sync.handle_durable(dc, seen);
+        self.known_durable.entry(dc.clone()).or_default().join(seen);
+    }
+
+    fn report(&mut self, peer: &DcId, seen: VersionVector) {
+        let reports = self.reports.entry(peer.clone()).or_default();
+        if reports.back() != Some(&seen) {
+            reports.push_back(seen);
+        }
+        while reports.len() > REPORTS_MAX {
+            reports.pop_front();
+        }
+    }
+
+    /// When [`Node::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> u64 {
+        let mut t = self.health.poll_timeout().min(self.next_gc_ms).min(self.next_compact_ms);
+        let others = [self.sync.poll_timeout(), self.relay.poll_timeout()];
+        for x in others.into_iter().flatten() {
+            t = t.min(x);
+        }
+        for r in self.replicators.values() {
+            if let Some(x) = r.poll_timeout() {
+                t = t.min(x);
+            }
+        }
+        for d in self.dialers.values() {
+            if let Some(x) = d.poll_timeout() {
+                t = t.min(x);
+            }
+        }
+        let startup_ms = self.started_ms + self.config.startup_wait_ms;
+        if !self.ready && !self.startup_waited {
+            t = t.min(startup_ms);
+        }
+        t
+    }
+
+    /// Timers due at `now_ms`.
+    pub fn handle_timeout(&mut self, now_ms: u64, wall_ms: u64, store: &(impl StateRead + OpLog)) {
+        if self.health.poll_timeout() <= now_ms {
+            self.health.handle_timeout(now_ms);
+            while let Some(event) = self.health.poll_event() {
+                if event == HealthEvent::SendHeartbeat {
+                    let heartbeat =
+                        Heartbeat { seen: self.durable.clone(), known: self.health.known(), wall_ms };
+                    for (peer, r) in &self.replicators {
+                        if r.is_open() {
+                            let message = Message::Heartbeat(heartbeat.clone());
+                            self.effects.push_back(Effect::Send { to: peer.clone(), message });
+                        }
+                    }
+                }
+            }
+            self.resolver.handle_clock_skewed(self.health.clock_skewed());
+        }
+        self.sync.handle_timeout(now_ms);
+        for r in self.replicators.values_mut() {
+            r.handle_timeout(now_ms);
+        }
+        for (peer, dialer) in &mut self.dialers {
+            if let Some(dial) = dialer.poll_dial(now_ms) {
+                self.effects.push_back(Effect::Dial { peer: peer.clone(), endpoint: dial.endpoint });
+            }
+        }
+        if now_ms >= self.next_compact_ms {
+            self.next_compact_ms = now_ms + self.config.compact_interval_ms;
+            self.compact();
+        }
+        if now_ms >= self.next_gc_ms {
+            self.next_gc_ms = now_ms + self.config.gc_interval_ms;
+            self.collect_tombstones(store);
+        }
+        self.drive(now_ms, store);
+    }
+
+    /// Emits a compaction below what every DC holds durably, if that moved.
+    fn compact(&mut self) {
+        let mut below = self.durable.clone();
+        let planted = self.config.planted == Some(PlantedBug::CompactBelowLaggingPeer);
+        let mut most = VersionVector::new();
+        for peer in self.replicators.keys() {
+            match self.known_durable.get(peer) {
+                Some(v) if planted => most.join(v),
+                Some(v) => below.meet(v),
+                None if planted => {}
+                None => return,
+            }
+        }
+        if planted {
+            below.meet(&most);
+        }
+        if !self.compacted_below.dominates(&below) {
+            self.compacted_below.join(&below);
+            self.effects.push_back(Effect::Compact { below });
+        }
+    }
+
+    /// One round of tombstone GC over the next keys, under DESIGN.md's rule: `stable` is the
+    /// meet of every DC's reported `seen`, taking from each peer its newest report whose own
+    /// entry this DC has applied (so no write concurrent with a collected delete is in flight).
+    fn collect_tombstones(&mut self, store: &(impl StateRead + OpLog)) {
+        let mut stable = self.durable.clone();
+        if self.config.planted != Some(PlantedBug::EarlyTombstoneGc) {
+            for peer in self.replicators.keys() {
+                let reports = self.reports.entry(peer.clone()).or_default();
+                let Some(i) = reports.iter().rposition(|r| r.get(peer) <= self.durable.get(peer)) else {
+                    return;
+                };
+                reports.drain(..i);
+                stable.meet(&reports[0]);
+            }
+        }
+        let scan = match store.scan_tombstoned(self.gc_cursor.as_ref(), self.config.gc_scan_keys) {
+            Ok(scan) => scan,
+            Err(e) => return self.fail(format!("scanning keys for tombstone GC failed: {e}")),
+        };
+        self.gc_cursor = scan.last;
+        let keys = scan.keys;
+        if keys.is_empty() {
+            return;
+        }
+        match self.resolver.handle_gc(keys, &stable, store) {
+            Ok(n) => self.stats.keys_collected += n as u64,
+            Err(e) => self.fail(format!("reading keys for tombstone GC failed: {e}")),
+        }
+    }
+
+    /// Moves outputs between behaviours until nothing changes.
+    fn drive(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
+        while let Some(output) = self.resolver.poll_output() {
+            match output {
+                Output::Persist { id, mut batch } => {
+                    self.persists.push_back((id, batch.seen.clone()));
+                    batch.acked = std::mem::take(&mut self.acked_pending).into_iter().collect();
+                    self.effects.push_back(Effect::Persist { id, batch });
+                }
+                Output::Written { request, dot, keyspace } => {
+                    let pending = self.requests.remove(&request).expect("every write was registered");
+                    let spec = self.topology.keyspace(&keyspace).expect("the write's keyspace exists");
+                    let mode = resolve_mode(spec.mode, spec.critical, pending.options.mode);
+                    let acks = pending.options.acks.unwrap_or(spec.sync_acks);
+                    let deadline = pending.arrived_ms + self.topology.config.replication.sync_timeout_ms;
+                    self.written.insert(request, dot.clone());
+                    self.sync.handle_committed(request, dot, mode, acks, deadline);
+                }
+                Output::Ack { to, seen } => {
+                    self.effects.push_back(Effect::Send { to, message: Message::Ack(Ack { seen }) });
+                }
+                Output::Conflict(c) => self.effects.push_back(Effect::Conflict(c)),
+            }
+        }
+        self.reply();
+        self.transmit(now_ms, store);
+        // Outcomes the planted sync-ack bug released while sending.
+        self.reply();
+        if !self.ready {
+            let heard_all = self.replicators.keys().all(|p| self.hello_from.contains(p));
+            let waited = now_ms >= self.started_ms + self.config.startup_wait_ms;
+            self.startup_waited = waited;
+            // Own ops a peer holds and this DC lost come back before any new write is named.
+            let own_back = self.durable.get(&self.local) >= self.own_reported;
+            self.ready = (heard_all || waited) && own_back;
+        }
+    }
+
+    fn transmit(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
+        let mut suspect: BTreeSet<DcId> = BTreeSet::new();
+        for peer in self.replicators.keys() {
+            if self.health.health(peer).is_some_and(|h| h != Health::Healthy) {
+                suspect.insert(peer.clone());
+            }
+        }
+        let held_long = if self.config.planted == Some(PlantedBug::NoRelay) {
+            VersionVector::new()
+        } else {
+            self.relay.held_long(now_ms).clone()
+        };
+        if self.config.planted == Some(PlantedBug::NoRelay) {
+            suspect.clear();
+        }
+        let peers: Vec<DcId> = self.replicators.keys().cloned().collect();
+        for peer in peers {
+            let returned = self.returned.get(&peer).copied().unwrap_or(0);
+            let want = targets(&self.local, &peer, &self.durable, &held_long, returned, &suspect);
+            loop {
+                let r = self.replicators.get_mut(&peer).expect("listed");
+                match r.poll_batch(now_ms, &want, store) {
+                    Ok(Some(ops)) => {
+                        if self.config.planted == Some(PlantedBug::SyncAckOnSend) {
+                            let mut sent = VersionVector::new();
+                            ops.iter().for_each(|op| sent.observe(&op.dot));
+                            self.sync.handle_durable(&peer, &sent);
+                        }
+                        let message = Message::Batch(Batch { ops, trace: None });
+                        self.effects.push_back(Effect::Send { to: peer.clone(), message });
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.fail(e.to_string()),
+                }
+            }
+            let compacted = self.replicators[&peer].compacted();
+            if !compacted.is_empty() && self.transfer_alarmed.get(&peer) != Some(&compacted) {
+                self.transfer_alarmed.insert(peer.clone(), compacted.clone());
+                let alarm = Alarm::StateTransferNeeded { peer: peer.clone(), origins: compacted };
+                self.effects.push_back(Effect::Alarm(alarm));
+            }
+        }
+    }
+
+    /// Answers the writes the sync tracker finished.
+    fn reply(&mut self) {
+        while let Some(outcome) = self.sync.poll_outcome() {
+            let request = match &outcome {
+                SyncOutcome::Done { request, .. } | SyncOutcome::TimedOut { request, .. } => *request,
+            };
+            let dot = self.written.remove(&request).expect("an outcome follows the write");
+            self.effects.push_back(Effect::Reply { request, dot, outcome });
+        }
+    }
+
+    /// The next effect to carry out.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+}
