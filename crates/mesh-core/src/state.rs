@@ -388,22 +388,33 @@ impl KeyState {
         self.context.join(&other.context);
     }
 
-    /// Drops register tombstones every DC has seen (`stable` is the meet of all DCs' `seen`)
-    /// when no live version remains beside them and `stable` covers the key's whole context (so
-    /// no op the tombstones superseded can still arrive and come back). Returns whether the key
-    /// is now empty and may be removed from the store. Safe only under the tombstone GC rule of
-    /// DESIGN.md, which the caller checks when it computes `stable`.
-    pub fn gc_tombstones(&mut self, stable: &VersionVector) -> bool {
-        let context_stable = stable.dominates(&self.context);
-        match &mut self.value {
-            Value::Register(versions) => {
-                if context_stable && versions.iter().all(|v| v.is_tombstone() && stable.covers(&v.dot)) {
-                    versions.clear();
-                }
-                versions.is_empty()
-            }
-            _ => false,
+    /// Drops register tombstones every DC has seen (`stable` is the meet of all DCs' `seen`),
+    /// once `stable` covers the key's whole context (so no op the tombstones superseded can
+    /// still arrive). With `beside_live` false, only when no live version remains beside them:
+    /// a strategy that picks one winner may pick a tombstone over a concurrent live version.
+    /// With `beside_live` true (siblings keyspaces, whose reads never show tombstones), a stable
+    /// tombstone goes even beside live siblings, so a DC that collected it before a later
+    /// context-less sibling arrived and one that collected it after end in the same state.
+    /// The key's context stays. Returns whether a tombstone was dropped. Safe only under the
+    /// tombstone GC rule of DESIGN.md, which the caller checks when it computes `stable`.
+    pub fn gc_tombstones(&mut self, stable: &VersionVector, beside_live: bool) -> bool {
+        if !stable.dominates(&self.context) {
+            return false;
         }
+        let Value::Register(versions) = &mut self.value else { return false };
+        let before = versions.len();
+        let collectable = |v: &Version| v.is_tombstone() && stable.covers(&v.dot);
+        if beside_live {
+            versions.retain(|v| !collectable(v));
+        } else if versions.iter().all(collectable) {
+            versions.clear();
+        }
+        versions.len() < before
+    }
+
+    /// Whether the key holds a register tombstone (what tombstone GC looks for).
+    pub fn has_tombstones(&self) -> bool {
+        self.versions().iter().any(Version::is_tombstone)
     }
 
     /// The counter's value; `None` for other types. Saturates at the `i64` range.

@@ -423,7 +423,32 @@ fn tombstones_are_collected_only_once_the_whole_key_context_is_stable() {
     let seen_put: VersionVector = [(dc(0), 1)].into_iter().collect();
     s.apply(&op(2, 1, OpKind::Delete, seen_put)).unwrap();
     let tombstone_only: VersionVector = [(dc(2), 1)].into_iter().collect();
-    assert!(!s.gc_tombstones(&tombstone_only), "the superseded put could still arrive");
+    assert!(!s.gc_tombstones(&tombstone_only, false), "the superseded put could still arrive");
     let everything: VersionVector = [(dc(0), 1), (dc(2), 1)].into_iter().collect();
-    assert!(s.gc_tombstones(&everything));
+    assert!(s.gc_tombstones(&everything, false));
+    assert!(s.versions().is_empty());
+    assert!(s.covers(&mesh_core::Dot::new(dc(2), 1)), "the key keeps its context");
+}
+
+#[test]
+fn a_stable_tombstone_beside_a_live_sibling_goes_only_where_tombstones_are_invisible() {
+    let op = |origin: usize, seq: u64, kind: OpKind| Op {
+        dot: mesh_core::Dot::new(dc(origin), seq),
+        hlc: Hlc::new(seq, 0),
+        keyspace: Keyspace::new("ks").unwrap(),
+        key: Key::new("k").unwrap(),
+        kind,
+        context: VersionVector::new(),
+    };
+    // A delete, then a context-less write that is one more sibling beside the tombstone.
+    let mut s = KeyState::new(mesh_core::ValueKind::Register);
+    s.apply(&op(0, 1, OpKind::Delete)).unwrap();
+    s.apply(&op(1, 1, OpKind::Put(b"v".to_vec()))).unwrap();
+    let everything: VersionVector = [(dc(0), 1), (dc(1), 1)].into_iter().collect();
+    let mut winner_strategy = s.clone();
+    assert!(!winner_strategy.gc_tombstones(&everything, false), "the tombstone may win a resolution");
+    assert_eq!(winner_strategy.versions().len(), 2);
+    assert!(s.gc_tombstones(&everything, true));
+    assert_eq!(s.versions().len(), 1);
+    assert!(!s.versions()[0].is_tombstone());
 }

@@ -62,8 +62,9 @@ pub trait StateRead {
     fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, Self::Error>;
 
     /// Walks the durable keys for tombstone GC: examines up to `max` keys after `after`
-    /// (exclusive), in (keyspace, key) order, and returns those whose state holds tombstones and
-    /// nothing else, with the last key examined (`None`: the walk reached the end).
+    /// (exclusive), in (keyspace, key) order, and returns those whose state holds a tombstone
+    /// ([`KeyState::has_tombstones`]), with the last key examined (`None`: the walk reached the
+    /// end).
     fn scan_tombstoned(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<Scan, Self::Error>;
 }
 
@@ -74,11 +75,6 @@ pub struct Scan {
     pub keys: Vec<(Keyspace, Key)>,
     /// Where the next step starts; `None` when the walk is complete.
     pub last: Option<(Keyspace, Key)>,
-}
-
-/// Whether a state holds tombstones and nothing else (what tombstone GC looks for).
-pub fn only_tombstones(state: &KeyState) -> bool {
-    state.is_deleted() && !state.versions().is_empty()
 }
 
 /// Reads the durable op log: what replicators send. The stores implement it (DESIGN.md: the

@@ -212,7 +212,7 @@ pub struct NodeStats {
     pub links_refused: u64,
     /// Batches that stopped at a gap (lost or reordered batches; the sender resends).
     pub gaps: u64,
-    /// Keys whose tombstones were collected.
+    /// Keys that had tombstones collected.
     pub keys_collected: u64,
 }
 
@@ -559,12 +559,17 @@ impl<R: RngCore> Node<R> {
             Message::Heartbeat(Heartbeat { seen, known, wall_ms: peer_wall_ms }) => {
                 self.health.handle_heartbeat(now_ms, wall_ms, peer, &seen, &known, peer_wall_ms);
                 self.learn_durable(peer, &seen);
-                for (dc, vv) in &known {
-                    if *dc != self.local {
-                        self.learn_durable(dc, vv);
+                self.report(peer, seen);
+                for (dc, vv) in known {
+                    if dc != self.local {
+                        self.learn_durable(&dc, &vv);
+                        // A DC's vector relayed by another is still that DC's report, so
+                        // tombstones are collected across a cut link too.
+                        if self.replicators.contains_key(&dc) {
+                            self.report(&dc, vv);
+                        }
                     }
                 }
-                self.report(peer, seen);
             }
             // State transfer is not built yet: a peer behind the retained log raises an alarm.
             Message::SnapshotRequest(_) | Message::SnapshotChunk(_) => {}

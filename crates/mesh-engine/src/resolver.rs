@@ -473,16 +473,16 @@ impl Resolver {
         result
     }
 
-    /// Tombstone GC: drops the tombstones of those of `keys` whose state holds only tombstones
-    /// that `stable` covers, with a context `stable` covers ([`KeyState::gc_tombstones`]).
+    /// Tombstone GC: drops from `keys` the tombstones `stable` covers ([`KeyState::gc_tombstones`];
+    /// beside live versions only in siblings keyspaces, whose reads never show tombstones).
     /// `stable` MUST follow the rule of DESIGN.md: every DC reported a `seen` covering it, and
     /// this DC has applied each reporter's own ops up to that report. The changes are persisted
-    /// like any other. Returns how many keys lost their tombstones.
+    /// like any other. Returns how many keys lost tombstones.
     ///
-    /// The key itself stays, with its context and no version: a later write here then carries
-    /// that context, so a DC that has not collected the same tombstones yet sees the write as
-    /// superseding them (removing the key would make such a write look concurrent with them,
-    /// and a priority or lww resolution could then differ between DCs).
+    /// A key keeps its context: a later write here then carries it, so a DC that has not
+    /// collected the same tombstones yet sees the write as superseding them (removing the key
+    /// would make such a write look concurrent with them, and a priority or lww resolution could
+    /// then differ between DCs).
     pub fn handle_gc(
         &mut self,
         keys: Vec<(Keyspace, Key)>,
@@ -491,8 +491,10 @@ impl Resolver {
     ) -> Result<usize, String> {
         let mut removed = Vec::new();
         for (keyspace, key) in keys {
+            let Some(spec) = self.topology.keyspace(&keyspace) else { continue };
+            let beside_live = *spec.rules.strategy() == Strategy::Siblings;
             let Some(mut state) = self.current(&keyspace, &key, store)? else { continue };
-            if crate::commit::only_tombstones(&state) && state.gc_tombstones(stable) {
+            if state.gc_tombstones(stable, beside_live) {
                 removed.push(((keyspace, key), Some(state)));
             }
         }

@@ -53,11 +53,7 @@ impl StateRead for Store {
         let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.clone()));
         let page: Vec<_> = self.0.range((start, Bound::Unbounded)).take(max).collect();
         let last = if page.len() == max { page.last().map(|(k, _)| (*k).clone()) } else { None };
-        let keys = page
-            .into_iter()
-            .filter(|(_, s)| mesh_engine::only_tombstones(s))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = page.into_iter().filter(|(_, s)| s.has_tombstones()).map(|(k, _)| k.clone()).collect();
         Ok(mesh_engine::Scan { keys, last })
     }
 }

@@ -408,7 +408,8 @@ impl Scenario {
                 return Err(invalid(&format!("faults[{i}]"), "needs at_s >= 0 and duration_s > 0".into()));
             }
             if f.at_s + f.duration_s > file.duration_s {
-                let problem = "must end by duration_s, so the final checks see every DC up and every link healed";
+                let problem =
+                    "must end by duration_s, so the final checks see every DC up and every link healed";
                 return Err(invalid(&format!("faults[{i}]"), problem.into()));
             }
             match &f.kind {

@@ -627,6 +627,19 @@ impl World {
             Message::SnapshotRequest(_) | Message::SnapshotChunk(_) => 14,
         };
         self.hash(&[5, from as u64, to as u64, kind]);
+        if self.options.trace {
+            let what = match &message {
+                Message::Batch(b) => {
+                    let first = b.ops.first().map(|op| format!("{:?}", op.dot)).unwrap_or_default();
+                    format!("batch of {} ops from {first}", b.ops.len())
+                }
+                Message::Hello(h) => format!("hello seen {:?}", h.seen),
+                Message::Ack(a) => format!("ack {:?}", a.seen),
+                Message::Heartbeat(_) => "heartbeat".into(),
+                Message::SnapshotRequest(_) | Message::SnapshotChunk(_) => "snapshot".into(),
+            };
+            self.note(format!("deliver {} -> {} {what}", self.dcs[from].id, self.dcs[to].id));
+        }
         let wall = self.wall_ms(to);
         let now = self.now_ms;
         let from_id = self.dcs[from].id.clone();
@@ -778,13 +791,14 @@ impl World {
                 let links = self.fault_links(i);
                 self.cut_links(&links, start);
             }
-            FaultKind::Flap { period_ms, .. } => {
+            FaultKind::Flap { .. } => {
                 if start {
                     self.flap(i, true);
                 } else if self.flap_cut(i) {
-                    self.flap(i, false);
+                    // The flap ends healed.
+                    let links = self.fault_links(i);
+                    self.cut_links(&links, false);
                 }
-                let _ = period_ms;
             }
             FaultKind::Crash { dc } => {
                 let dc = self.index(&DcId::new(dc).expect("validated"));

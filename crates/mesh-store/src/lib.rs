@@ -262,11 +262,7 @@ trait ScanTombstoned {
 /// A scan step from a page of states read from a snapshot.
 fn scan_page(page: Vec<(Keyspace, Key, KeyState)>, max: usize) -> mesh_engine::Scan {
     let last = if page.len() == max { page.last().map(|(ks, k, _)| (ks.clone(), k.clone())) } else { None };
-    let keys = page
-        .into_iter()
-        .filter(|(_, _, s)| mesh_engine::only_tombstones(s))
-        .map(|(ks, k, _)| (ks, k))
-        .collect();
+    let keys = page.into_iter().filter(|(_, _, s)| s.has_tombstones()).map(|(ks, k, _)| (ks, k)).collect();
     mesh_engine::Scan { keys, last }
 }
 

@@ -118,7 +118,7 @@ impl MemStore {
             inner.durable.kv.range::<(Keyspace, Key), _>((start, Bound::Unbounded)).take(max)
         {
             examined += 1;
-            if mesh_engine::only_tombstones(state) {
+            if state.has_tombstones() {
                 scan.keys.push((ks.clone(), k.clone()));
             }
             if examined == max {

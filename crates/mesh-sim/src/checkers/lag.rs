@@ -75,7 +75,7 @@ impl Lag {
                         continue;
                     }
                     world.stats.lag_ms_max = world.stats.lag_ms_max.max(lag.min(now - since));
-                    if lag > self.bound_ms && self.reported < REPORTS_MAX {
+                    if lag >= self.bound_ms && self.reported < REPORTS_MAX {
                         self.reported += 1;
                         let detail = format!(
                             "{} lacks ops {} has held for {lag} ms although they have been connected since {since} ms",

@@ -1,0 +1,206 @@
+//! The replicator of one link: batches by size or delay, a bounded in-flight window, go-back-N
+//! resends after a timeout, resumption from the peer's Hello, the relay rule, and compacted logs.
+
+use mesh_core::{DcId, Dot, Hlc, Key, Keyspace, Op, OpKind, VersionVector};
+use mesh_engine::replicator::{targets, RelayClock, Replicator, ReplicatorConfig};
+use mesh_engine::OpLog;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn dc(s: &str) -> DcId {
+    DcId::new(s).unwrap()
+}
+
+fn vv(entries: &[(&str, u64)]) -> VersionVector {
+    entries.iter().map(|(d, s)| (dc(d), *s)).collect()
+}
+
+/// A durable log in miniature; `first` per origin models compaction.
+#[derive(Default)]
+struct Log {
+    ops: BTreeMap<(DcId, u64), Op>,
+    first: BTreeMap<DcId, u64>,
+}
+
+impl Log {
+    fn append(&mut self, origin: &str, seq: u64) {
+        let op = Op {
+            dot: Dot::new(dc(origin), seq),
+            hlc: Hlc::new(seq, 0),
+            keyspace: Keyspace::new("users").unwrap(),
+            key: Key::new(format!("k{seq}")).unwrap(),
+            kind: OpKind::Put(vec![1; 10]),
+            context: VersionVector::new(),
+        };
+        self.ops.insert((dc(origin), seq), op);
+    }
+
+    fn durable(&self) -> VersionVector {
+        let mut v = VersionVector::new();
+        for (origin, seq) in self.ops.keys() {
+            v.raise(origin, *seq);
+        }
+        v
+    }
+}
+
+impl OpLog for Log {
+    type Error = std::convert::Infallible;
+    fn read_ops(
+        &self,
+        origin: &DcId,
+        after: u64,
+        ops_max: usize,
+        _: usize,
+    ) -> Result<Option<Vec<Op>>, Self::Error> {
+        if self.first.get(origin).is_some_and(|f| after + 1 < *f) {
+            return Ok(None);
+        }
+        let page = self
+            .ops
+            .range((origin.clone(), after + 1)..=(origin.clone(), u64::MAX))
+            .take(ops_max)
+            .map(|(_, op)| op.clone())
+            .collect();
+        Ok(Some(page))
+    }
+}
+
+fn config() -> ReplicatorConfig {
+    ReplicatorConfig {
+        batch_size: 3,
+        batch_bytes_max: 1 << 20,
+        max_delay_ms: 5,
+        inflight_max: 2,
+        retransmit_ms: 100,
+    }
+}
+
+fn seqs(ops: &[Op]) -> Vec<(String, u64)> {
+    ops.iter().map(|op| (op.dot.origin.to_string(), op.dot.seq)).collect()
+}
+
+fn opened() -> Replicator {
+    let mut r = Replicator::new(dc("a"), dc("b"), config());
+    r.handle_open(&VersionVector::new());
+    r
+}
+
+#[test]
+fn a_partial_batch_waits_for_max_delay_and_a_full_one_leaves_at_once() {
+    let mut log = Log::default();
+    let mut r = opened();
+    log.append("a", 1);
+    log.append("a", 2);
+    let want = log.durable();
+    assert_eq!(r.poll_batch(0, &want, &log).unwrap(), None, "2 of 3 ops wait");
+    assert_eq!(r.poll_timeout(), Some(5));
+    let batch = r.poll_batch(5, &want, &log).unwrap().expect("max_delay_ms passed");
+    assert_eq!(seqs(&batch), [("a".into(), 1), ("a".into(), 2)]);
+    for seq in 3..=5 {
+        log.append("a", seq);
+    }
+    let batch = r.poll_batch(6, &log.durable(), &log).unwrap().expect("a full batch leaves at once");
+    assert_eq!(batch.len(), 3);
+}
+
+#[test]
+fn the_window_bounds_unacknowledged_batches_and_an_ack_reopens_it() {
+    let mut log = Log::default();
+    for seq in 1..=9 {
+        log.append("a", seq);
+    }
+    let want = log.durable();
+    let mut r = opened();
+    assert!(r.poll_batch(0, &want, &log).unwrap().is_some());
+    assert!(r.poll_batch(0, &want, &log).unwrap().is_some());
+    assert_eq!(r.poll_batch(0, &want, &log).unwrap(), None, "two batches in flight fill the window");
+    assert_eq!(r.inflight(), 2);
+    r.handle_peer_seen(&vv(&[("a", 3)]));
+    assert_eq!(r.inflight(), 1);
+    let third = r.poll_batch(1, &want, &log).unwrap().expect("the ack freed a slot");
+    assert_eq!(seqs(&third)[0], ("a".into(), 7));
+}
+
+#[test]
+fn an_unacknowledged_window_is_resent_from_what_the_peer_confirmed() {
+    let mut log = Log::default();
+    for seq in 1..=6 {
+        log.append("a", seq);
+    }
+    let want = log.durable();
+    let mut r = opened();
+    r.poll_batch(0, &want, &log).unwrap().unwrap();
+    r.poll_batch(0, &want, &log).unwrap().unwrap();
+    r.handle_peer_seen(&vv(&[("a", 2)])); // the first batch arrived in part
+    assert_eq!(r.poll_timeout(), Some(100));
+    r.handle_timeout(99);
+    assert_eq!(r.stats().retransmits, 0);
+    r.handle_timeout(100);
+    assert_eq!(r.stats().retransmits, 1);
+    let again = r.poll_batch(100, &want, &log).unwrap().expect("resent");
+    assert_eq!(seqs(&again), [("a".into(), 3), ("a".into(), 4), ("a".into(), 5)]);
+}
+
+#[test]
+fn a_reopened_link_resumes_from_the_hello_even_below_what_was_acknowledged() {
+    let mut log = Log::default();
+    for seq in 1..=3 {
+        log.append("a", seq);
+    }
+    let want = log.durable();
+    let mut r = opened();
+    r.poll_batch(0, &want, &log).unwrap().unwrap();
+    r.handle_peer_seen(&vv(&[("a", 3)]));
+    assert_eq!(r.poll_batch(10, &want, &log).unwrap(), None, "the peer has everything");
+    r.handle_close();
+    // The peer restarted having lost seq 3 (a disk that lied): it gets it again.
+    r.handle_open(&vv(&[("a", 2)]));
+    let again = r.poll_batch(20, &want, &log).unwrap();
+    let again = again.or_else(|| r.poll_batch(25, &want, &log).unwrap()).expect("resent after the delay");
+    assert_eq!(seqs(&again), [("a".into(), 3)]);
+}
+
+#[test]
+fn a_third_dcs_ops_are_relayed_only_after_the_relay_delay_or_when_their_origin_is_suspect() {
+    let durable = vv(&[("a", 5), ("c", 4)]);
+    let none = BTreeSet::new();
+    // Nothing of c held long yet: only a's own ops go to b.
+    let t = targets(&dc("a"), &dc("b"), &durable, &VersionVector::new(), 0, &none);
+    assert_eq!(t, vv(&[("a", 5)]));
+    // c's ops up to 2 were held for the relay delay.
+    let t = targets(&dc("a"), &dc("b"), &durable, &vv(&[("c", 2)]), 0, &none);
+    assert_eq!(t, vv(&[("a", 5), ("c", 2)]));
+    // c is suspect from here: everything of c goes.
+    let suspect: BTreeSet<DcId> = [dc("c")].into_iter().collect();
+    let t = targets(&dc("a"), &dc("b"), &durable, &VersionVector::new(), 0, &suspect);
+    assert_eq!(t, vv(&[("a", 5), ("c", 4)]));
+    // b's own ops go back to b only up to what it lacked at its Hello.
+    let durable = vv(&[("a", 5), ("b", 9)]);
+    let t = targets(&dc("a"), &dc("b"), &durable, &durable, 7, &none);
+    assert_eq!(t, vv(&[("a", 5), ("b", 7)]));
+}
+
+#[test]
+fn the_relay_clock_reports_what_was_held_for_the_delay() {
+    let mut clock = RelayClock::new(1_000, VersionVector::new());
+    clock.record(0, &vv(&[("c", 3)]));
+    clock.record(500, &vv(&[("c", 8)]));
+    assert_eq!(clock.held_long(999), &VersionVector::new());
+    assert_eq!(clock.poll_timeout(), Some(1_000));
+    assert_eq!(clock.held_long(1_000), &vv(&[("c", 3)]));
+    assert_eq!(clock.held_long(1_500), &vv(&[("c", 8)]));
+}
+
+#[test]
+fn a_compacted_origin_is_reported_for_state_transfer_and_not_read_again() {
+    let mut log = Log::default();
+    for seq in 5..=6 {
+        log.append("a", seq);
+    }
+    log.first.insert(dc("a"), 5);
+    let mut r = opened();
+    let want = vv(&[("a", 6)]);
+    assert_eq!(r.poll_batch(0, &want, &log).unwrap(), None);
+    assert_eq!(r.poll_batch(10, &want, &log).unwrap(), None);
+    assert_eq!(r.compacted(), vec![dc("a")]);
+}
