@@ -66,6 +66,25 @@ pub trait StateRead {
     /// ([`KeyState::has_tombstones`]), with the last key examined (`None`: the walk reached the
     /// end).
     fn scan_tombstoned(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<Scan, Self::Error>;
+
+    /// Cuts a consistent snapshot of every key state and the vector it reflects, for state
+    /// transfer to a peer behind the retained log.
+    fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, Self::Error>;
+}
+
+/// A consistent view of every key state, cut in one read transaction, and the `seen` vector it
+/// holds exactly the effects of.
+pub trait SnapshotRead: Send {
+    /// The vector at the cut.
+    fn vector(&self) -> &VersionVector;
+
+    /// Up to `entries_max` key states after `after` (exclusive), in (keyspace, key) order; empty
+    /// when done. Errors are the store's message.
+    fn chunk(
+        &self,
+        after: Option<&(Keyspace, Key)>,
+        entries_max: usize,
+    ) -> Result<Vec<(Keyspace, Key, KeyState)>, String>;
 }
 
 /// One step of a walk over the keys ([`StateRead::scan_tombstoned`]).
@@ -94,4 +113,7 @@ pub trait OpLog {
         ops_max: usize,
         bytes_max: usize,
     ) -> Result<Option<Vec<Op>>, Self::Error>;
+
+    /// Encoded bytes of every op in the log (for the `log_retention_bytes` cap).
+    fn log_bytes(&self) -> Result<u64, Self::Error>;
 }

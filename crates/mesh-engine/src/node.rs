@@ -27,7 +27,7 @@ use crate::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, Write
 use crate::sync::{resolve_mode, RequestId, SyncOutcome, SyncTracker};
 use mesh_core::topology::{Acks, Mode};
 use mesh_core::{Conflict, DcId, Dot, Hlc, Key, Keyspace, ReadResult, Topology, VersionVector};
-use mesh_wire::{Ack, Batch, Heartbeat, Hello, Message, PROTOCOL_VERSION};
+use mesh_wire::{Ack, Batch, Heartbeat, Hello, Message, SnapshotChunk, SnapshotRequest, PROTOCOL_VERSION};
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -52,6 +52,14 @@ pub struct NodeConfig {
     pub compact_interval_ms: u64,
     /// Most sync writes waiting for acks at once.
     pub sync_waiting_max: usize,
+    /// Key states per snapshot chunk in a state transfer.
+    pub snapshot_entries: usize,
+    /// Oldest op kept in the log even if a peer has not acknowledged it, in ms
+    /// (`log_retention_age_s`).
+    pub log_retention_age_ms: u64,
+    /// Most op bytes kept in the log (`log_retention_bytes`); beyond it the log is compacted to
+    /// what is durable here, and lagging peers catch up by state transfer.
+    pub log_retention_bytes: u64,
     /// Test only: a planted bug. Never set in production.
     pub planted: Option<PlantedBug>,
 }
@@ -79,6 +87,9 @@ impl NodeConfig {
             gc_scan_keys: 1_000,
             compact_interval_ms: (heartbeat * 4).max(250),
             sync_waiting_max: r.commit_queue_ops_max as usize,
+            snapshot_entries: 256,
+            log_retention_age_ms: r.log_retention_age_s.saturating_mul(1_000),
+            log_retention_bytes: r.log_retention_bytes,
             planted: None,
         }
     }
@@ -191,7 +202,7 @@ pub enum Effect {
         /// The endpoint.
         endpoint: String,
     },
-    /// Close the link to `peer` (its Hello was refused).
+    /// Close the link to `peer` (its Hello was refused, or never came).
     Close {
         /// The peer.
         peer: DcId,
@@ -214,6 +225,27 @@ pub struct NodeStats {
     pub gaps: u64,
     /// Keys that had tombstones collected.
     pub keys_collected: u64,
+    /// State transfers this DC sent (snapshots cut for a peer behind the retained log).
+    pub transfers_sent: u64,
+    /// State transfers this DC received and applied.
+    pub transfers_received: u64,
+}
+
+/// A state transfer to one peer.
+struct Outgoing {
+    id: u64,
+    vector: VersionVector,
+    /// Without a request from the peer by then (or, after the last chunk, without the peer
+    /// holding `vector`), the transfer is abandoned and started again (a chunk or request lost).
+    deadline_ms: u64,
+    /// Dropped once the last chunk is sent; the entry stays until the peer holds `vector`.
+    snapshot: Option<Box<dyn crate::commit::SnapshotRead>>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing").field("id", &self.id).field("vector", &self.vector).finish()
+    }
 }
 
 struct Recovered {
@@ -272,6 +304,17 @@ pub struct Node<R> {
     failed: bool,
     /// Per peer, the compacted origins last alarmed about.
     transfer_alarmed: BTreeMap<DcId, Vec<DcId>>,
+    /// State transfers to peers, until the peer reports holding the snapshot's vector.
+    outgoing: BTreeMap<DcId, Outgoing>,
+    /// State transfers from peers in progress: transfer id and vector.
+    incoming: BTreeMap<DcId, (u64, VersionVector)>,
+    /// Links up whose Hello has not come yet, with the time by which it must: a link that never
+    /// says Hello is closed and redialed rather than left silent.
+    awaiting_hello: BTreeMap<DcId, u64>,
+    next_transfer: u64,
+    /// (time, durable vector) samples, oldest first, to find what is older than the retention
+    /// age; one per `log_retention_age_ms / 64` at most.
+    retention_samples: VecDeque<(u64, VersionVector)>,
     effects: VecDeque<Effect>,
     stats: NodeStats,
 }
@@ -372,6 +415,11 @@ impl<R: RngCore> Node<R> {
             config,
             failed: false,
             transfer_alarmed: BTreeMap::new(),
+            outgoing: BTreeMap::new(),
+            incoming: BTreeMap::new(),
+            awaiting_hello: BTreeMap::new(),
+            next_transfer: 1,
+            retention_samples: VecDeque::new(),
             effects: VecDeque::new(),
             stats: NodeStats::default(),
         };
@@ -494,6 +542,7 @@ impl<R: RngCore> Node<R> {
         if let Some(dialer) = self.dialers.get_mut(peer) {
             dialer.handle_connected(now_ms);
         }
+        self.awaiting_hello.insert(peer.clone(), now_ms + self.config.replicator.retransmit_ms);
         let hello = Hello {
             dc: self.local.clone(),
             protocol_version: PROTOCOL_VERSION,
@@ -515,6 +564,10 @@ impl<R: RngCore> Node<R> {
         if let Some(r) = self.replicators.get_mut(peer) {
             r.handle_close();
         }
+        // A transfer restarts from a fresh snapshot on the next link.
+        self.outgoing.remove(peer);
+        self.incoming.remove(peer);
+        self.awaiting_hello.remove(peer);
         if let Some(dialer) = self.dialers.get_mut(peer) {
             // Connected (or dialing): the loss counts as a failure, so a link refused at its
             // Hello or flapping backs off.
@@ -571,10 +624,101 @@ impl<R: RngCore> Node<R> {
                     }
                 }
             }
-            // State transfer is not built yet: a peer behind the retained log raises an alarm.
-            Message::SnapshotRequest(_) | Message::SnapshotChunk(_) => {}
+            Message::SnapshotChunk(chunk) => {
+                if self.replicators[peer].is_open() {
+                    self.on_snapshot_chunk(peer, chunk, store);
+                }
+            }
+            Message::SnapshotRequest(request) => {
+                if self.replicators[peer].is_open() {
+                    self.send_chunk(
+                        now_ms,
+                        peer,
+                        request.request_id,
+                        request.after,
+                        request.entries_max as usize,
+                    );
+                }
+            }
         }
         self.drive(now_ms, store);
+    }
+
+    /// A chunk of a peer's snapshot: merge it, then ask for the next or finish the transfer.
+    fn on_snapshot_chunk(&mut self, peer: &DcId, chunk: SnapshotChunk, store: &(impl StateRead + OpLog)) {
+        let SnapshotChunk { request_id, vector, entries, last } = chunk;
+        // A new transfer id replaces a transfer that was abandoned.
+        if self.incoming.get(peer).is_none_or(|(id, _)| *id != request_id) {
+            self.incoming.insert(peer.clone(), (request_id, vector.clone()));
+        }
+        let after = entries.last().map(|(ks, k, _)| (ks.clone(), k.clone()));
+        if let Err(error) = self.resolver.handle_snapshot_chunk(entries, store) {
+            self.incoming.remove(peer);
+            self.effects.push_back(Effect::Alarm(Alarm::ApplyFailed { peer: peer.clone(), error }));
+            return;
+        }
+        if last {
+            self.incoming.remove(peer);
+            self.resolver.handle_snapshot_done(peer, &vector);
+            self.stats.transfers_received += 1;
+        } else {
+            let entries_max = u32::try_from(self.config.snapshot_entries).unwrap_or(u32::MAX);
+            let request = SnapshotRequest { request_id, after, entries_max };
+            self.effects
+                .push_back(Effect::Send { to: peer.clone(), message: Message::SnapshotRequest(request) });
+        }
+    }
+
+    /// Sends `peer` the next chunk of the transfer `id`, after `after`.
+    fn send_chunk(
+        &mut self,
+        now_ms: u64,
+        peer: &DcId,
+        id: u64,
+        after: Option<(Keyspace, Key)>,
+        entries_max: usize,
+    ) {
+        let retransmit_ms = self.config.replicator.retransmit_ms;
+        let Some(out) = self.outgoing.get_mut(peer).filter(|o| o.id == id) else { return };
+        out.deadline_ms = now_ms + retransmit_ms;
+        let Some(snapshot) = out.snapshot.as_ref() else { return };
+        let entries_max = entries_max.clamp(1, self.config.snapshot_entries);
+        match snapshot.chunk(after.as_ref(), entries_max) {
+            Ok(entries) => {
+                let last = entries.len() < entries_max;
+                if last {
+                    out.snapshot = None;
+                }
+                let chunk = SnapshotChunk { request_id: id, vector: out.vector.clone(), entries, last };
+                self.effects
+                    .push_back(Effect::Send { to: peer.clone(), message: Message::SnapshotChunk(chunk) });
+            }
+            Err(e) => self.fail(format!("reading a snapshot for {peer} failed: {e}")),
+        }
+    }
+
+    /// Starts a state transfer to `peer` if it needs one and none is under way; forgets a
+    /// finished one once the peer holds its vector.
+    fn transfer(&mut self, now_ms: u64, peer: &DcId, store: &(impl StateRead + OpLog)) {
+        let peer_seen = self.replicators[peer].peer_seen().clone();
+        let done = |o: &Outgoing| o.snapshot.is_none() && peer_seen.dominates(&o.vector);
+        if self.outgoing.get(peer).is_some_and(|o| done(o) || now_ms >= o.deadline_ms) {
+            self.outgoing.remove(peer);
+        }
+        if self.replicators[peer].compacted().is_empty() || self.outgoing.contains_key(peer) {
+            return;
+        }
+        let snapshot = match store.snapshot() {
+            Ok(s) => s,
+            Err(e) => return self.fail(format!("cutting a snapshot for {peer} failed: {e}")),
+        };
+        let id = self.next_transfer;
+        self.next_transfer += 1;
+        self.stats.transfers_sent += 1;
+        let vector = snapshot.vector().clone();
+        let deadline_ms = now_ms + self.config.replicator.retransmit_ms;
+        self.outgoing.insert(peer.clone(), Outgoing { id, vector, deadline_ms, snapshot: Some(snapshot) });
+        self.send_chunk(now_ms, peer, id, None, self.config.snapshot_entries);
     }
 
     fn on_hello(&mut self, now_ms: u64, peer: &DcId, hello: Hello) {
@@ -591,6 +735,7 @@ impl<R: RngCore> Node<R> {
                 if let Some(lost) = accepted.regressed {
                     self.effects.push_back(Effect::Alarm(Alarm::PeerRegressed { peer: peer.clone(), lost }));
                 }
+                self.awaiting_hello.remove(peer);
                 let own = hello.seen.get(&self.local);
                 self.resolver.handle_peer_seen(own);
                 self.own_reported = self.own_reported.max(own);
@@ -638,6 +783,11 @@ impl<R: RngCore> Node<R> {
                 t = t.min(x);
             }
         }
+        for t_out in
+            self.outgoing.values().map(|o| o.deadline_ms).chain(self.awaiting_hello.values().copied())
+        {
+            t = t.min(t_out);
+        }
         let startup_ms = self.started_ms + self.config.startup_wait_ms;
         if !self.ready && !self.startup_waited {
             t = t.min(startup_ms);
@@ -663,6 +813,13 @@ impl<R: RngCore> Node<R> {
             }
             self.resolver.handle_clock_skewed(self.health.clock_skewed());
         }
+        let silent: Vec<DcId> =
+            self.awaiting_hello.iter().filter(|(_, t)| **t <= now_ms).map(|(p, _)| p.clone()).collect();
+        for peer in silent {
+            self.awaiting_hello.remove(&peer);
+            self.effects.push_back(Effect::Close { peer: peer.clone() });
+            self.handle_disconnected(now_ms, &peer);
+        }
         self.sync.handle_timeout(now_ms);
         for r in self.replicators.values_mut() {
             r.handle_timeout(now_ms);
@@ -674,7 +831,7 @@ impl<R: RngCore> Node<R> {
         }
         if now_ms >= self.next_compact_ms {
             self.next_compact_ms = now_ms + self.config.compact_interval_ms;
-            self.compact();
+            self.compact(now_ms, store);
         }
         if now_ms >= self.next_gc_ms {
             self.next_gc_ms = now_ms + self.config.gc_interval_ms;
@@ -683,21 +840,43 @@ impl<R: RngCore> Node<R> {
         self.drive(now_ms, store);
     }
 
-    /// Emits a compaction below what every DC holds durably, if that moved.
-    fn compact(&mut self) {
-        let mut below = self.durable.clone();
+    /// Emits a compaction of the log, if it moved: below what every DC holds durably, and
+    /// beyond that everything older than the retention age, or everything durable once the log
+    /// exceeds its byte cap (a peer left behind catches up by state transfer).
+    fn compact(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
         let planted = self.config.planted == Some(PlantedBug::CompactBelowLaggingPeer);
+        let mut below = self.durable.clone();
         let mut most = VersionVector::new();
+        let mut every_peer_known = true;
         for peer in self.replicators.keys() {
             match self.known_durable.get(peer) {
                 Some(v) if planted => most.join(v),
                 Some(v) => below.meet(v),
-                None if planted => {}
-                None => return,
+                None => every_peer_known = false,
             }
         }
         if planted {
             below.meet(&most);
+        } else if !every_peer_known {
+            below = VersionVector::new();
+        }
+        let age_ms = self.config.log_retention_age_ms;
+        let step_ms = (age_ms / 64).max(1);
+        if self.retention_samples.back().is_none_or(|(t, _)| now_ms >= t + step_ms) {
+            self.retention_samples.push_back((now_ms, self.durable.clone()));
+        }
+        while self.retention_samples.get(1).is_some_and(|(t, _)| t + age_ms <= now_ms) {
+            self.retention_samples.pop_front();
+        }
+        if let Some((t, aged)) = self.retention_samples.front() {
+            if t + age_ms <= now_ms {
+                below.join(aged);
+            }
+        }
+        match store.log_bytes() {
+            Ok(bytes) if bytes > self.config.log_retention_bytes => below = self.durable.clone(),
+            Ok(_) => {}
+            Err(e) => return self.fail(format!("reading the log size failed: {e}")),
         }
         if !self.compacted_below.dominates(&below) {
             self.compacted_below.join(&below);
@@ -808,6 +987,7 @@ impl<R: RngCore> Node<R> {
                     Err(e) => return self.fail(e.to_string()),
                 }
             }
+            self.transfer(now_ms, &peer, store);
             let compacted = self.replicators[&peer].compacted();
             if !compacted.is_empty() && self.transfer_alarmed.get(&peer) != Some(&compacted) {
                 self.transfer_alarmed.insert(peer.clone(), compacted.clone());

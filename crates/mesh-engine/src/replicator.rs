@@ -188,8 +188,11 @@ impl Replicator {
 
     /// The peer is known to hold `seen` durably.
     pub fn handle_peer_seen(&mut self, seen: &VersionVector) {
+        let before = self.peer_seen.clone();
         self.peer_seen.join(seen);
         if let Some(link) = &mut self.link {
+            // An origin the peer moved on in (a state transfer) is read again from there.
+            link.compacted.retain(|origin| self.peer_seen.get(origin) == before.get(origin));
             while link.inflight.front().is_some_and(|b| self.peer_seen.dominates(&b.upto)) {
                 link.inflight.pop_front();
             }

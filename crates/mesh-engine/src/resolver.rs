@@ -104,6 +104,10 @@ pub enum ApplyError {
     /// A key's state could not be read.
     #[error("reading a key's state failed: {0}")]
     Read(String),
+    /// A snapshot chunk does not fit this DC's topology (the fingerprint check should have
+    /// refused the link).
+    #[error("snapshot chunk refused: {0}")]
+    SnapshotRefused(String),
 }
 
 /// What the runtime must do.
@@ -513,6 +517,50 @@ impl Resolver {
         store: &impl StateRead,
     ) -> Result<Option<KeyState>, String> {
         self.current(keyspace, key, store)
+    }
+
+    /// State transfer, on the receiving DC: key states from a peer's snapshot, joined into this
+    /// DC's (ops already applied here stay), and persisted like any change. On error nothing of
+    /// the chunk was applied.
+    pub fn handle_snapshot_chunk(
+        &mut self,
+        entries: Vec<(Keyspace, Key, KeyState)>,
+        store: &impl StateRead,
+    ) -> Result<(), ApplyError> {
+        let mut states = Vec::with_capacity(entries.len());
+        for (keyspace, key, theirs) in entries {
+            let Some(spec) = self.topology.keyspace(&keyspace) else {
+                return Err(ApplyError::SnapshotRefused(format!("unknown keyspace {keyspace}")));
+            };
+            if theirs.kind() != spec.kind {
+                let reason =
+                    format!("{keyspace}/{key} holds a {:?}, the keyspace a {:?}", theirs.kind(), spec.kind);
+                return Err(ApplyError::SnapshotRefused(reason));
+            }
+            let mine = self.current(&keyspace, &key, store).map_err(ApplyError::Read)?;
+            let mut merged = mine.unwrap_or_else(|| KeyState::new(spec.kind));
+            merged.merge(&theirs);
+            states.push(((keyspace, key), Some(merged)));
+        }
+        if !states.is_empty() {
+            self.persist(vec![], states, vec![], vec![]);
+        }
+        Ok(())
+    }
+
+    /// State transfer, on the receiving DC: every chunk of the snapshot from `from` was merged,
+    /// so everything its `vector` covers is applied here (though this DC's log lacks those ops).
+    /// Persisted after the chunks; the ack to `from` follows that commit.
+    pub fn handle_snapshot_done(&mut self, from: &DcId, vector: &VersionVector) {
+        self.applied.join(vector);
+        // The snapshot may hold this DC's own ops that it lost: never name them again.
+        self.next_seq = self.next_seq.max(vector.get(&self.local) + 1);
+        let id = self.next_persist;
+        self.next_persist += 1;
+        let ack = Output::Ack { to: from.clone(), seen: self.applied.clone() };
+        self.held.push_back((id, vec![ack]));
+        let batch = CommitBatch { seen: vector.clone(), ..CommitBatch::default() };
+        self.outputs.push_back(Output::Persist { id, batch });
     }
 
     /// The conflict record for `op` applied to `state`, if it left concurrent versions.

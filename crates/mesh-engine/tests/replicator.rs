@@ -63,6 +63,10 @@ impl OpLog for Log {
             .collect();
         Ok(Some(page))
     }
+
+    fn log_bytes(&self) -> Result<u64, Self::Error> {
+        Ok(self.ops.len() as u64 * 64)
+    }
 }
 
 fn config() -> ReplicatorConfig {

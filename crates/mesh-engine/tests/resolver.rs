@@ -44,6 +44,10 @@ impl StateRead for Store {
     fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, Self::Error> {
         Ok(self.1.iter().filter(|r| r.wall_ms >= since_wall_ms).cloned().collect())
     }
+    fn snapshot(&self) -> Result<Box<dyn mesh_engine::SnapshotRead>, Self::Error> {
+        unimplemented!("the resolver never cuts snapshots")
+    }
+
     fn scan_tombstoned(
         &self,
         after: Option<&(Keyspace, Key)>,

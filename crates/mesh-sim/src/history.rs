@@ -36,6 +36,8 @@ pub struct Reply {
 pub struct History {
     /// Every op durable at its origin, by dot (the first one, if a dot was reused).
     pub ops: BTreeMap<Dot, Op>,
+    /// When each op became durable at its origin, ms.
+    pub durable_ms: BTreeMap<Dot, u64>,
     /// Every answered write.
     pub replies: Vec<Reply>,
     /// Conflict records, with the DC that emitted each.
@@ -57,6 +59,7 @@ impl History {
             Some(_) => {}
             None => {
                 self.ops.insert(op.dot.clone(), op.clone());
+                self.durable_ms.insert(op.dot.clone(), at_ms);
             }
         }
     }

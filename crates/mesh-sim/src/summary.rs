@@ -31,6 +31,8 @@ pub struct Summary {
     pub wire_bytes: u64,
     /// Crashes.
     pub crashes: u64,
+    /// State transfers completed.
+    pub transfers: u64,
     /// Wall-clock seconds spent.
     pub elapsed_s: f64,
 }
@@ -55,6 +57,7 @@ impl Summary {
         self.messages += s.messages;
         self.wire_bytes += s.wire_bytes;
         self.crashes += s.crashes;
+        self.transfers += s.transfers;
     }
 
     fn percentile(&self, p: f64) -> Option<u64> {
@@ -97,8 +100,8 @@ impl fmt::Display for Summary {
         let ops = self.ops.max(1) as f64;
         writeln!(
             f,
-            "  writes: {} accepted, {} refused; crashes {}",
-            self.writes, self.refused, self.crashes
+            "  writes: {} accepted, {} refused; crashes {}; state transfers {}",
+            self.writes, self.refused, self.crashes, self.transfers
         )?;
         write!(
             f,

@@ -62,6 +62,8 @@ pub struct RunStats {
     pub events: u64,
     /// Ops that became durable at their origin.
     pub ops: u64,
+    /// State transfers completed (last snapshot chunks delivered).
+    pub transfers: u64,
 }
 
 /// The outcome of one seed.
@@ -538,6 +540,7 @@ impl World {
                         self.history.durable_at_origin(op, self.now_ms);
                     }
                 }
+                checkers::retention::check_compaction(self, dc, &below);
                 self.dcs[dc].store.compact_log(&below).expect("the memory store compacts");
             }
             Effect::Alarm(alarm) => {
@@ -624,7 +627,11 @@ impl World {
             }
             Message::Ack(_) => 12,
             Message::Heartbeat(_) => 13,
-            Message::SnapshotRequest(_) | Message::SnapshotChunk(_) => 14,
+            Message::SnapshotRequest(_) => 14,
+            Message::SnapshotChunk(c) => {
+                self.stats.transfers += u64::from(c.last);
+                15
+            }
         };
         self.hash(&[5, from as u64, to as u64, kind]);
         if self.options.trace {

@@ -53,7 +53,7 @@ fn tombstone_gc_before_causal_stability_is_caught() {
 #[test]
 fn log_compaction_below_a_lagging_peer_is_caught() {
     let (_, checkers) = first_failure(PlantedBug::CompactBelowLaggingPeer, "partition-3dc");
-    assert!(checkers.contains(&"convergence"), "{checkers:?}");
+    assert!(checkers.contains(&"retention"), "{checkers:?}");
 }
 
 #[test]

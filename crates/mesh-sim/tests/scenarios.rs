@@ -72,3 +72,11 @@ fn steady_5dc_delivers_each_op_about_once_per_peer() {
 fn lossy_links_resend_and_converge() {
     passes("lossy-links");
 }
+
+#[test]
+fn retention_3dc_catches_up_by_state_transfer() {
+    passes("retention-3dc");
+    // The retention caps really pushed the isolated DC behind the log.
+    let result = run_seed(&scenario("retention-3dc"), RunOptions { seed: 1, planted: None, trace: false });
+    assert!(result.stats.transfers > 0, "no state transfer happened");
+}

@@ -284,6 +284,23 @@ impl ScanTombstoned for MemStore {
     }
 }
 
+/// A store snapshot, as the engine reads it.
+struct EngineSnapshot(Box<dyn Snapshot>);
+
+impl mesh_engine::SnapshotRead for EngineSnapshot {
+    fn vector(&self) -> &VersionVector {
+        self.0.vector()
+    }
+
+    fn chunk(
+        &self,
+        after: Option<&(Keyspace, Key)>,
+        entries_max: usize,
+    ) -> Result<Vec<(Keyspace, Key, KeyState)>, String> {
+        self.0.chunk(after, entries_max).map_err(|e| e.to_string())
+    }
+}
+
 // Every store serves the engine's state reads with its durable states.
 macro_rules! state_read {
     ($($t:ty),*) => {$(
@@ -305,6 +322,10 @@ macro_rules! state_read {
             ) -> Result<mesh_engine::Scan, StoreError> {
                 ScanTombstoned::scan(self, after, max)
             }
+
+            fn snapshot(&self) -> Result<Box<dyn mesh_engine::SnapshotRead>, StoreError> {
+                Ok(Box::new(EngineSnapshot(Store::snapshot(self)?)))
+            }
         }
 
         impl mesh_engine::OpLog for $t {
@@ -322,6 +343,10 @@ macro_rules! state_read {
                     Err(StoreError::Compacted { .. }) => Ok(None),
                     Err(e) => Err(e),
                 }
+            }
+
+            fn log_bytes(&self) -> Result<u64, StoreError> {
+                Ok(self.log_stats()?.bytes)
             }
         }
     )*};

@@ -8,6 +8,7 @@ pub mod deliveries;
 pub mod durability;
 pub mod lag;
 pub mod model;
+pub mod retention;
 pub mod sync_acks;
 
 use crate::scenario::Scenario;
