@@ -301,6 +301,13 @@ impl HealthMonitor {
         known
     }
 
+    /// Whether `peer` was heard from and is now judged suspect or down (a peer never heard from
+    /// since this DC started is not suspected: at start every peer is "down" until its first
+    /// heartbeat, and treating that as an outage would relay everything at once).
+    pub fn suspected(&self, peer: &DcId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.detector.last_ms.is_some() && p.health != Health::Healthy)
+    }
+
     /// How `peer` is judged (as of the last tick), or `None` if it is not a peer. Cheaper than
     /// [`HealthMonitor::status`], which also measures lag.
     pub fn health(&self, peer: &DcId) -> Option<Health> {

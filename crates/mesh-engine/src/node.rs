@@ -18,7 +18,7 @@
 //! ages). Every read goes through `store`, which shows durable state only.
 
 use crate::commit::{CommitBatch, OpLog, StateRead};
-use crate::health::{Health, HealthConfig, HealthEvent, HealthMonitor, PeerStatus};
+use crate::health::{HealthConfig, HealthEvent, HealthMonitor, PeerStatus};
 use crate::hello::{check_hello, HelloRefusal};
 use crate::planted::PlantedBug;
 use crate::pool::DialPolicy;
@@ -52,8 +52,12 @@ pub struct NodeConfig {
     pub compact_interval_ms: u64,
     /// Most sync writes waiting for acks at once.
     pub sync_waiting_max: usize,
-    /// Key states per snapshot chunk in a state transfer.
+    /// Key states per snapshot chunk in a state transfer (chunks are also bounded by bytes,
+    /// `replicator.batch_bytes_max`).
     pub snapshot_entries: usize,
+    /// Most ops waiting for their local commit; beyond it writes are refused as busy
+    /// (`commit_queue_ops_max`).
+    pub commit_queue_ops_max: usize,
     /// Oldest op kept in the log even if a peer has not acknowledged it, in ms
     /// (`log_retention_age_s`).
     pub log_retention_age_ms: u64,
@@ -88,6 +92,7 @@ impl NodeConfig {
             compact_interval_ms: (heartbeat * 4).max(250),
             sync_waiting_max: r.commit_queue_ops_max as usize,
             snapshot_entries: 256,
+            commit_queue_ops_max: r.commit_queue_ops_max as usize,
             log_retention_age_ms: r.log_retention_age_s.saturating_mul(1_000),
             log_retention_bytes: r.log_retention_bytes,
             planted: None,
@@ -117,6 +122,9 @@ pub enum NodeWriteError {
     /// Too many sync writes are waiting for their acks.
     #[error("too many sync writes are waiting for acknowledgements; retry later")]
     SyncBusy,
+    /// Too many ops are waiting for the local commit (the disk is behind); retry later.
+    #[error("too many writes are waiting for the local commit; retry later")]
+    Busy,
     /// The resolver refused it.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -231,6 +239,16 @@ pub struct NodeStats {
     pub transfers_received: u64,
 }
 
+/// An estimate of a key state's encoded size, to bound snapshot chunks.
+fn state_bytes(state: &mesh_core::KeyState) -> usize {
+    let values: usize = state.versions().iter().map(|v| v.value.as_ref().map_or(0, |b| b.len()) + 48).sum();
+    let members: usize = match state.value() {
+        mesh_core::Value::Set(set) => set.members().iter().map(|m| m.len() + 48).sum(),
+        _ => 0,
+    };
+    64 + 16 * state.context().len() + values + members
+}
+
 /// A state transfer to one peer.
 struct Outgoing {
     id: u64,
@@ -246,6 +264,14 @@ impl std::fmt::Debug for Outgoing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outgoing").field("id", &self.id).field("vector", &self.vector).finish()
     }
+}
+
+/// A state transfer from one peer.
+#[derive(Debug)]
+struct Incoming {
+    id: u64,
+    /// The request for the next chunk, sent once the last chunk is durably merged.
+    next: Option<SnapshotRequest>,
 }
 
 struct Recovered {
@@ -275,8 +301,8 @@ pub struct Node<R> {
     dialers: BTreeMap<DcId, DialPolicy>,
     /// Durable here: the vector every emitted vector comes from.
     durable: VersionVector,
-    /// Persists awaiting their commit, with the ops they add.
-    persists: VecDeque<(PersistId, VersionVector)>,
+    /// Persists awaiting their commit, with the vector and the number of ops they add.
+    persists: VecDeque<(PersistId, VersionVector, usize)>,
     relay: RelayClock,
     requests: BTreeMap<RequestId, PendingWrite>,
     written: BTreeMap<RequestId, Dot>,
@@ -306,8 +332,12 @@ pub struct Node<R> {
     transfer_alarmed: BTreeMap<DcId, Vec<DcId>>,
     /// State transfers to peers, until the peer reports holding the snapshot's vector.
     outgoing: BTreeMap<DcId, Outgoing>,
-    /// State transfers from peers in progress: transfer id and vector.
-    incoming: BTreeMap<DcId, (u64, VersionVector)>,
+    /// State transfers from peers in progress.
+    incoming: BTreeMap<DcId, Incoming>,
+    /// Ops in persists not yet committed (backpressure).
+    uncommitted_ops: usize,
+    /// Peers that came back with less than they had acknowledged (see `learn_durable`).
+    regressed: BTreeSet<DcId>,
     /// Links up whose Hello has not come yet, with the time by which it must: a link that never
     /// says Hello is closed and redialed rather than left silent.
     awaiting_hello: BTreeMap<DcId, u64>,
@@ -417,6 +447,8 @@ impl<R: RngCore> Node<R> {
             transfer_alarmed: BTreeMap::new(),
             outgoing: BTreeMap::new(),
             incoming: BTreeMap::new(),
+            uncommitted_ops: 0,
+            regressed: BTreeSet::new(),
             awaiting_hello: BTreeMap::new(),
             next_transfer: 1,
             retention_samples: VecDeque::new(),
@@ -516,6 +548,9 @@ impl<R: RngCore> Node<R> {
         if resolve_mode(spec.mode, spec.critical, options.mode) == Mode::Sync && !self.sync.has_room() {
             return Err(NodeWriteError::SyncBusy);
         }
+        if self.uncommitted_ops >= self.config.commit_queue_ops_max {
+            return Err(NodeWriteError::Busy);
+        }
         let request = write.request;
         self.requests.insert(request, PendingWrite { options, arrived_ms: now_ms });
         if let Err(e) = self.resolver.handle_write(now_ms, wall_ms, write, store) {
@@ -528,8 +563,9 @@ impl<R: RngCore> Node<R> {
 
     /// Persist `id` is durable.
     pub fn handle_committed(&mut self, now_ms: u64, id: PersistId, store: &(impl StateRead + OpLog)) {
-        let (oldest, seen) = self.persists.pop_front().expect("a commit was awaited");
+        let (oldest, seen, ops) = self.persists.pop_front().expect("a commit was awaited");
         assert_eq!(oldest, id, "commits are reported in emission order");
+        self.uncommitted_ops -= ops;
         self.durable.join(&seen);
         self.resolver.handle_committed(id);
         self.health.handle_local_seen(&self.durable);
@@ -604,18 +640,18 @@ impl<R: RngCore> Node<R> {
                 }
             }
             Message::Ack(Ack { seen }) => {
-                self.learn_durable(peer, &seen);
+                self.learn_durable(peer, &seen, true);
                 self.acked.entry(peer.clone()).or_default().join(&seen);
                 self.acked_pending.entry(peer.clone()).or_default().join(&seen);
                 self.report(peer, seen);
             }
             Message::Heartbeat(Heartbeat { seen, known, wall_ms: peer_wall_ms }) => {
                 self.health.handle_heartbeat(now_ms, wall_ms, peer, &seen, &known, peer_wall_ms);
-                self.learn_durable(peer, &seen);
+                self.learn_durable(peer, &seen, true);
                 self.report(peer, seen);
                 for (dc, vv) in known {
                     if dc != self.local {
-                        self.learn_durable(&dc, &vv);
+                        self.learn_durable(&dc, &vv, false);
                         // A DC's vector relayed by another is still that DC's report, so
                         // tombstones are collected across a cut link too.
                         if self.replicators.contains_key(&dc) {
@@ -644,15 +680,16 @@ impl<R: RngCore> Node<R> {
         self.drive(now_ms, store);
     }
 
-    /// A chunk of a peer's snapshot: merge it, then ask for the next or finish the transfer.
+    /// A chunk of a peer's snapshot: merge it, then (once durable) ask for the next, or finish
+    /// the transfer.
     fn on_snapshot_chunk(&mut self, peer: &DcId, chunk: SnapshotChunk, store: &(impl StateRead + OpLog)) {
         let SnapshotChunk { request_id, vector, entries, last } = chunk;
         // A new transfer id replaces a transfer that was abandoned.
-        if self.incoming.get(peer).is_none_or(|(id, _)| *id != request_id) {
-            self.incoming.insert(peer.clone(), (request_id, vector.clone()));
+        if self.incoming.get(peer).is_none_or(|i| i.id != request_id) {
+            self.incoming.insert(peer.clone(), Incoming { id: request_id, next: None });
         }
         let after = entries.last().map(|(ks, k, _)| (ks.clone(), k.clone()));
-        if let Err(error) = self.resolver.handle_snapshot_chunk(entries, store) {
+        if let Err(error) = self.resolver.handle_snapshot_chunk(peer, entries, store) {
             self.incoming.remove(peer);
             self.effects.push_back(Effect::Alarm(Alarm::ApplyFailed { peer: peer.clone(), error }));
             return;
@@ -663,9 +700,8 @@ impl<R: RngCore> Node<R> {
             self.stats.transfers_received += 1;
         } else {
             let entries_max = u32::try_from(self.config.snapshot_entries).unwrap_or(u32::MAX);
-            let request = SnapshotRequest { request_id, after, entries_max };
-            self.effects
-                .push_back(Effect::Send { to: peer.clone(), message: Message::SnapshotRequest(request) });
+            let next = SnapshotRequest { request_id, after, entries_max };
+            self.incoming.get_mut(peer).expect("inserted above").next = Some(next);
         }
     }
 
@@ -684,8 +720,17 @@ impl<R: RngCore> Node<R> {
         let Some(snapshot) = out.snapshot.as_ref() else { return };
         let entries_max = entries_max.clamp(1, self.config.snapshot_entries);
         match snapshot.chunk(after.as_ref(), entries_max) {
-            Ok(entries) => {
-                let last = entries.len() < entries_max;
+            Ok(mut entries) => {
+                let mut last = entries.len() < entries_max;
+                // Bounded by bytes too, so a chunk fits a frame (always at least one entry).
+                let mut bytes = 0;
+                if let Some(cut) = entries.iter().position(|(_, _, state)| {
+                    bytes += state_bytes(state);
+                    bytes > self.config.replicator.batch_bytes_max
+                }) {
+                    entries.truncate(cut.max(1));
+                    last = false;
+                }
                 if last {
                     out.snapshot = None;
                 }
@@ -722,6 +767,9 @@ impl<R: RngCore> Node<R> {
     }
 
     fn on_hello(&mut self, now_ms: u64, peer: &DcId, hello: Hello) {
+        if self.replicators[peer].is_open() {
+            return; // A duplicate: the link's position must not rewind.
+        }
         let acked = self.acked.get(peer).cloned().unwrap_or_default();
         let fingerprint = hello.topology_fingerprint;
         match check_hello(&self.topology, &self.local, peer, &hello.dc, fingerprint, &hello.seen, &acked) {
@@ -733,6 +781,7 @@ impl<R: RngCore> Node<R> {
             }
             Ok(accepted) => {
                 if let Some(lost) = accepted.regressed {
+                    self.regressed.insert(peer.clone());
                     self.effects.push_back(Effect::Alarm(Alarm::PeerRegressed { peer: peer.clone(), lost }));
                 }
                 self.awaiting_hello.remove(peer);
@@ -741,15 +790,19 @@ impl<R: RngCore> Node<R> {
                 self.own_reported = self.own_reported.max(own);
                 self.returned.insert(peer.clone(), self.durable.get(peer));
                 self.hello_from.insert(peer.clone());
-                self.learn_durable(peer, &hello.seen);
+                self.learn_durable(peer, &hello.seen, true);
                 self.replicators.get_mut(peer).expect("checked").handle_open(&accepted.resume_from);
             }
         }
     }
 
-    /// `dc` is known to hold `seen` durably.
-    fn learn_durable(&mut self, dc: &DcId, seen: &VersionVector) {
-        if let Some(r) = self.replicators.get_mut(dc) {
+    /// `dc` is known to hold `seen` durably: it said so itself (`direct`), or another DC relayed
+    /// it. For a DC that came back with less than it had acknowledged (its Hello regressed), only
+    /// its own word moves its replicator: vectors relayed by others may predate the loss and
+    /// would stop this DC from sending the lost ops again.
+    fn learn_durable(&mut self, dc: &DcId, seen: &VersionVector, direct: bool) {
+        let trusted = direct || !self.regressed.contains(dc);
+        if let Some(r) = self.replicators.get_mut(dc).filter(|_| trusted) {
             r.handle_peer_seen(seen);
         }
         self.sync.handle_durable(dc, seen);
@@ -768,6 +821,10 @@ impl<R: RngCore> Node<R> {
 
     /// When [`Node::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> u64 {
+        if self.failed {
+            // A failed DC serves nothing until the runtime restarts it from its store.
+            return u64::MAX;
+        }
         let mut t = self.health.poll_timeout().min(self.next_gc_ms).min(self.next_compact_ms);
         let others = [self.sync.poll_timeout(), self.relay.poll_timeout()];
         for x in others.into_iter().flatten() {
@@ -874,7 +931,17 @@ impl<R: RngCore> Node<R> {
             }
         }
         match store.log_bytes() {
-            Ok(bytes) if bytes > self.config.log_retention_bytes => below = self.durable.clone(),
+            Ok(bytes) if bytes > self.config.log_retention_bytes => {
+                // Over the cap: give up what only peers without a link need (they catch up by
+                // state transfer), never what connected peers still lack.
+                let mut connected = self.durable.clone();
+                for (peer, r) in &self.replicators {
+                    if r.is_open() {
+                        connected.meet(self.known_durable.get(peer).unwrap_or(&VersionVector::new()));
+                    }
+                }
+                below.join(&connected);
+            }
             Ok(_) => {}
             Err(e) => return self.fail(format!("reading the log size failed: {e}")),
         }
@@ -919,7 +986,8 @@ impl<R: RngCore> Node<R> {
         while let Some(output) = self.resolver.poll_output() {
             match output {
                 Output::Persist { id, mut batch } => {
-                    self.persists.push_back((id, batch.seen.clone()));
+                    self.uncommitted_ops += batch.ops.len();
+                    self.persists.push_back((id, batch.seen.clone(), batch.ops.len()));
                     batch.acked = std::mem::take(&mut self.acked_pending).into_iter().collect();
                     self.effects.push_back(Effect::Persist { id, batch });
                 }
@@ -936,6 +1004,12 @@ impl<R: RngCore> Node<R> {
                     self.effects.push_back(Effect::Send { to, message: Message::Ack(Ack { seen }) });
                 }
                 Output::Conflict(c) => self.effects.push_back(Effect::Conflict(c)),
+                Output::ChunkMerged { from } => {
+                    if let Some(request) = self.incoming.get_mut(&from).and_then(|i| i.next.take()) {
+                        let message = Message::SnapshotRequest(request);
+                        self.effects.push_back(Effect::Send { to: from, message });
+                    }
+                }
             }
         }
         self.reply();
@@ -955,7 +1029,7 @@ impl<R: RngCore> Node<R> {
     fn transmit(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
         let mut suspect: BTreeSet<DcId> = BTreeSet::new();
         for peer in self.replicators.keys() {
-            if self.health.health(peer).is_some_and(|h| h != Health::Healthy) {
+            if self.health.suspected(peer) {
                 suspect.insert(peer.clone());
             }
         }

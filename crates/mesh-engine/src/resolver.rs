@@ -138,6 +138,12 @@ pub enum Output {
     },
     /// Concurrent writes were resolved (after the change was durable).
     Conflict(Conflict),
+    /// A snapshot chunk from `from` is durably merged: the next one may be asked for (so a
+    /// transfer never runs ahead of the disk).
+    ChunkMerged {
+        /// The DC the transfer comes from.
+        from: DcId,
+    },
 }
 
 /// Most idempotency keys remembered at once; the oldest are forgotten first.
@@ -155,12 +161,34 @@ struct Remembered {
     at_ms: u64,
 }
 
+/// A hash of a write, stored with its idempotency key: xxh3 over explicit bytes, so it stays the
+/// same across Rust releases (std's `Hash` layouts and `DefaultHasher` may change).
 fn fingerprint(keyspace: &Keyspace, key: &Key, kind: &OpKind) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // SipHash with fixed keys: the same in every run, and never sent anywhere.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (keyspace, key, kind).hash(&mut h);
-    h.finish()
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let field = |h: &mut xxhash_rust::xxh3::Xxh3, bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(&mut h, keyspace.as_str().as_bytes());
+    field(&mut h, key.as_str().as_bytes());
+    match kind {
+        OpKind::Put(v) => {
+            field(&mut h, b"put");
+            field(&mut h, v);
+        }
+        OpKind::Delete => field(&mut h, b"delete"),
+        OpKind::CounterAdd(n) => {
+            field(&mut h, b"counter-add");
+            field(&mut h, &n.to_le_bytes());
+        }
+        OpKind::SetAdd(members) | OpKind::SetRemove(members) => {
+            field(&mut h, if matches!(kind, OpKind::SetAdd(_)) { b"set-add" } else { b"set-remove" });
+            for m in members {
+                field(&mut h, m);
+            }
+        }
+    }
+    h.digest()
 }
 
 /// The conflict resolver of one DC. See the module docs for the call order.
@@ -524,6 +552,7 @@ impl Resolver {
     /// the chunk was applied.
     pub fn handle_snapshot_chunk(
         &mut self,
+        from: &DcId,
         entries: Vec<(Keyspace, Key, KeyState)>,
         store: &impl StateRead,
     ) -> Result<(), ApplyError> {
@@ -542,8 +571,14 @@ impl Resolver {
             merged.merge(&theirs);
             states.push(((keyspace, key), Some(merged)));
         }
-        if !states.is_empty() {
-            self.persist(vec![], states, vec![], vec![]);
+        let merged = Output::ChunkMerged { from: from.clone() };
+        if states.is_empty() {
+            match self.held.back_mut() {
+                Some((_, last)) => last.push(merged),
+                None => self.outputs.push_back(merged),
+            }
+        } else {
+            self.persist(vec![], states, vec![], vec![merged]);
         }
         Ok(())
     }

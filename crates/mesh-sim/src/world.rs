@@ -62,7 +62,7 @@ pub struct RunStats {
     pub events: u64,
     /// Ops that became durable at their origin.
     pub ops: u64,
-    /// State transfers completed (last snapshot chunks delivered).
+    /// State transfers completed (received and applied).
     pub transfers: u64,
 }
 
@@ -135,8 +135,9 @@ pub(crate) struct SimDc {
     offset_ms: i64,
     /// The time the pending timer event is for (`None`: none pending).
     timer_at: Option<u64>,
-    /// Persists staged and not yet synced, in order, with their own ops.
-    staged: Vec<(u64, Vec<Op>)>,
+    /// Persists staged and not yet reported committed, in order, with their own ops and whether
+    /// they are durable already (a compaction synced them).
+    staged: Vec<(u64, Vec<Op>, bool)>,
     sync_pending: bool,
     /// Ops named here and not yet answered, by dot.
     named: BTreeMap<Dot, Op>,
@@ -174,6 +175,8 @@ pub struct World {
     codec: Codec,
     next_request: u64,
     keyspaces: Vec<(Keyspace, u32, f64)>,
+    /// Per write waiting for its reply, how many DCs must hold it (the checker's own count).
+    required: BTreeMap<u64, usize>,
 }
 
 impl World {
@@ -226,6 +229,7 @@ impl World {
             codec: Codec::new(codec_config).expect("valid codec settings"),
             next_request: 1,
             keyspaces,
+            required: BTreeMap::new(),
         }
     }
 
@@ -282,6 +286,12 @@ impl World {
         let mut checkers = std::mem::replace(&mut self.checkers, Checkers::new(&self.scenario));
         checkers.finish(&mut self);
         self.stats.ops = self.history.ops.len() as u64;
+        self.stats.transfers += self
+            .dcs
+            .iter()
+            .filter_map(|d| d.node.as_ref())
+            .map(|n| n.stats().transfers_received)
+            .sum::<u64>();
         let trace_hash = self.hasher.digest();
         let mut violations = std::mem::take(&mut self.history.violations);
         violations.sort_by_key(|v| v.at_ms);
@@ -437,10 +447,19 @@ impl World {
         } else {
             None
         };
+        let required = checkers::sync_acks::required(&self.scenario, &keyspace, options);
         let write = WriteRequest { request, keyspace, key, kind, context, idempotency_key: None };
         match node.handle_write(now, wall, write, options, &d.store) {
-            Ok(()) => self.stats.writes += 1,
-            Err(NodeWriteError::Starting) | Err(NodeWriteError::SyncBusy) | Err(NodeWriteError::Write(_)) => {
+            Ok(()) => {
+                self.stats.writes += 1;
+                self.required.insert(request, required);
+            }
+            Err(
+                NodeWriteError::Starting
+                | NodeWriteError::SyncBusy
+                | NodeWriteError::Busy
+                | NodeWriteError::Write(_),
+            ) => {
                 self.stats.refused += 1;
             }
         }
@@ -480,7 +499,7 @@ impl World {
                 }
                 let d = &mut self.dcs[dc];
                 d.store.stage(batch);
-                d.staged.push((id, local));
+                d.staged.push((id, local, false));
                 if !d.sync_pending {
                     d.sync_pending = true;
                     let disk = &self.scenario.file.disk;
@@ -503,7 +522,8 @@ impl World {
                 if self.options.trace {
                     self.note(format!("reply {} {:?} {:?}", self.dcs[dc].id, dot, outcome));
                 }
-                checkers::sync_acks::check_reply(self, dc, &dot, &outcome);
+                let required = self.required.remove(&request).unwrap_or(1);
+                checkers::sync_acks::check_reply(self, dc, &dot, &outcome, required);
                 let reply = crate::history::Reply {
                     dc: self.dcs[dc].id.clone(),
                     dot,
@@ -535,8 +555,9 @@ impl World {
                 // Compaction is its own durable transaction, after everything staged before it:
                 // the staged ops are durable from here on, though their commits are reported at
                 // the next sync as usual.
-                for (_, ops) in &self.dcs[dc].staged {
-                    for op in ops {
+                for (_, ops, synced) in &mut self.dcs[dc].staged {
+                    *synced = true;
+                    for op in ops.iter() {
                         self.history.durable_at_origin(op, self.now_ms);
                     }
                 }
@@ -593,8 +614,21 @@ impl World {
     fn send(&mut self, from: usize, to: usize, message: Message) {
         let Some(&conn) = self.conns.get(&(from.min(to), from.max(to))) else { return };
         self.stats.messages += 1;
-        let bytes = self.codec.encode(&message).map(|f| f.len()).unwrap_or(0);
-        self.stats.wire_bytes += bytes as u64;
+        match self.codec.encode(&message) {
+            Ok(frame) => {
+                self.stats.wire_bytes += frame.len() as u64;
+                // The frame's bytes, so the trace hash sees message contents, not only kinds.
+                self.hasher.update(&frame);
+            }
+            Err(e) => {
+                let detail = format!(
+                    "{} -> {}: the message cannot be framed: {e}",
+                    self.dcs[from].id, self.dcs[to].id
+                );
+                self.history.violation("wire", self.now_ms, detail);
+                return;
+            }
+        }
         let net = self.scenario.file.network.clone();
         if net.loss > 0.0 && self.rng.random_bool(net.loss) {
             return;
@@ -628,10 +662,7 @@ impl World {
             Message::Ack(_) => 12,
             Message::Heartbeat(_) => 13,
             Message::SnapshotRequest(_) => 14,
-            Message::SnapshotChunk(c) => {
-                self.stats.transfers += u64::from(c.last);
-                15
-            }
+            Message::SnapshotChunk(_) => 15,
         };
         self.hash(&[5, from as u64, to as u64, kind]);
         if self.options.trace {
@@ -665,13 +696,13 @@ impl World {
         d.store.sync();
         let staged = std::mem::take(&mut d.staged);
         self.hash(&[6, dc as u64, staged.len() as u64]);
-        for (_, ops) in &staged {
+        for (_, ops, _) in &staged {
             for op in ops {
                 self.history.durable_at_origin(op, self.now_ms);
             }
         }
         let now = self.now_ms;
-        for (id, _) in staged {
+        for (id, _, _) in staged {
             let d = &mut self.dcs[dc];
             let Some(node) = d.node.as_mut() else { return };
             node.handle_committed(now, id, &d.store);
@@ -812,6 +843,13 @@ impl World {
                 if start {
                     self.crash(dc);
                 } else {
+                    // The old process's connections die with it (a QUIC stateless reset); the
+                    // peers learn it now if their idle timeout has not told them yet.
+                    let old: Vec<(usize, usize)> =
+                        self.conns.keys().filter(|(a, b)| *a == dc || *b == dc).copied().collect();
+                    for (a, b) in old {
+                        self.close(a, b);
+                    }
                     self.dcs[dc].incarnation += 1;
                     self.dcs[dc].timer_at = None;
                     self.start_node(dc);
@@ -847,6 +885,7 @@ impl World {
 
     fn crash(&mut self, dc: usize) {
         self.stats.crashes += 1;
+        self.stats.transfers += self.dcs[dc].node.as_ref().map_or(0, |n| n.stats().transfers_received);
         let d = &mut self.dcs[dc];
         let unsynced = d.store.unsynced();
         let keep = self.rng.random_range(0..=unsynced);
@@ -860,7 +899,7 @@ impl World {
         d.incarnation += 1;
         // The kept prefix of the unsynced commits is durable now, as a real disk may have
         // written it before the power went.
-        for (_, ops) in staged.iter().take(keep) {
+        for (_, ops, _) in staged.iter().filter(|(_, _, synced)| !synced).take(keep) {
             for op in ops {
                 self.history.durable_at_origin(op, self.now_ms);
             }
