@@ -206,6 +206,56 @@ pub struct TopologyConfig {
     pub dcs: Vec<DcConfig>,
     /// The keyspaces by name.
     pub keyspaces: BTreeMap<String, KeyspaceConfig>,
+    /// Settings of each node process (paths, secrets); not part of the fingerprint.
+    #[serde(default)]
+    pub node: NodeSettings,
+}
+
+/// `[node]`: where each `meshd` keeps its data and finds its secrets. Paths may contain `{dc}`,
+/// replaced by the DC id, so one file serves every DC; relative paths are relative to the
+/// directory of mesh.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// The DC's data directory (its store).
+    pub data_dir: String,
+    /// Bearer token the HTTP API requires (`Authorization: Bearer TOKEN`). Override it per
+    /// deployment with `MESH__NODE__API_TOKEN`.
+    pub api_token: String,
+    /// Mutual TLS between DCs.
+    pub tls: TlsSettings,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self { data_dir: "data/{dc}".into(), api_token: "dev-token".into(), tls: TlsSettings::default() }
+    }
+}
+
+/// `[node.tls]`: the mesh CA and each DC's certificate (its DC id is the certificate's DNS name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The mesh CA certificate (PEM) every DC's certificate must chain to.
+    pub ca_cert: String,
+    /// The CA's private key (PEM); only `meshd up` and `meshctl certs` use it, to issue
+    /// development certificates.
+    pub ca_key: String,
+    /// This DC's certificate (PEM).
+    pub cert: String,
+    /// This DC's private key (PEM).
+    pub key: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            ca_cert: "certs/ca.crt".into(),
+            ca_key: "certs/ca.key".into(),
+            cert: "certs/{dc}.crt".into(),
+            key: "certs/{dc}.key".into(),
+        }
+    }
 }
 
 /// A problem in the topology, naming the field. Nothing is built when one is returned.
@@ -312,6 +362,9 @@ impl Topology {
             return Err(bad("replication.frame_bytes_max", problem));
         }
 
+        if config.node.api_token.trim().is_empty() {
+            return Err(bad("node.api_token", "must not be empty (the HTTP API requires a bearer token)"));
+        }
         if config.dcs.is_empty() {
             return Err(bad("dcs", "at least one datacenter is required"));
         }

@@ -105,3 +105,21 @@ fn the_fingerprint_follows_strategies_priorities_and_types_only() {
     }
     assert_eq!(Strategy::parse("counter").unwrap().value_kind(), mesh_core::ValueKind::Counter);
 }
+
+#[test]
+fn an_empty_api_token_is_refused_by_name() {
+    let mut config = parse(include_str!("../../../mesh.toml"));
+    config.node.api_token = " ".into();
+    let e = mesh_core::Topology::new(config, &mesh_core::builtin_resolvers()).unwrap_err();
+    assert_eq!(e.field, "node.api_token");
+}
+
+#[test]
+fn the_node_section_does_not_change_the_fingerprint() {
+    let a = parse(include_str!("../../../mesh.toml"));
+    let mut b = a.clone();
+    b.node.data_dir = "/elsewhere/{dc}".into();
+    b.node.api_token = "another".into();
+    let fp = |c| mesh_core::Topology::new(c, &mesh_core::builtin_resolvers()).unwrap().fingerprint();
+    assert_eq!(fp(a), fp(b));
+}

@@ -349,6 +349,7 @@ impl Scenario {
             replication: file.topology.replication.clone(),
             dcs,
             keyspaces: file.topology.keyspaces.clone(),
+            node: Default::default(),
         };
         let topology = Topology::new(config, &builtin_resolvers())
             .map_err(|e| invalid(&format!("topology.{}", e.field), e.problem))?;

@@ -1,0 +1,7 @@
+//! mesh-node: the IO shell around the engine. So far: mutual TLS between DCs ([`tls`]) and the
+//! QUIC transport that carries mesh-wire frames between them ([`transport`]). The actors that
+//! run `mesh_engine::node::Node`, the configuration loader and the HTTP API come next.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod tls;
+pub mod transport;
