@@ -3,5 +3,6 @@
 //! run `mesh_engine::node::Node`, the configuration loader and the HTTP API come next.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod runtime;
 pub mod tls;
 pub mod transport;

@@ -1,0 +1,480 @@
+//! The actors that run one DC: a supervisor and the DC actor it restarts.
+//!
+//! The DC actor owns the engine's [`Node`] and carries out its effects: QUIC sends through each
+//! link's writer task, commits through the durable store's group commit (whose completion comes
+//! back as a message, so nothing that depends on a commit leaves before it), dials, compactions
+//! and client replies. It holds no replication logic of its own (shared/STYLE.md rule 11). The
+//! supervisor restarts it from the store when it fails (a panic, or a commit of unknown outcome,
+//! for which the store is reopened); the current actor is published through a watch channel so
+//! the HTTP API and the accept loop always reach the live one.
+
+use crate::transport::{self, Link};
+use mesh_core::{DcId, Dot, Key, Keyspace, ReadResult, Topology};
+use mesh_engine::health::PeerStatus;
+use mesh_engine::node::{Effect, Node, NodeConfig, NodeStats, NodeWriteError, Startup, WriteOptions};
+use mesh_engine::replicator::ReplicatorStats;
+use mesh_engine::resolver::WriteRequest;
+use mesh_engine::sync::SyncOutcome;
+use mesh_store::{DurableStore, LogRead, Store, StoreError};
+use mesh_wire::{CodecConfig, Message};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+
+/// A client write's answer: its dot and how it finished, or why it was refused.
+pub type WriteResult = Result<(Dot, SyncOutcome), NodeWriteError>;
+
+/// What one DC reports in `/v1/status`.
+#[derive(Debug, Clone)]
+pub struct DcStatus {
+    /// The DC.
+    pub dc: DcId,
+    /// Whether it accepts writes.
+    pub ready: bool,
+    /// Its durable `seen` vector.
+    pub seen: mesh_core::VersionVector,
+    /// Per peer: health, link counters, and whether a link is up.
+    pub peers: Vec<(DcId, Option<PeerStatus>, ReplicatorStats, bool)>,
+    /// Node counters.
+    pub stats: NodeStats,
+    /// Conflict records emitted, per strategy.
+    pub conflicts: BTreeMap<String, u64>,
+}
+
+/// Messages of the DC actor.
+pub enum DcMsg {
+    /// A client write; answered once done (or refused at once).
+    Write {
+        /// What to write (the request id is assigned by the actor).
+        write: WriteRequest,
+        /// Mode overrides.
+        options: WriteOptions,
+        /// Where the answer goes.
+        reply: RpcReplyPort<WriteResult>,
+    },
+    /// A read of durable state.
+    Read {
+        /// The keyspace.
+        keyspace: Keyspace,
+        /// The key.
+        key: Key,
+        /// Where the answer goes (`Ok(None)`: unknown keyspace).
+        reply: RpcReplyPort<Result<Option<ReadResult>, String>>,
+    },
+    /// The status.
+    Status(RpcReplyPort<DcStatus>),
+    /// A link to a peer is up.
+    Connected(Box<Link>),
+    /// A link went down.
+    LinkDown {
+        /// The peer.
+        peer: DcId,
+        /// Which link.
+        link: u64,
+    },
+    /// A message from a peer.
+    Peer {
+        /// The peer.
+        peer: DcId,
+        /// On which link.
+        link: u64,
+        /// The message.
+        message: Message,
+    },
+    /// A dial failed.
+    DialFailed(DcId),
+    /// A persist finished.
+    Committed {
+        /// Its id.
+        id: u64,
+        /// Its outcome.
+        result: Result<(), StoreError>,
+    },
+    /// Timers may be due.
+    Tick,
+}
+
+/// What a DC actor needs; shared by every incarnation the supervisor starts.
+#[derive(Clone)]
+pub struct DcArgs {
+    /// This DC.
+    pub local: DcId,
+    /// The topology.
+    pub topology: Arc<Topology>,
+    /// The store's file.
+    pub store_path: PathBuf,
+    /// The QUIC endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// Frame limits.
+    pub codec: CodecConfig,
+    /// The runtime clock's origin.
+    pub started: Instant,
+}
+
+struct LinkHandle {
+    id: u64,
+    tx: mpsc::UnboundedSender<Message>,
+    connection: quinn::Connection,
+}
+
+/// The DC actor's state.
+pub struct DcState {
+    args: DcArgs,
+    node: Node<StdRng>,
+    store: Arc<DurableStore>,
+    links: BTreeMap<DcId, LinkHandle>,
+    next_link: u64,
+    replies: BTreeMap<u64, RpcReplyPort<WriteResult>>,
+    next_request: u64,
+    conflicts: BTreeMap<String, u64>,
+    tick_at: Option<Instant>,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The DC actor.
+pub struct DcActor;
+
+impl DcActor {
+    fn now_ms(state: &DcState) -> u64 {
+        state.args.started.elapsed().as_millis() as u64
+    }
+
+    /// Carries out the node's effects, then arms the timer.
+    fn effects(myself: &ActorRef<DcMsg>, state: &mut DcState) {
+        while let Some(effect) = state.node.poll_effect() {
+            match effect {
+                Effect::Send { to, message } => {
+                    if let Some(link) = state.links.get(&to) {
+                        let _ = link.tx.send(message);
+                    }
+                }
+                Effect::Persist { id, batch } => {
+                    let me = myself.clone();
+                    state.store.submit(
+                        batch,
+                        Box::new(move |result| {
+                            let _ = me.cast(DcMsg::Committed { id, result });
+                        }),
+                    );
+                }
+                Effect::Reply { request, dot, outcome } => {
+                    if let Some(port) = state.replies.remove(&request) {
+                        let _ = port.send(Ok((dot, outcome)));
+                    }
+                }
+                Effect::Conflict(c) => *state.conflicts.entry(c.strategy).or_default() += 1,
+                Effect::Dial { peer, endpoint } => {
+                    let me = myself.clone();
+                    let (ep, codec) = (state.args.endpoint.clone(), state.args.codec.clone());
+                    tokio::spawn(async move {
+                        let dialed = async {
+                            let address = resolve(&endpoint).await?;
+                            transport::dial(&ep, address, &peer, &codec).await.map_err(|e| e.to_string())
+                        };
+                        match tokio::time::timeout(Duration::from_secs(5), dialed).await {
+                            Ok(Ok(link)) => {
+                                let _ = me.cast(DcMsg::Connected(Box::new(link)));
+                            }
+                            _ => {
+                                let _ = me.cast(DcMsg::DialFailed(peer));
+                            }
+                        }
+                    });
+                }
+                Effect::Close { peer } => {
+                    if let Some(link) = state.links.remove(&peer) {
+                        link.connection.close(2u32.into(), b"closed");
+                    }
+                }
+                Effect::Compact { below } => {
+                    let store = state.store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.compact_log(&below) {
+                            eprintln!("compaction failed: {e}");
+                        }
+                    });
+                }
+                Effect::Alarm(alarm) => eprintln!("[{}] alarm: {alarm:?}", state.args.local),
+            }
+        }
+        let due_ms = state.node.poll_timeout();
+        if due_ms == u64::MAX {
+            return;
+        }
+        let due = state.args.started + Duration::from_millis(due_ms);
+        if state.tick_at.is_none_or(|t| due < t || t <= Instant::now()) {
+            state.tick_at = Some(due);
+            let delay = due.saturating_duration_since(Instant::now());
+            myself.send_after(delay, || DcMsg::Tick);
+        }
+    }
+
+    fn connected(myself: &ActorRef<DcMsg>, state: &mut DcState, link: Link) {
+        let now = Self::now_ms(state);
+        let Link { peer, connection, mut writer, mut reader } = link;
+        if let Some(old) = state.links.remove(&peer) {
+            old.connection.close(3u32.into(), b"replaced");
+            state.node.handle_disconnected(now, &peer);
+        }
+        state.next_link += 1;
+        let id = state.next_link;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let me = myself.clone();
+        let conn = connection.clone();
+        let writer_peer = peer.clone();
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if writer.send(&message).await.is_err() {
+                    break;
+                }
+            }
+            conn.close(0u32.into(), b"");
+            let _ = me.cast(DcMsg::LinkDown { peer: writer_peer, link: id });
+        });
+        let me = myself.clone();
+        let reader_peer = peer.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = reader.next().await {
+                if me.cast(DcMsg::Peer { peer: reader_peer.clone(), link: id, message }).is_err() {
+                    return;
+                }
+            }
+            let _ = me.cast(DcMsg::LinkDown { peer: reader_peer, link: id });
+        });
+        state.links.insert(peer.clone(), LinkHandle { id, tx, connection });
+        state.node.handle_connected(now, &peer);
+    }
+}
+
+async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = endpoint.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(endpoint)
+        .await
+        .map_err(|e| format!("{endpoint}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{endpoint}: no address"))
+}
+
+impl Actor for DcActor {
+    type Msg = DcMsg;
+    type State = DcState;
+    type Arguments = DcArgs;
+
+    async fn pre_start(&self, myself: ActorRef<DcMsg>, args: DcArgs) -> Result<DcState, ActorProcessingErr> {
+        let window_ms = args.topology.config.replication.idempotency_window_s.saturating_mul(1_000);
+        let options = mesh_store::Options { idempotency_window_ms: window_ms, ..Default::default() };
+        let store = Arc::new(DurableStore::open_with(&args.store_path, options)?);
+        let mut acked = BTreeMap::new();
+        for dc in &args.topology.dcs {
+            if dc.id != args.local {
+                acked.insert(dc.id.clone(), store.acked(&dc.id)?);
+            }
+        }
+        let now_ms = args.started.elapsed().as_millis() as u64;
+        let startup = Startup { now_ms, wall_ms: wall_ms(), seen: store.seen()?, acked };
+        let config = NodeConfig::new(&args.topology);
+        let node = Node::new(
+            args.local.clone(),
+            args.topology.clone(),
+            config,
+            startup,
+            StdRng::from_os_rng(),
+            &*store,
+        );
+        let mut state = DcState {
+            args,
+            node,
+            store,
+            links: BTreeMap::new(),
+            next_link: 0,
+            replies: BTreeMap::new(),
+            next_request: 1,
+            conflicts: BTreeMap::new(),
+            tick_at: None,
+        };
+        Self::effects(&myself, &mut state);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DcMsg>,
+        state: &mut DcState,
+    ) -> Result<(), ActorProcessingErr> {
+        for link in state.links.values() {
+            link.connection.close(4u32.into(), b"restarting");
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DcMsg>,
+        msg: DcMsg,
+        state: &mut DcState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Self::now_ms(state);
+        match msg {
+            DcMsg::Write { mut write, options, reply } => {
+                write.request = state.next_request;
+                state.next_request += 1;
+                let request = write.request;
+                match state.node.handle_write(now, wall_ms(), write, options, &*state.store) {
+                    Ok(()) => {
+                        state.replies.insert(request, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            DcMsg::Read { keyspace, key, reply } => {
+                let _ =
+                    reply.send(state.node.read(&keyspace, &key, &*state.store).map_err(|e| e.to_string()));
+            }
+            DcMsg::Status(reply) => {
+                let peers = state
+                    .args
+                    .topology
+                    .dcs
+                    .iter()
+                    .filter(|d| d.id != state.args.local)
+                    .map(|d| {
+                        let stats = state.node.replicator(&d.id).map(|r| r.stats()).unwrap_or_default();
+                        (
+                            d.id.clone(),
+                            state.node.peer_status(&d.id, now),
+                            stats,
+                            state.links.contains_key(&d.id),
+                        )
+                    })
+                    .collect();
+                let _ = reply.send(DcStatus {
+                    dc: state.args.local.clone(),
+                    ready: state.node.is_ready(),
+                    seen: state.node.durable().clone(),
+                    peers,
+                    stats: state.node.stats(),
+                    conflicts: state.conflicts.clone(),
+                });
+            }
+            DcMsg::Connected(link) => Self::connected(&myself, state, *link),
+            DcMsg::LinkDown { peer, link } => {
+                if state.links.get(&peer).is_some_and(|l| l.id == link) {
+                    state.links.remove(&peer);
+                    state.node.handle_disconnected(now, &peer);
+                }
+            }
+            DcMsg::Peer { peer, link, message } => {
+                if state.links.get(&peer).is_some_and(|l| l.id == link) {
+                    state.node.handle_message(now, wall_ms(), &peer, message, &*state.store);
+                }
+            }
+            DcMsg::DialFailed(peer) => state.node.handle_dial_failed(now, &peer),
+            DcMsg::Committed { id, result } => {
+                // A commit of unknown outcome poisons the store: fail, so the supervisor reopens
+                // it and restarts this DC from what is durable.
+                result?;
+                state.node.handle_committed(now, id, &*state.store);
+            }
+            DcMsg::Tick => {
+                state.tick_at = None;
+                state.node.handle_timeout(now, wall_ms(), &*state.store);
+            }
+        }
+        Self::effects(&myself, state);
+        Ok(())
+    }
+}
+
+/// Restarts the DC actor when it fails, and publishes the live one.
+pub struct Supervisor;
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    args: DcArgs,
+    current: watch::Sender<Option<ActorRef<DcMsg>>>,
+    restarts: u64,
+}
+
+impl Supervisor {
+    async fn spawn_child(
+        myself: &ActorRef<()>,
+        args: &DcArgs,
+        current: &watch::Sender<Option<ActorRef<DcMsg>>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (child, _) = Actor::spawn_linked(None, DcActor, args.clone(), myself.get_cell()).await?;
+        current.send_replace(Some(child));
+        Ok(())
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = ();
+    type State = SupervisorState;
+    type Arguments = (DcArgs, watch::Sender<Option<ActorRef<DcMsg>>>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        (args, current): Self::Arguments,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Self::spawn_child(&myself, &args, &current).await?;
+        Ok(SupervisorState { args, current, restarts: 0 })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(_, reason) = event {
+            state.restarts += 1;
+            eprintln!("[{}] DC actor failed ({reason}); restarting from the store", state.args.local);
+            state.current.send_replace(None);
+            // The failed actor's store handle is dropped with it; give its committer a moment.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Self::spawn_child(&myself, &state.args, &state.current).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Accepts incoming links and hands each to the live DC actor.
+pub fn spawn_accept_loop(
+    endpoint: quinn::Endpoint,
+    candidates: Vec<DcId>,
+    codec: CodecConfig,
+    current: watch::Receiver<Option<ActorRef<DcMsg>>>,
+) {
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let (candidates, codec, current) = (candidates.clone(), codec.clone(), current.clone());
+            tokio::spawn(async move {
+                let accepted = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    transport::accept(incoming, candidates.iter(), &codec),
+                )
+                .await;
+                if let Ok(Ok(link)) = accepted {
+                    let live = current.borrow().clone();
+                    if let Some(actor) = live {
+                        let _ = actor.cast(DcMsg::Connected(Box::new(link)));
+                    }
+                }
+            });
+        }
+    });
+}
