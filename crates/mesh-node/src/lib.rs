@@ -3,6 +3,8 @@
 //! run `mesh_engine::node::Node`, the configuration loader and the HTTP API come next.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod config;
+pub mod http;
 pub mod runtime;
 pub mod tls;
 pub mod transport;

@@ -1,0 +1,182 @@
+//! meshd: the mesh node daemon.
+//!
+//! - `meshd run --config mesh.toml --dc ID` runs one DC.
+//! - `meshd up [--config mesh.toml]` runs every DC of the file on this machine, each its own
+//!   child process with its own data directory, after generating development certificates on
+//!   first start; Ctrl-C stops them all.
+
+use clap::{Parser, Subcommand};
+use mesh_core::DcId;
+use mesh_node::config::{self, Loaded};
+use mesh_node::http::{self, ApiState};
+use mesh_node::runtime::{self, DcArgs, Supervisor};
+use mesh_node::tls::{self, Material};
+use mesh_node::transport;
+use mesh_wire::CodecConfig;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "meshd", about = "The mesh node daemon", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one DC of the topology.
+    Run {
+        /// The topology file.
+        #[arg(long, default_value = "mesh.toml")]
+        config: PathBuf,
+        /// The DC this process is.
+        #[arg(long)]
+        dc: String,
+    },
+    /// Runs every DC of the topology on this machine (development), one child process each.
+    Up {
+        /// The topology file.
+        #[arg(long, default_value = "mesh.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, dc } => run(&config, &dc),
+        Command::Up { config } => up(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Issues development certificates for every DC that lacks one (and the CA if missing).
+fn ensure_dev_certs(loaded: &Loaded) -> Result<(), String> {
+    let settings = &loaded.topology.config.node.tls;
+    let any = loaded.topology.dcs.first().map(|d| d.id.clone()).ok_or("no DC")?;
+    let ca_cert = loaded.path_for(&settings.ca_cert, &any);
+    let ca_key = loaded.path_for(&settings.ca_key, &any);
+    let ca = if ca_cert.exists() && ca_key.exists() {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        tls::Pem { cert: read(&ca_cert)?, key: read(&ca_key)? }
+    } else {
+        let ca = tls::generate_ca().map_err(|e| e.to_string())?;
+        tls::write(&ca_cert, &ca.cert, false).map_err(|e| e.to_string())?;
+        tls::write(&ca_key, &ca.key, true).map_err(|e| e.to_string())?;
+        println!("generated a development CA at {}", ca_cert.display());
+        ca
+    };
+    for dc in &loaded.topology.dcs {
+        let (cert, key) = (loaded.path_for(&settings.cert, &dc.id), loaded.path_for(&settings.key, &dc.id));
+        if !(cert.exists() && key.exists()) {
+            let issued = tls::issue(&ca, &dc.id).map_err(|e| e.to_string())?;
+            tls::write(&cert, &issued.cert, false).map_err(|e| e.to_string())?;
+            tls::write(&key, &issued.key, true).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn up(config_path: &Path) -> Result<(), String> {
+    let loaded = config::load(config_path).map_err(|e| e.to_string())?;
+    ensure_dev_certs(&loaded)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    for dc in loaded.topology.dcs.iter().filter(|d| d.active) {
+        let child = std::process::Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(config_path)
+            .args(["--dc", dc.id.as_str()])
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", dc.id))?;
+        println!("{}: API http://{}  (replication {})", dc.id, dc.api, dc.listen);
+        children.push((dc.id.clone(), child));
+    }
+    println!("{} DCs up; Ctrl-C stops them all", children.len());
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(stopped());
+    for (dc, mut child) in children {
+        // SIGTERM lets each DC close its links and its store.
+        #[cfg(unix)]
+        {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        if child.wait().is_err() {
+            let _ = child.kill();
+        }
+        println!("{dc} stopped");
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn run(config_path: &Path, dc: &str) -> Result<(), String> {
+    let loaded = config::load(config_path).map_err(|e| e.to_string())?;
+    let local: DcId = loaded.dc(dc).map_err(|e| e.to_string())?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(serve(loaded, local))
+}
+
+async fn serve(loaded: Loaded, local: DcId) -> Result<(), String> {
+    let topology = loaded.topology.clone();
+    let me = topology.dc(&local).expect("checked").clone();
+    let settings = &topology.config.node;
+    let material = Material::load(
+        &loaded.path_for(&settings.tls.ca_cert, &local),
+        &loaded.path_for(&settings.tls.cert, &local),
+        &loaded.path_for(&settings.tls.key, &local),
+    )
+    .map_err(|e| format!("{e} (run `meshd up` once to generate development certificates)"))?;
+    let endpoint = transport::endpoint(me.listen, &material).map_err(|e| e.to_string())?;
+    let data_dir = loaded.path_for(&settings.data_dir, &local);
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let codec = CodecConfig::from_replication(&topology.config.replication).map_err(|e| e.to_string())?;
+    let args = DcArgs {
+        local: local.clone(),
+        topology: topology.clone(),
+        store_path: data_dir.join("store.redb"),
+        endpoint: endpoint.clone(),
+        codec: codec.clone(),
+        started: Instant::now(),
+    };
+    let (current_tx, current_rx) = tokio::sync::watch::channel(None);
+    let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx))
+        .await
+        .map_err(|e| format!("starting {local}: {e}"))?;
+    let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
+    runtime::spawn_accept_loop(endpoint.clone(), candidates, codec, current_rx.clone());
+    let api = tokio::net::TcpListener::bind(me.api)
+        .await
+        .map_err(|e| format!("binding the API at {}: {e}", me.api))?;
+    let app = http::router(ApiState { dc: current_rx, token: settings.api_token.clone() });
+    println!("{local}: serving the API at http://{} and replication at {}", me.api, me.listen);
+    axum::serve(api, app).with_graceful_shutdown(stopped()).await.map_err(|e| e.to_string())?;
+    supervisor.stop(Some("shutdown".into()));
+    let _ = supervisor_done.await;
+    endpoint.close(0u32.into(), b"shutdown");
+    Ok(())
+}
