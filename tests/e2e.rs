@@ -11,7 +11,8 @@ const TOKEN: &str = "e2e-token";
 
 /// A mesh of `meshd run` processes, killed when dropped.
 struct Mesh {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    names: Vec<String>,
     children: Vec<Child>,
     apis: Vec<SocketAddr>,
 }
@@ -64,36 +65,61 @@ impl Mesh {
         toml += &format!("[node]\napi_token = \"{TOKEN}\"\n");
         std::fs::write(dir.path().join("mesh.toml"), toml).unwrap();
         write_certs(dir.path(), &names);
-        let children = names
-            .iter()
-            .map(|name| {
-                let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-                Command::new(env!("CARGO_BIN_EXE_meshd"))
-                    .args(["run", "--config"])
-                    .arg(dir.path().join("mesh.toml"))
-                    .args(["--dc", name])
-                    .stdout(Stdio::from(log.try_clone().unwrap()))
-                    .stderr(Stdio::from(log))
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        let mesh = Mesh { _dir: dir, children, apis };
+        let mut mesh = Mesh { dir, names, children: Vec::new(), apis };
+        for i in 0..n {
+            let child = mesh.spawn(i);
+            mesh.children.push(child);
+        }
         for api in &mesh.apis {
             wait_for(Duration::from_secs(30), || http(*api, "GET", "/healthz", b"").0 == 200);
         }
         mesh
     }
+
+    fn spawn(&self, i: usize) -> Child {
+        let name = &self.names[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("mesh.toml"))
+            .args(["--dc", name])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    }
+
+    /// kill -9 of DC `i`.
+    fn kill(&mut self, i: usize) {
+        self.children[i].kill().unwrap();
+        self.children[i].wait().unwrap();
+    }
+
+    /// Starts DC `i` again from its data directory.
+    fn restart(&mut self, i: usize) {
+        self.children[i] = self.spawn(i);
+        let api = self.apis[i];
+        wait_for(Duration::from_secs(30), || http(api, "GET", "/healthz", b"").0 == 200);
+    }
 }
 
 /// A minimal HTTP/1.1 request; returns (status, body). Status 0 when the connection failed.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    http_with(addr, method, path, body, "")
+}
+
+/// As [`http`], with extra header lines (each ending in `\r\n`).
+fn http_with(addr: SocketAddr, method: &str, path: &str, body: &[u8], headers: &str) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return (0, String::new());
     };
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body)).is_err() {
@@ -167,4 +193,80 @@ fn the_api_refuses_a_missing_token_and_bad_input_with_json_errors() {
     assert!(body.contains("unknown_keyspace"), "{body}");
     let (status, body) = http(api, "PUT", "/v1/kv/users/a", &vec![b'x'; (1 << 20) + 1]);
     assert_eq!(status, 413, "{body}");
+}
+
+/// Writes `count` keys at `api`, as fast as answers come, and returns those acknowledged (200).
+/// Refusals and broken connections (the DC was killed) are not acknowledgements.
+fn write_load(api: SocketAddr, prefix: &str, count: usize) -> Vec<(String, String)> {
+    let mut acked = Vec::new();
+    for k in 0..count {
+        let (path, value) = (format!("/v1/kv/users/{prefix}-{k}"), format!("{prefix}-value-{k}"));
+        if http(api, "PUT", &path, value.as_bytes()).0 == 200 {
+            acked.push((path, value));
+        }
+    }
+    acked
+}
+
+#[test]
+fn after_a_kill_9_under_load_and_a_restart_every_acknowledged_write_is_everywhere() {
+    let mut mesh = Mesh::start(3);
+    for api in &mesh.apis {
+        put(*api, "/v1/kv/users/warm-up", "x");
+    }
+    let writers: Vec<_> = mesh
+        .apis
+        .iter()
+        .enumerate()
+        .map(|(i, api)| {
+            let api = *api;
+            std::thread::spawn(move || write_load(api, &format!("w{i}"), 400))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    mesh.kill(1);
+    std::thread::sleep(Duration::from_millis(500));
+    mesh.restart(1);
+    let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    assert!(acked.len() > 400, "only {} writes were acknowledged", acked.len());
+    for api in &mesh.apis {
+        for (path, value) in &acked {
+            let want = format!("\"value\":\"{value}\"");
+            wait_for(Duration::from_secs(30), || {
+                let (status, body) = http(*api, "GET", path, b"");
+                status == 200 && body.contains(&want)
+            });
+        }
+    }
+    eprintln!("{} acknowledged writes present at all 3 DCs", acked.len());
+}
+
+#[test]
+fn with_one_dc_down_async_and_quorum_writes_succeed_and_all_times_out_with_the_partial_result() {
+    let mut mesh = Mesh::start(3);
+    // Every DC up and linked: a sync write to all of them succeeds.
+    let all = "x-mesh-mode: sync\r\nx-mesh-acks: all\r\n";
+    wait_for(Duration::from_secs(30), || {
+        http_with(mesh.apis[0], "PUT", "/v1/kv/users/before", b"v", all).0 == 200
+    });
+    mesh.kill(2);
+    let start = Instant::now();
+    let acked = write_load(mesh.apis[0], "async", 200).len() + write_load(mesh.apis[1], "async-b", 200).len();
+    assert_eq!(acked, 400, "async writes were refused with a DC down");
+    eprintln!("400 async writes with one DC down in {:?}", start.elapsed());
+    let (status, body) = http_with(
+        mesh.apis[0],
+        "PUT",
+        "/v1/kv/users/q",
+        b"v",
+        "x-mesh-mode: sync\r\nx-mesh-acks: quorum\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_with(mesh.apis[0], "PUT", "/v1/kv/users/a", b"v", all);
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains("\"code\":\"sync_timeout\"") && body.contains("\"committed_locally\":true"),
+        "{body}"
+    );
+    assert!(body.contains("\"required\":3"), "{body}");
 }
