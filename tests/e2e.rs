@@ -62,6 +62,7 @@ impl Mesh {
             );
         }
         toml += "[keyspaces.users]\nstrategy = \"lww\"\n\n[keyspaces.carts]\nstrategy = \"siblings\"\n\n";
+        toml += "[keyspaces.config]\nstrategy = \"priority\"\n\n";
         toml += &format!("[node]\napi_token = \"{TOKEN}\"\n");
         std::fs::write(dir.path().join("mesh.toml"), toml).unwrap();
         write_certs(dir.path(), &names);
@@ -269,4 +270,75 @@ fn with_one_dc_down_async_and_quorum_writes_succeed_and_all_times_out_with_the_p
         "{body}"
     );
     assert!(body.contains("\"required\":3"), "{body}");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+/// Conflict records DC `api` emitted for `strategy`, from /v1/status.
+fn conflicts(api: SocketAddr, strategy: &str) -> u64 {
+    let (_, body) = http(api, "GET", "/v1/status", b"");
+    let needle = format!("\"{strategy}\":");
+    body.split_once(&needle)
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn concurrent_writes_forced_by_pausing_a_dc_resolve_identically_everywhere() {
+    let mesh = Mesh::start(3);
+    for api in &mesh.apis {
+        put(*api, "/v1/kv/users/warm-up", "x");
+    }
+    let (a, b) = (mesh.apis[0], mesh.apis[1]);
+    wait_for(Duration::from_secs(20), || {
+        let reads: Vec<String> =
+            mesh.apis.iter().map(|api| http(*api, "GET", "/v1/kv/users/warm-up", b"").1).collect();
+        reads.iter().all(|r| *r == reads[0])
+    });
+    for (keyspace, strategy) in [("users", "lww"), ("config", "priority"), ("carts", "siblings")] {
+        let before: u64 = mesh.apis.iter().map(|api| conflicts(*api, strategy)).sum();
+        let mut keys = Vec::new();
+        for round in 0..20 {
+            let path = format!("/v1/kv/{keyspace}/k{round}");
+            // dc1 is paused: its client's write waits in its socket while dc0 takes a write to the
+            // same key and sends it on; resumed, dc1 names its write without having seen dc0's.
+            signal(&mesh.children[1], "STOP");
+            let paused = {
+                let path = path.clone();
+                std::thread::spawn(move || http(b, "PUT", &path, b"from-dc1"))
+            };
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(http(a, "PUT", &path, b"from-dc0").0, 200);
+            std::thread::sleep(Duration::from_millis(20));
+            signal(&mesh.children[1], "CONT");
+            assert_eq!(paused.join().unwrap().0, 200);
+            keys.push(path);
+            if mesh.apis.iter().map(|api| conflicts(*api, strategy)).sum::<u64>() > before {
+                break;
+            }
+        }
+        let total = mesh.apis.iter().map(|api| conflicts(*api, strategy)).sum::<u64>() - before;
+        assert!(total > 0, "no {strategy} conflict record after {} rounds", keys.len());
+        // Every DC ends with the same resolution (values and context) for every key.
+        for path in &keys {
+            wait_for(Duration::from_secs(20), || {
+                let reads: Vec<(u16, String)> =
+                    mesh.apis.iter().map(|api| http(*api, "GET", path, b"")).collect();
+                reads.iter().all(|r| r.0 == 200 && r.1 == reads[0].1) && reads[0].1.contains("\"dots\"")
+            });
+        }
+        if strategy == "siblings" {
+            // The concurrent writes are kept side by side.
+            let both = keys.iter().any(|path| {
+                let (_, body) = http(a, "GET", path, b"");
+                body.contains("from-dc0") && body.contains("from-dc1")
+            });
+            assert!(both, "no siblings key holds both concurrent writes");
+        }
+        eprintln!("{strategy}: {total} conflict records over {} keys", keys.len());
+    }
 }
