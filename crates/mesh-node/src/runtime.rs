@@ -98,6 +98,9 @@ pub enum DcMsg {
     },
     /// Timers may be due.
     Tick,
+    /// Makes the actor fail with this reason (an operator-forced restart; the supervisor starts
+    /// a new one from the store, as after any failure).
+    Fail(String),
 }
 
 /// What a DC actor needs; shared by every incarnation the supervisor starts.
@@ -392,6 +395,7 @@ impl Actor for DcActor {
                 state.tick_at = None;
                 state.node.handle_timeout(now, wall_ms(), &*state.store);
             }
+            DcMsg::Fail(reason) => return Err(reason.into()),
         }
         Self::effects(&myself, state);
         Ok(())
