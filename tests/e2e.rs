@@ -15,6 +15,7 @@ struct Mesh {
     names: Vec<String>,
     children: Vec<Child>,
     apis: Vec<SocketAddr>,
+    listens: Vec<SocketAddr>,
 }
 
 impl Drop for Mesh {
@@ -37,6 +38,7 @@ fn free_udp() -> u16 {
 fn write_certs(dir: &Path, dcs: &[String]) {
     let ca = mesh_node::tls::generate_ca().unwrap();
     mesh_node::tls::write(&dir.join("certs/ca.crt"), &ca.cert, false).unwrap();
+    mesh_node::tls::write(&dir.join("certs/ca.key"), &ca.key, true).unwrap();
     for dc in dcs {
         let issued = mesh_node::tls::issue(&ca, &mesh_core::DcId::new(dc.as_str()).unwrap()).unwrap();
         mesh_node::tls::write(&dir.join(format!("certs/{dc}.crt")), &issued.cert, false).unwrap();
@@ -51,14 +53,15 @@ impl Mesh {
         let mut toml = String::from(
             "[replication]\nheartbeat_interval_ms = 100\nretry_delay_ms = 50\nretry_delay_max_ms = 500\n\n",
         );
-        let mut apis = Vec::new();
+        let (mut apis, mut listens) = (Vec::new(), Vec::new());
         for (i, name) in names.iter().enumerate() {
             let api: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse().unwrap();
             apis.push(api);
+            listens.push(listen);
             toml += &format!(
-                "[[dcs]]\nid = \"{name}\"\npriority = {}\nlisten = \"127.0.0.1:{}\"\napi = \"{api}\"\n\n",
-                10 * (n - i),
-                free_udp()
+                "[[dcs]]\nid = \"{name}\"\npriority = {}\nlisten = \"{listen}\"\napi = \"{api}\"\n\n",
+                10 * (n - i)
             );
         }
         toml += "[keyspaces.users]\nstrategy = \"lww\"\n\n[keyspaces.carts]\nstrategy = \"siblings\"\n\n";
@@ -66,7 +69,7 @@ impl Mesh {
         toml += &format!("[node]\napi_token = \"{TOKEN}\"\n");
         std::fs::write(dir.path().join("mesh.toml"), toml).unwrap();
         write_certs(dir.path(), &names);
-        let mut mesh = Mesh { dir, names, children: Vec::new(), apis };
+        let mut mesh = Mesh { dir, names, children: Vec::new(), apis, listens };
         for i in 0..n {
             let child = mesh.spawn(i);
             mesh.children.push(child);
@@ -341,4 +344,87 @@ fn concurrent_writes_forced_by_pausing_a_dc_resolve_identically_everywhere() {
         }
         eprintln!("{strategy}: {total} conflict records over {} keys", keys.len());
     }
+}
+
+/// Dials `target` as a peer with `cert` (trusting the mesh CA at `ca`) and sends a Hello for
+/// `claimed` with `fingerprint`; returns once the link ends (or after a few seconds).
+fn rogue_peer(
+    target: SocketAddr,
+    ca: &str,
+    cert: &mesh_node::tls::Pem,
+    claimed: &str,
+    dial_as: &str,
+    fingerprint: u64,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let p = Path::new("rogue");
+        let material = mesh_node::tls::Material::from_pem(ca, cert, &[p, p, p]).unwrap();
+        let endpoint = mesh_node::transport::endpoint("127.0.0.1:0".parse().unwrap(), &material).unwrap();
+        let codec = mesh_wire::CodecConfig::default();
+        let target_dc = mesh_core::DcId::new(dial_as).unwrap();
+        let attempt = async {
+            let mut link = mesh_node::transport::dial(&endpoint, target, &target_dc, &codec).await.ok()?;
+            let hello = mesh_wire::Hello {
+                dc: mesh_core::DcId::new(claimed).unwrap(),
+                protocol_version: mesh_wire::PROTOCOL_VERSION,
+                topology_fingerprint: fingerprint,
+                seen: mesh_core::VersionVector::new(),
+            };
+            link.writer.send(&mesh_wire::Message::Hello(hello)).await.ok()?;
+            while let Ok(Some(_)) = link.reader.next().await {}
+            Some(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+    });
+}
+
+/// The value of `mesh_links_refused_total` for `reason` in DC `api`'s /metrics.
+fn refused(api: SocketAddr, reason: &str) -> u64 {
+    let (_, body) = http(api, "GET", "/metrics", b"");
+    body.lines()
+        .filter(|l| l.starts_with("mesh_links_refused_total{") && l.contains(&format!("reason=\"{reason}\"")))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn peers_with_another_ca_another_identity_or_another_topology_are_refused_and_counted() {
+    let mesh = Mesh::start(2);
+    let dir = mesh.dir.path();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca = mesh_node::tls::Pem { cert: read("certs/ca.crt"), key: read("certs/ca.key") };
+    // The real fingerprint, from the mesh's own file.
+    let topology = mesh_node::config::load(&dir.join("mesh.toml")).unwrap().topology;
+    let fingerprint = topology.fingerprint();
+    let target = mesh.listens[0];
+
+    // A certificate from another CA.
+    let rogue_ca = mesh_node::tls::generate_ca().unwrap();
+    let rogue = mesh_node::tls::issue(&rogue_ca, &mesh_core::DcId::new("dc1").unwrap()).unwrap();
+    rogue_peer(target, &ca.cert, &rogue, "dc1", "dc0", fingerprint);
+    // The mesh CA's certificate for dc1, with a Hello claiming to be another DC.
+    let dc1 = mesh_node::tls::issue(&ca, &mesh_core::DcId::new("dc1").unwrap()).unwrap();
+    rogue_peer(target, &ca.cert, &dc1, "dc0", "dc0", fingerprint);
+    // The right identity with a different topology.
+    rogue_peer(target, &ca.cert, &dc1, "dc1", "dc0", fingerprint ^ 1);
+
+    for reason in ["tls", "identity", "fingerprint"] {
+        let start = Instant::now();
+        while refused(mesh.apis[0], reason) < 1 {
+            let metrics = http(mesh.apis[0], "GET", "/metrics", b"").1;
+            let log = std::fs::read_to_string(dir.join("dc0.log")).unwrap_or_default();
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no refusal counted for {reason}:\n{metrics}\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The genuine link still works.
+    put(mesh.apis[1], "/v1/kv/users/after", "still-replicating");
+    wait_for(Duration::from_secs(20), || {
+        http(mesh.apis[0], "GET", "/v1/kv/users/after", b"").1.contains("still-replicating")
+    });
 }

@@ -588,9 +588,9 @@ impl<R: RngCore> Node<R> {
         self.effects.push_back(Effect::Send { to: peer.clone(), message: Message::Hello(hello) });
     }
 
-    /// A dial of `peer` failed.
+    /// A dial of `peer` failed. Ignored if a link came up meanwhile (the peer dialed in).
     pub fn handle_dial_failed(&mut self, now_ms: u64, peer: &DcId) {
-        if let Some(dialer) = self.dialers.get_mut(peer) {
+        if let Some(dialer) = self.dialers.get_mut(peer).filter(|d| d.is_dialing()) {
             dialer.handle_failed(now_ms, &mut self.rng);
         }
     }

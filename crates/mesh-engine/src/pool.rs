@@ -91,11 +91,15 @@ impl DialPolicy {
         }
     }
 
-    /// The dial succeeded at `now_ms`; a later reconnect starts from the preferred endpoint. The
-    /// backoff resets only once the connection has stayed up for `retry_delay_max_ms`, so a link
-    /// that connects and is then refused (a Hello mismatch) or drops at once keeps backing off.
+    /// A link to the peer is up at `now_ms`: this policy's dial succeeded, or the peer dialed in
+    /// (then a dial waiting or in flight is superseded). A later reconnect starts from the
+    /// preferred endpoint. The backoff resets only once the connection has stayed up for
+    /// `retry_delay_max_ms`, so a link that connects and is then refused (a Hello mismatch) or
+    /// drops at once keeps backing off. Nothing changes if a link was already up.
     pub fn handle_connected(&mut self, now_ms: u64) {
-        assert_eq!(self.state, State::Dialing, "handle_connected follows a dial");
+        if self.is_connected() {
+            return;
+        }
         self.state = State::Connected { since_ms: now_ms };
         self.failures_here = 0;
         self.endpoint = 0;
@@ -135,6 +139,11 @@ impl DialPolicy {
         due_ms
     }
 
+    /// Whether a dial is in progress.
+    pub fn is_dialing(&self) -> bool {
+        self.state == State::Dialing
+    }
+
     /// Whether a connection is up.
     pub fn is_connected(&self) -> bool {
         matches!(self.state, State::Connected { .. })
@@ -159,6 +168,21 @@ mod tests {
         assert_eq!(p.poll_dial(50), Some(Dial { endpoint: "a:1".into(), failures: 0 }));
         assert_eq!(p.poll_timeout(), None, "no second dial while one is in flight");
         assert_eq!(p.poll_dial(1_000), None);
+    }
+
+    #[test]
+    fn a_link_the_peer_dialed_in_supersedes_a_waiting_or_running_dial() {
+        // Waiting to dial when the peer dials in: no dial is due any more.
+        let mut p = policy(0);
+        p.handle_connected(0);
+        assert!(p.is_connected());
+        assert_eq!(p.poll_dial(10), None);
+        // Dialing when the peer dials in, then the dial also succeeds: still one link, no panic.
+        let mut p = policy(0);
+        p.poll_dial(0).unwrap();
+        p.handle_connected(5);
+        p.handle_connected(6);
+        assert!(p.is_connected() && !p.is_dialing());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct ApiState {
     pub dc: watch::Receiver<Option<ActorRef<DcMsg>>>,
     /// The bearer token.
     pub token: String,
+    /// The node's instruments, for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// An API error: status, stable code, message.
@@ -44,7 +46,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/{keyspace}/{key}", get(get_kv).put(put_kv).delete(delete_kv))
         .route("/v1/status", get(status))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
-    Router::new().route("/healthz", get(|| async { "ok" })).merge(v1).with_state(state)
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .with_state(state)
+}
+
+/// Prometheus text format; open like `/healthz`, so a scraper needs no token.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 async fn auth(State(state): State<ApiState>, request: Request, next: Next) -> Response {

@@ -8,6 +8,7 @@
 //! for which the store is reopened); the current actor is published through a watch channel so
 //! the HTTP API and the accept loop always reach the live one.
 
+use crate::metrics::Metrics;
 use crate::transport::{self, Link};
 use mesh_core::{DcId, Dot, Key, Keyspace, ReadResult, Topology};
 use mesh_engine::health::PeerStatus;
@@ -17,6 +18,7 @@ use mesh_engine::resolver::WriteRequest;
 use mesh_engine::sync::SyncOutcome;
 use mesh_store::{DurableStore, LogRead, Store, StoreError};
 use mesh_wire::{CodecConfig, Message};
+use opentelemetry::KeyValue;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -118,6 +120,8 @@ pub struct DcArgs {
     pub codec: CodecConfig,
     /// The runtime clock's origin.
     pub started: Instant,
+    /// The node's instruments.
+    pub metrics: Metrics,
 }
 
 struct LinkHandle {
@@ -156,6 +160,10 @@ impl DcActor {
         while let Some(effect) = state.node.poll_effect() {
             match effect {
                 Effect::Send { to, message } => {
+                    if let Message::Batch(batch) = &message {
+                        let peer = KeyValue::new("peer", to.to_string());
+                        state.args.metrics.replicated_ops.add(batch.ops.len() as u64, &[peer]);
+                    }
                     if let Some(link) = state.links.get(&to) {
                         let _ = link.tx.send(message);
                     }
@@ -170,11 +178,17 @@ impl DcActor {
                     );
                 }
                 Effect::Reply { request, dot, outcome } => {
+                    let result =
+                        if matches!(outcome, SyncOutcome::Done { .. }) { "done" } else { "sync_timeout" };
+                    state.args.metrics.writes.add(1, &[KeyValue::new("outcome", result)]);
                     if let Some(port) = state.replies.remove(&request) {
                         let _ = port.send(Ok((dot, outcome)));
                     }
                 }
-                Effect::Conflict(c) => *state.conflicts.entry(c.strategy).or_default() += 1,
+                Effect::Conflict(c) => {
+                    state.args.metrics.conflicts.add(1, &[KeyValue::new("strategy", c.strategy.clone())]);
+                    *state.conflicts.entry(c.strategy).or_default() += 1;
+                }
                 Effect::Dial { peer, endpoint } => {
                     let me = myself.clone();
                     let (ep, codec) = (state.args.endpoint.clone(), state.args.codec.clone());
@@ -206,7 +220,21 @@ impl DcActor {
                         }
                     });
                 }
-                Effect::Alarm(alarm) => eprintln!("[{}] alarm: {alarm:?}", state.args.local),
+                Effect::Alarm(alarm) => {
+                    if let mesh_engine::node::Alarm::LinkRefused { peer, refusal } = &alarm {
+                        use mesh_engine::hello::HelloRefusal as R;
+                        let reason = match refusal {
+                            R::IdentityMismatch { .. } => "identity",
+                            R::UnknownDc(_) => "unknown_dc",
+                            R::SelfConnection(_) => "self",
+                            R::FingerprintMismatch { .. } => "fingerprint",
+                        };
+                        let labels =
+                            [KeyValue::new("peer", peer.to_string()), KeyValue::new("reason", reason)];
+                        state.args.metrics.links_refused.add(1, &labels);
+                    }
+                    eprintln!("[{}] alarm: {alarm:?}", state.args.local);
+                }
             }
         }
         let due_ms = state.node.poll_timeout();
@@ -234,10 +262,17 @@ impl DcActor {
         let me = myself.clone();
         let conn = connection.clone();
         let writer_peer = peer.clone();
+        let metrics = state.args.metrics.clone();
         tokio::spawn(async move {
+            let wire = [KeyValue::new("peer", writer_peer.to_string()), KeyValue::new("kind", "wire")];
+            let raw = [KeyValue::new("peer", writer_peer.to_string()), KeyValue::new("kind", "raw")];
             while let Some(message) = rx.recv().await {
-                if writer.send(&message).await.is_err() {
-                    break;
+                match writer.send(&message).await {
+                    Ok((wire_bytes, raw_bytes)) => {
+                        metrics.bytes_sent.add(wire_bytes as u64, &wire);
+                        metrics.bytes_sent.add(raw_bytes as u64, &raw);
+                    }
+                    Err(_) => break,
                 }
             }
             conn.close(0u32.into(), b"");
@@ -462,20 +497,36 @@ pub fn spawn_accept_loop(
     candidates: Vec<DcId>,
     codec: CodecConfig,
     current: watch::Receiver<Option<ActorRef<DcMsg>>>,
+    metrics: Metrics,
 ) {
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let (candidates, codec, current) = (candidates.clone(), codec.clone(), current.clone());
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let accepted = tokio::time::timeout(
                     Duration::from_secs(5),
                     transport::accept(incoming, candidates.iter(), &codec),
                 )
                 .await;
-                if let Ok(Ok(link)) = accepted {
-                    let live = current.borrow().clone();
-                    if let Some(actor) = live {
-                        let _ = actor.cast(DcMsg::Connected(Box::new(link)));
+                match accepted {
+                    Ok(Ok(link)) => {
+                        let live = current.borrow().clone();
+                        if let Some(actor) = live {
+                            let _ = actor.cast(DcMsg::Connected(Box::new(link)));
+                        }
+                    }
+                    // The handshake failed: no certificate of the mesh CA, or none naming a DC.
+                    Ok(Err(e)) => {
+                        let reason =
+                            if matches!(e, transport::LinkError::UnknownPeer) { "unknown_dc" } else { "tls" };
+                        let labels = [KeyValue::new("peer", "unverified"), KeyValue::new("reason", reason)];
+                        metrics.links_refused.add(1, &labels);
+                    }
+                    Err(_) => {
+                        let labels =
+                            [KeyValue::new("peer", "unverified"), KeyValue::new("reason", "timeout")];
+                        metrics.links_refused.add(1, &labels);
                     }
                 }
             });

@@ -96,6 +96,7 @@ async fn a_failed_dc_actor_is_restarted_from_the_store_with_every_acknowledged_w
         endpoint,
         codec: CodecConfig::default(),
         started: Instant::now(),
+        metrics: mesh_node::metrics::Metrics::new("solo").unwrap(),
     };
     let (tx, rx) = tokio::sync::watch::channel(None);
     let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx)).await.unwrap();

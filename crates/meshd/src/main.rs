@@ -155,7 +155,9 @@ async fn serve(loaded: Loaded, local: DcId) -> Result<(), String> {
     let data_dir = loaded.path_for(&settings.data_dir, &local);
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let codec = CodecConfig::from_replication(&topology.config.replication).map_err(|e| e.to_string())?;
+    let metrics = mesh_node::metrics::Metrics::new(local.as_str())?;
     let args = DcArgs {
+        metrics: metrics.clone(),
         local: local.clone(),
         topology: topology.clone(),
         store_path: data_dir.join("store.redb"),
@@ -168,11 +170,11 @@ async fn serve(loaded: Loaded, local: DcId) -> Result<(), String> {
         .await
         .map_err(|e| format!("starting {local}: {e}"))?;
     let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
-    runtime::spawn_accept_loop(endpoint.clone(), candidates, codec, current_rx.clone());
+    runtime::spawn_accept_loop(endpoint.clone(), candidates, codec, current_rx.clone(), metrics.clone());
     let api = tokio::net::TcpListener::bind(me.api)
         .await
         .map_err(|e| format!("binding the API at {}: {e}", me.api))?;
-    let app = http::router(ApiState { dc: current_rx, token: settings.api_token.clone() });
+    let app = http::router(ApiState { dc: current_rx, token: settings.api_token.clone(), metrics });
     println!("{local}: serving the API at http://{} and replication at {}", me.api, me.listen);
     axum::serve(api, app).with_graceful_shutdown(stopped()).await.map_err(|e| e.to_string())?;
     supervisor.stop(Some("shutdown".into()));
