@@ -66,6 +66,7 @@ impl Mesh {
         }
         toml += "[keyspaces.users]\nstrategy = \"lww\"\n\n[keyspaces.carts]\nstrategy = \"siblings\"\n\n";
         toml += "[keyspaces.config]\nstrategy = \"priority\"\n\n";
+        toml += "[keyspaces.views]\nstrategy = \"counter\"\n\n[keyspaces.tags]\nstrategy = \"set\"\n\n";
         toml += &format!("[node]\napi_token = \"{TOKEN}\"\n");
         std::fs::write(dir.path().join("mesh.toml"), toml).unwrap();
         write_certs(dir.path(), &names);
@@ -427,4 +428,49 @@ fn peers_with_another_ca_another_identity_or_another_topology_are_refused_and_co
     wait_for(Duration::from_secs(20), || {
         http(mesh.apis[0], "GET", "/v1/kv/users/after", b"").1.contains("still-replicating")
     });
+}
+
+#[test]
+fn counters_sets_and_batches_replicate_and_a_bad_batch_writes_nothing() {
+    let mesh = Mesh::start(2);
+    let (a, b) = (mesh.apis[0], mesh.apis[1]);
+    put(a, "/v1/kv/users/warm-up", "x");
+    // Counter adds at both DCs sum everywhere.
+    for api in [a, b] {
+        for _ in 0..5 {
+            let (status, body) = http(api, "POST", "/v1/counter/views/home", br#"{"by": 2}"#);
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let (status, body) = http(a, "POST", "/v1/set/tags/t", br#"{"add": ["red", "blue"]}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(b, "POST", "/v1/set/tags/t", br#"{"remove": ["red"], "add": ["x"]}"#);
+    assert_eq!(status, 400, "{body}");
+    // A batch: 200 puts, a counter add and a set add, applied in order.
+    let mut ops: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"op": "put", "keyspace": "users", "key": "b{i}", "value": "v{i}"}}"#))
+        .collect();
+    ops.push(r#"{"op": "incr", "keyspace": "views", "key": "home", "by": 1}"#.into());
+    ops.push(r#"{"op": "add", "keyspace": "tags", "key": "t", "members": ["green"]}"#.into());
+    ops.push(r#"{"op": "put", "keyspace": "users", "key": "b0", "value": "last"}"#.into());
+    let body = format!(r#"{{"ops": [{}]}}"#, ops.join(","));
+    let (status, answer) = http(a, "POST", "/v1/batch", body.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer.matches("\"ok\":true").count(), 203, "{answer}");
+    // A batch with one bad op is refused whole.
+    let bad = r#"{"ops": [{"op": "put", "keyspace": "users", "key": "never", "value": "v"}, {"op": "incr", "keyspace": "users", "key": "k", "by": 1}]}"#;
+    let (status, answer) = http(a, "POST", "/v1/batch", bad.as_bytes());
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("ops[1]") && answer.contains("wrong_type"), "{answer}");
+    assert_eq!(http(a, "GET", "/v1/kv/users/never", b"").0, 404, "a refused batch wrote an op");
+    // Everything reaches the other DC.
+    wait_for(Duration::from_secs(20), || http(b, "GET", "/v1/kv/views/home", b"").1.contains("\"value\":21"));
+    wait_for(Duration::from_secs(20), || {
+        let body = http(b, "GET", "/v1/kv/tags/t", b"").1;
+        body.contains("blue") && body.contains("green") && body.contains("red")
+    });
+    wait_for(Duration::from_secs(20), || {
+        http(b, "GET", "/v1/kv/users/b0", b"").1.contains("\"value\":\"last\"")
+    });
+    wait_for(Duration::from_secs(20), || http(b, "GET", "/v1/kv/users/b199", b"").1.contains("v199"));
 }

@@ -15,6 +15,8 @@ use mesh_engine::node::{NodeWriteError, WriteOptions};
 use mesh_engine::resolver::{WriteError, WriteRequest};
 use mesh_engine::sync::SyncOutcome;
 use ractor::ActorRef;
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -28,6 +30,8 @@ pub struct ApiState {
     pub token: String,
     /// The node's instruments, for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// The topology, to check batches before writing.
+    pub topology: std::sync::Arc<mesh_core::Topology>,
 }
 
 /// An API error: status, stable code, message.
@@ -44,6 +48,9 @@ impl IntoResponse for ApiError {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/kv/{keyspace}/{key}", get(get_kv).put(put_kv).delete(delete_kv))
+        .route("/v1/counter/{keyspace}/{key}", axum::routing::post(counter_add))
+        .route("/v1/set/{keyspace}/{key}", axum::routing::post(set_change))
+        .route("/v1/batch", axum::routing::post(batch))
         .route("/v1/status", get(status))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -74,6 +81,20 @@ fn actor(state: &ApiState) -> Result<ActorRef<DcMsg>, ApiError> {
         "restarting",
         "the DC is restarting".into(),
     ))
+}
+
+/// Asks the live DC actor and waits up to `timeout` for its answer.
+async fn ask<T: Send + 'static>(
+    state: &ApiState,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> DcMsg,
+    timeout: Duration,
+) -> Result<T, ApiError> {
+    let unavailable = |m: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", m);
+    let answer = actor(state)?.call(build, Some(timeout)).await.map_err(|e| unavailable(e.to_string()))?;
+    match answer {
+        ractor::rpc::CallResult::Success(t) => Ok(t),
+        _ => Err(unavailable("the DC did not answer".into())),
+    }
 }
 
 fn ids(keyspace: &str, key: &str) -> Result<(Keyspace, Key), ApiError> {
@@ -147,7 +168,6 @@ async fn write(
     key: Key,
     kind: OpKind,
 ) -> Result<Response, ApiError> {
-    let actor = actor(state)?;
     let request = WriteRequest {
         request: 0,
         keyspace,
@@ -157,20 +177,8 @@ async fn write(
         idempotency_key: header(headers, "idempotency-key").map(str::to_owned),
     };
     let options = options(headers)?;
-    let answer = actor
-        .call(|reply| DcMsg::Write { write: request, options, reply }, Some(Duration::from_secs(60)))
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", e.to_string()))?;
-    let result: WriteResult = match answer {
-        ractor::rpc::CallResult::Success(r) => r,
-        _ => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "restarting",
-                "the DC did not answer".into(),
-            ))
-        }
-    };
+    let result: WriteResult =
+        ask(state, |reply| DcMsg::Write { write: request, options, reply }, Duration::from_secs(60)).await?;
     let (dot, outcome) = result.map_err(write_error)?;
     let dot = format!("{}:{}", dot.origin, dot.seq);
     Ok(match outcome {
@@ -239,14 +247,9 @@ async fn get_kv(
     Path((keyspace, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (ks, k) = ids(&keyspace, &key)?;
-    let actor = actor(&state)?;
-    let answer = actor
-        .call(|reply| DcMsg::Read { keyspace: ks.clone(), key: k, reply }, Some(Duration::from_secs(10)))
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", e.to_string()))?;
-    let ractor::rpc::CallResult::Success(read) = answer else {
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", "the DC did not answer".into()));
-    };
+    let read =
+        ask(&state, |reply| DcMsg::Read { keyspace: ks.clone(), key: k, reply }, Duration::from_secs(10))
+            .await?;
     let read = read.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage", e))?;
     let Some(read) = read else {
         return Err(ApiError(StatusCode::NOT_FOUND, "unknown_keyspace", format!("unknown keyspace {ks}")));
@@ -290,13 +293,162 @@ fn status_json(s: &DcStatus) -> Value {
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let actor = actor(&state)?;
-    let answer = actor
-        .call(DcMsg::Status, Some(Duration::from_secs(10)))
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", e.to_string()))?;
-    let ractor::rpc::CallResult::Success(s) = answer else {
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", "the DC did not answer".into()));
-    };
+    let s = ask(&state, DcMsg::Status, Duration::from_secs(10)).await?;
     Ok(Json(status_json(&s)).into_response())
+}
+
+/// `POST /v1/counter/{keyspace}/{key}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterBody {
+    /// The amount to add (negative to subtract).
+    by: i64,
+}
+
+async fn counter_add(
+    State(state): State<ApiState>,
+    Path((keyspace, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let (ks, k) = ids(&keyspace, &key)?;
+    let body: CounterBody = json_body(&body)?;
+    write(&state, &headers, ks, k, OpKind::CounterAdd(body.by)).await
+}
+
+/// `POST /v1/set/{keyspace}/{key}` body: exactly one of `add` or `remove`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+fn set_kind(add: Vec<String>, remove: Vec<String>) -> Result<OpKind, ApiError> {
+    let members = |v: Vec<String>| v.into_iter().map(|m| ByteBuf::from(m.into_bytes())).collect();
+    match (add.is_empty(), remove.is_empty()) {
+        (false, true) => Ok(OpKind::SetAdd(members(add))),
+        (true, false) => Ok(OpKind::SetRemove(members(remove))),
+        _ => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "give exactly one of add or remove, not empty".into(),
+        )),
+    }
+}
+
+async fn set_change(
+    State(state): State<ApiState>,
+    Path((keyspace, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let (ks, k) = ids(&keyspace, &key)?;
+    let body: SetBody = json_body(&body)?;
+    write(&state, &headers, ks, k, set_kind(body.add, body.remove)?).await
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))
+}
+
+/// Most ops in one `POST /v1/batch`.
+pub const BATCH_OPS_MAX: usize = 10_000;
+
+/// One op of a batch.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum BatchOp {
+    Put { keyspace: String, key: String, value: String },
+    Delete { keyspace: String, key: String },
+    Incr { keyspace: String, key: String, by: i64 },
+    Add { keyspace: String, key: String, members: Vec<String> },
+    Remove { keyspace: String, key: String, members: Vec<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    ops: Vec<BatchOp>,
+}
+
+/// `POST /v1/batch`: many writes in one request, applied in order. The whole batch is checked
+/// first (names, sizes, value types), so bad input writes nothing; each op's answer comes back
+/// in order (`ok` with its dot, or its error).
+async fn batch(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: BatchBody = json_body(&body)?;
+    if body.ops.is_empty() || body.ops.len() > BATCH_OPS_MAX {
+        let m = format!("a batch holds 1 to {BATCH_OPS_MAX} ops, not {}", body.ops.len());
+        return Err(ApiError(StatusCode::BAD_REQUEST, "bad_batch", m));
+    }
+    let options = options(&headers)?;
+    let mut writes = Vec::with_capacity(body.ops.len());
+    for (i, op) in body.ops.into_iter().enumerate() {
+        let at = |e: ApiError| ApiError(e.0, e.1, format!("ops[{i}]: {}", e.2));
+        let (keyspace, key, kind) = match op {
+            BatchOp::Put { keyspace, key, value } => (keyspace, key, OpKind::Put(value.into_bytes())),
+            BatchOp::Delete { keyspace, key } => (keyspace, key, OpKind::Delete),
+            BatchOp::Incr { keyspace, key, by } => (keyspace, key, OpKind::CounterAdd(by)),
+            BatchOp::Add { keyspace, key, members } => {
+                (keyspace, key, set_kind(members, vec![]).map_err(at)?)
+            }
+            BatchOp::Remove { keyspace, key, members } => {
+                (keyspace, key, set_kind(vec![], members).map_err(at)?)
+            }
+        };
+        let (ks, k) = ids(&keyspace, &key).map_err(at)?;
+        check_op(&state, &ks, &kind).map_err(at)?;
+        let request =
+            WriteRequest { request: 0, keyspace: ks, key: k, kind, context: None, idempotency_key: None };
+        writes.push((request, options));
+    }
+    let results = ask(&state, |reply| DcMsg::WriteBatch { writes, reply }, Duration::from_secs(120)).await?;
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok((dot, SyncOutcome::Done { .. })) => {
+                json!({"ok": true, "dot": format!("{}:{}", dot.origin, dot.seq)})
+            }
+            Ok((dot, SyncOutcome::TimedOut { confirmed, required, .. })) => json!({
+                "ok": false, "code": "sync_timeout", "dot": format!("{}:{}", dot.origin, dot.seq),
+                "committed_locally": true, "confirmed": confirmed, "required": required,
+            }),
+            Err(e) => {
+                let e = write_error(e);
+                json!({"ok": false, "code": e.1, "message": e.2})
+            }
+        })
+        .collect();
+    Ok(Json(json!({"results": results})).into_response())
+}
+
+/// Checks what can be checked before anything is written: the keyspace exists, the op fits its
+/// value type, the payload fits the size limit.
+fn check_op(state: &ApiState, keyspace: &Keyspace, kind: &OpKind) -> Result<(), ApiError> {
+    let spec = state.topology.keyspace(keyspace).ok_or_else(|| {
+        ApiError(StatusCode::NOT_FOUND, "unknown_keyspace", format!("unknown keyspace {keyspace}"))
+    })?;
+    if kind.value_kind() != spec.kind {
+        let m = format!(
+            "keyspace {keyspace} holds {:?} values; this op is for {:?}",
+            spec.kind,
+            kind.value_kind()
+        );
+        return Err(ApiError(StatusCode::BAD_REQUEST, "wrong_type", m));
+    }
+    if kind.payload_bytes() > mesh_core::VALUE_BYTES_MAX {
+        let m = format!(
+            "{} bytes, more than the {}-byte limit",
+            kind.payload_bytes(),
+            mesh_core::VALUE_BYTES_MAX
+        );
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m));
+    }
+    Ok(())
 }

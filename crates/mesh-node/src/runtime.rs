@@ -60,6 +60,13 @@ pub enum DcMsg {
         /// Where the answer goes.
         reply: RpcReplyPort<WriteResult>,
     },
+    /// Many client writes, applied in order; answered once every one is done (or refused).
+    WriteBatch {
+        /// The writes (request ids are assigned by the actor) and their mode overrides.
+        writes: Vec<(WriteRequest, WriteOptions)>,
+        /// Where the answers go, in the writes' order.
+        reply: RpcReplyPort<Vec<WriteResult>>,
+    },
     /// A read of durable state.
     Read {
         /// The keyspace.
@@ -124,6 +131,17 @@ pub struct DcArgs {
     pub metrics: Metrics,
 }
 
+/// A batch being answered: its results so far, how many are missing, and the port.
+type PendingBatch = (Vec<Option<WriteResult>>, usize, RpcReplyPort<Vec<WriteResult>>);
+
+/// Who waits for a write's answer.
+enum Waiter {
+    /// A single write.
+    One(RpcReplyPort<WriteResult>),
+    /// The `index`-th write of batch `batch`.
+    Batch { batch: u64, index: usize },
+}
+
 struct LinkHandle {
     id: u64,
     tx: mpsc::UnboundedSender<Message>,
@@ -137,8 +155,11 @@ pub struct DcState {
     store: Arc<DurableStore>,
     links: BTreeMap<DcId, LinkHandle>,
     next_link: u64,
-    replies: BTreeMap<u64, RpcReplyPort<WriteResult>>,
+    replies: BTreeMap<u64, Waiter>,
     next_request: u64,
+    /// Batches being answered.
+    batches: BTreeMap<u64, PendingBatch>,
+    next_batch: u64,
     conflicts: BTreeMap<String, u64>,
     tick_at: Option<Instant>,
 }
@@ -181,8 +202,8 @@ impl DcActor {
                     let result =
                         if matches!(outcome, SyncOutcome::Done { .. }) { "done" } else { "sync_timeout" };
                     state.args.metrics.writes.add(1, &[KeyValue::new("outcome", result)]);
-                    if let Some(port) = state.replies.remove(&request) {
-                        let _ = port.send(Ok((dot, outcome)));
+                    if let Some(waiter) = state.replies.remove(&request) {
+                        Self::answer(state, waiter, Ok((dot, outcome)));
                     }
                 }
                 Effect::Conflict(c) => {
@@ -246,6 +267,24 @@ impl DcActor {
             state.tick_at = Some(due);
             let delay = due.saturating_duration_since(Instant::now());
             myself.send_after(delay, || DcMsg::Tick);
+        }
+    }
+
+    /// Delivers a write's answer to whoever waits for it.
+    fn answer(state: &mut DcState, waiter: Waiter, result: WriteResult) {
+        match waiter {
+            Waiter::One(port) => {
+                let _ = port.send(result);
+            }
+            Waiter::Batch { batch, index } => {
+                let Some((results, missing, _)) = state.batches.get_mut(&batch) else { return };
+                results[index] = Some(result);
+                *missing -= 1;
+                if *missing == 0 {
+                    let (results, _, port) = state.batches.remove(&batch).expect("present");
+                    let _ = port.send(results.into_iter().map(|r| r.expect("every result is in")).collect());
+                }
+            }
         }
     }
 
@@ -338,6 +377,8 @@ impl Actor for DcActor {
             next_link: 0,
             replies: BTreeMap::new(),
             next_request: 1,
+            batches: BTreeMap::new(),
+            next_batch: 1,
             conflicts: BTreeMap::new(),
             tick_at: None,
         };
@@ -370,11 +411,32 @@ impl Actor for DcActor {
                 let request = write.request;
                 match state.node.handle_write(now, wall_ms(), write, options, &*state.store) {
                     Ok(()) => {
-                        state.replies.insert(request, reply);
+                        state.replies.insert(request, Waiter::One(reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
+                }
+            }
+            DcMsg::WriteBatch { writes, reply } => {
+                let batch = state.next_batch;
+                state.next_batch += 1;
+                state.batches.insert(batch, (vec![None; writes.len()], writes.len(), reply));
+                let wall = wall_ms();
+                for (index, (mut write, options)) in writes.into_iter().enumerate() {
+                    write.request = state.next_request;
+                    state.next_request += 1;
+                    let request = write.request;
+                    match state.node.handle_write(now, wall, write, options, &*state.store) {
+                        Ok(()) => {
+                            state.replies.insert(request, Waiter::Batch { batch, index });
+                        }
+                        Err(e) => Self::answer(state, Waiter::Batch { batch, index }, Err(e)),
+                    }
+                }
+                if state.batches.get(&batch).is_some_and(|(_, missing, _)| *missing == 0) {
+                    let (results, _, port) = state.batches.remove(&batch).expect("checked");
+                    let _ = port.send(results.into_iter().map(|r| r.expect("every result is in")).collect());
                 }
             }
             DcMsg::Read { keyspace, key, reply } => {

@@ -174,7 +174,12 @@ async fn serve(loaded: Loaded, local: DcId) -> Result<(), String> {
     let api = tokio::net::TcpListener::bind(me.api)
         .await
         .map_err(|e| format!("binding the API at {}: {e}", me.api))?;
-    let app = http::router(ApiState { dc: current_rx, token: settings.api_token.clone(), metrics });
+    let app = http::router(ApiState {
+        dc: current_rx,
+        token: settings.api_token.clone(),
+        metrics,
+        topology: topology.clone(),
+    });
     println!("{local}: serving the API at http://{} and replication at {}", me.api, me.listen);
     axum::serve(api, app).with_graceful_shutdown(stopped()).await.map_err(|e| e.to_string())?;
     supervisor.stop(Some("shutdown".into()));
