@@ -474,3 +474,31 @@ fn counters_sets_and_batches_replicate_and_a_bad_batch_writes_nothing() {
     });
     wait_for(Duration::from_secs(20), || http(b, "GET", "/v1/kv/users/b199", b"").1.contains("v199"));
 }
+
+#[test]
+fn meshctl_writes_at_one_dc_and_reads_at_another() {
+    let mesh = Mesh::start(2);
+    put(mesh.apis[0], "/v1/kv/users/warm-up", "x");
+    let config = mesh.dir.path().join("mesh.toml");
+    let meshctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) =
+        meshctl(&["--dc", "dc0", "put", "users", "from cli", "hello", "--mode", "sync", "--acks", "all"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = meshctl(&["--dc", "dc1", "get", "users", "from cli"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("hello"), "{out}");
+    let (code, out) = meshctl(&["--dc", "dc1", "get", "nope", "k"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("unknown_keyspace"), "{out}");
+    let (code, out) = meshctl(&["topology-check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("fingerprint"), "{out}");
+}

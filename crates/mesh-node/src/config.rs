@@ -88,3 +88,34 @@ impl Loaded {
         }
     }
 }
+
+/// Issues development certificates (`[node.tls]` paths) for every DC that lacks one, and the CA
+/// if it is missing. Returns a line per thing generated.
+pub fn ensure_dev_certs(loaded: &Loaded) -> Result<Vec<String>, String> {
+    use crate::tls;
+    let mut done = Vec::new();
+    let settings = &loaded.topology.config.node.tls;
+    let any = loaded.topology.dcs.first().map(|d| d.id.clone()).ok_or("no DC")?;
+    let ca_cert = loaded.path_for(&settings.ca_cert, &any);
+    let ca_key = loaded.path_for(&settings.ca_key, &any);
+    let ca = if ca_cert.exists() && ca_key.exists() {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        tls::Pem { cert: read(&ca_cert)?, key: read(&ca_key)? }
+    } else {
+        let ca = tls::generate_ca().map_err(|e| e.to_string())?;
+        tls::write(&ca_cert, &ca.cert, false).map_err(|e| e.to_string())?;
+        tls::write(&ca_key, &ca.key, true).map_err(|e| e.to_string())?;
+        done.push(format!("generated a development CA at {}", ca_cert.display()));
+        ca
+    };
+    for dc in &loaded.topology.dcs {
+        let (cert, key) = (loaded.path_for(&settings.cert, &dc.id), loaded.path_for(&settings.key, &dc.id));
+        if !(cert.exists() && key.exists()) {
+            let issued = tls::issue(&ca, &dc.id).map_err(|e| e.to_string())?;
+            tls::write(&cert, &issued.cert, false).map_err(|e| e.to_string())?;
+            tls::write(&key, &issued.key, true).map_err(|e| e.to_string())?;
+            done.push(format!("issued {}'s certificate at {}", dc.id, cert.display()));
+        }
+    }
+    Ok(done)
+}

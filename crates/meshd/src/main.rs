@@ -10,7 +10,7 @@ use mesh_core::DcId;
 use mesh_node::config::{self, Loaded};
 use mesh_node::http::{self, ApiState};
 use mesh_node::runtime::{self, DcArgs, Supervisor};
-use mesh_node::tls::{self, Material};
+use mesh_node::tls::Material;
 use mesh_node::transport;
 use mesh_wire::CodecConfig;
 use std::path::{Path, PathBuf};
@@ -58,36 +58,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Issues development certificates for every DC that lacks one (and the CA if missing).
-fn ensure_dev_certs(loaded: &Loaded) -> Result<(), String> {
-    let settings = &loaded.topology.config.node.tls;
-    let any = loaded.topology.dcs.first().map(|d| d.id.clone()).ok_or("no DC")?;
-    let ca_cert = loaded.path_for(&settings.ca_cert, &any);
-    let ca_key = loaded.path_for(&settings.ca_key, &any);
-    let ca = if ca_cert.exists() && ca_key.exists() {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
-        tls::Pem { cert: read(&ca_cert)?, key: read(&ca_key)? }
-    } else {
-        let ca = tls::generate_ca().map_err(|e| e.to_string())?;
-        tls::write(&ca_cert, &ca.cert, false).map_err(|e| e.to_string())?;
-        tls::write(&ca_key, &ca.key, true).map_err(|e| e.to_string())?;
-        println!("generated a development CA at {}", ca_cert.display());
-        ca
-    };
-    for dc in &loaded.topology.dcs {
-        let (cert, key) = (loaded.path_for(&settings.cert, &dc.id), loaded.path_for(&settings.key, &dc.id));
-        if !(cert.exists() && key.exists()) {
-            let issued = tls::issue(&ca, &dc.id).map_err(|e| e.to_string())?;
-            tls::write(&cert, &issued.cert, false).map_err(|e| e.to_string())?;
-            tls::write(&key, &issued.key, true).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
 fn up(config_path: &Path) -> Result<(), String> {
     let loaded = config::load(config_path).map_err(|e| e.to_string())?;
-    ensure_dev_certs(&loaded)?;
+    for line in mesh_node::config::ensure_dev_certs(&loaded)? {
+        println!("{line}");
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for dc in loaded.topology.dcs.iter().filter(|d| d.active) {

@@ -1,0 +1,238 @@
+//! meshctl: the mesh's client and admin CLI.
+//!
+//! `put`, `get`, `del`, `incr` and `status` talk to one DC's HTTP API (by default the first DC of
+//! mesh.toml, with its token; `--api`/`--token` override); `certs` issues development
+//! certificates; `topology-check` validates mesh.toml and prints its fingerprint.
+
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "meshctl", about = "Client and admin CLI for mesh", version)]
+struct Cli {
+    /// The topology file.
+    #[arg(long, global = true, default_value = "mesh.toml")]
+    config: PathBuf,
+    /// Which DC's API to use (default: the first of mesh.toml).
+    #[arg(long, global = true)]
+    dc: Option<String>,
+    /// The API's base URL (overrides --dc), e.g. http://127.0.0.1:8101.
+    #[arg(long, global = true)]
+    api: Option<String>,
+    /// The bearer token (default: mesh.toml's [node] api_token; MESH__NODE__API_TOKEN overrides).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON as is.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a value.
+    Put {
+        /// The keyspace.
+        keyspace: String,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// async, sync or hybrid.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Acks of a sync write: a number, quorum or all.
+        #[arg(long)]
+        acks: Option<String>,
+        /// An idempotency key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Reads a key.
+    Get {
+        /// The keyspace.
+        keyspace: String,
+        /// The key.
+        key: String,
+    },
+    /// Deletes a key.
+    Del {
+        /// The keyspace.
+        keyspace: String,
+        /// The key.
+        key: String,
+    },
+    /// Adds to a counter.
+    Incr {
+        /// The keyspace.
+        keyspace: String,
+        /// The key.
+        key: String,
+        /// The amount (negative subtracts).
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// Shows a DC's status: its peers, their health and lag.
+    Status,
+    /// Issues development certificates for every DC of mesh.toml that lacks one.
+    Certs,
+    /// Validates mesh.toml and prints its DCs, keyspaces and fingerprint.
+    TopologyCheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let loaded = mesh_node::config::load(&cli.config).map_err(|e| e.to_string())?;
+    match &cli.command {
+        Command::Certs => {
+            for line in mesh_node::config::ensure_dev_certs(&loaded)? {
+                println!("{line}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::TopologyCheck => {
+            let t = &loaded.topology;
+            println!("{}: valid; fingerprint {:016x}", cli.config.display(), t.fingerprint());
+            for dc in &t.dcs {
+                println!(
+                    "  dc {} (priority {}, listen {}, api {}{})",
+                    dc.id,
+                    dc.priority,
+                    dc.listen,
+                    dc.api,
+                    if dc.active { "" } else { ", inactive" }
+                );
+            }
+            for (name, ks) in &t.keyspaces {
+                println!(
+                    "  keyspace {name}: {} ({:?}{})",
+                    ks.rules.strategy(),
+                    ks.mode,
+                    if ks.critical { ", critical" } else { "" }
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let base = match &cli.api {
+        Some(api) => api.trim_end_matches('/').to_owned(),
+        None => {
+            let dc = match &cli.dc {
+                Some(dc) => loaded.dc(dc).map_err(|e| e.to_string())?,
+                None => loaded.topology.dcs.first().ok_or("no DC in mesh.toml")?.id.clone(),
+            };
+            format!("http://{}", loaded.topology.dc(&dc).expect("checked").api)
+        }
+    };
+    let token = cli.token.clone().unwrap_or_else(|| loaded.topology.config.node.api_token.clone());
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let auth = format!("Bearer {token}");
+    let path = |ks: &str, k: &str| format!("{base}/v1/kv/{ks}/{}", encode(k));
+    let response = match &cli.command {
+        Command::Put { keyspace, key, value, mode, acks, idempotency_key } => {
+            let mut request = agent.put(path(keyspace, key)).header("authorization", &auth);
+            if let Some(m) = mode {
+                request = request.header("x-mesh-mode", m);
+            }
+            if let Some(a) = acks {
+                request = request.header("x-mesh-acks", a);
+            }
+            if let Some(k) = idempotency_key {
+                request = request.header("idempotency-key", k);
+            }
+            request.send(value.as_bytes())
+        }
+        Command::Get { keyspace, key } => {
+            agent.get(path(keyspace, key)).header("authorization", &auth).call()
+        }
+        Command::Del { keyspace, key } => {
+            agent.delete(path(keyspace, key)).header("authorization", &auth).call()
+        }
+        Command::Incr { keyspace, key, by } => agent
+            .post(format!("{base}/v1/counter/{keyspace}/{}", encode(key)))
+            .header("authorization", &auth)
+            .send(format!("{{\"by\": {by}}}").as_bytes()),
+        Command::Status => agent.get(format!("{base}/v1/status")).header("authorization", &auth).call(),
+        Command::Certs | Command::TopologyCheck => unreachable!("handled above"),
+    };
+    let mut response = response.map_err(|e| format!("{base}: {e}"))?;
+    let status = response.status().as_u16();
+    let mut body = String::new();
+    response.body_mut().as_reader().read_to_string(&mut body).map_err(|e| e.to_string())?;
+    if cli.json || !(200..300).contains(&status) {
+        println!("{body}");
+    } else {
+        print_human(&cli.command, &body);
+    }
+    Ok(if (200..300).contains(&status) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Percent-encodes a key for a URL path segment.
+fn encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_human(command: &Command, body: &str) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        println!("{body}");
+        return;
+    };
+    match command {
+        Command::Get { .. } => {
+            if let Some(values) = v["values"].as_array() {
+                for value in values {
+                    println!(
+                        "{}  ({}:{})",
+                        value["value"].as_str().unwrap_or(""),
+                        value["dc"].as_str().unwrap_or("?"),
+                        value["seq"]
+                    );
+                }
+            } else if let Some(members) = v["members"].as_array() {
+                let members: Vec<&str> = members.iter().filter_map(|m| m.as_str()).collect();
+                println!("{}", members.join(", "));
+            } else {
+                println!("{}", v["value"]);
+            }
+        }
+        Command::Status => {
+            println!("{}: ready {}, seen {}", v["dc"].as_str().unwrap_or("?"), v["ready"], v["seen"]["dots"]);
+            println!(
+                "{:<14} {:>9} {:>8} {:>7} {:>9} {:>9} {:>12}",
+                "peer", "connected", "health", "phi", "lag ops", "lag ms", "replicated"
+            );
+            for p in v["peers"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<14} {:>9} {:>8} {:>7.2} {:>9} {:>9} {:>12}",
+                    p["dc"].as_str().unwrap_or("?"),
+                    p["connected"].to_string(),
+                    p["health"].as_str().unwrap_or("-"),
+                    p["phi"].as_f64().unwrap_or(-1.0),
+                    p["lag_ops"].to_string(),
+                    p["lag_ms"].to_string(),
+                    p["replicated_ops"].to_string(),
+                );
+            }
+        }
+        _ => println!("ok {}", v["dot"].as_str().unwrap_or("")),
+    }
+}
