@@ -4,6 +4,8 @@
 //! mesh.toml, with its token; `--api`/`--token` override); `certs` issues development
 //! certificates; `topology-check` validates mesh.toml and prints its fingerprint.
 
+mod bench;
+
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::PathBuf;
@@ -81,6 +83,27 @@ enum Command {
     Certs,
     /// Validates mesh.toml and prints its DCs, keyspaces and fingerprint.
     TopologyCheck,
+    /// Drives writes at one DC (--dc) through the batch API and measures replication at the others.
+    Bench {
+        /// How long to write, seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Ops per second in total (0: as fast as answers come).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Ops per batch request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// The keyspace written (a register keyspace).
+        #[arg(long, default_value = "users")]
+        keyspace: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -126,6 +149,35 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Bench { seconds, rate, batch, value_bytes, writers, keyspace } => {
+            let origin = match &cli.dc {
+                Some(dc) => loaded.dc(dc).map_err(|e| e.to_string())?,
+                None => loaded.topology.dcs.first().ok_or("no DC in mesh.toml")?.id.clone(),
+            };
+            let url = |id: &mesh_core::DcId| {
+                format!("http://{}", loaded.topology.dc(id).expect("a DC of the topology").api)
+            };
+            let others = loaded
+                .topology
+                .dcs
+                .iter()
+                .filter(|d| d.active && d.id != origin)
+                .map(|d| (d.id.to_string(), url(&d.id)))
+                .collect();
+            bench::run(bench::Bench {
+                origin_api: url(&origin),
+                origin: origin.to_string(),
+                others,
+                token: cli.token.clone().unwrap_or_else(|| loaded.topology.config.node.api_token.clone()),
+                keyspace: keyspace.clone(),
+                seconds: *seconds,
+                rate: *rate,
+                batch: (*batch).clamp(1, 10_000),
+                value_bytes: *value_bytes,
+                writers: (*writers).max(1),
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let base = match &cli.api {
@@ -167,7 +219,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .header("authorization", &auth)
             .send(format!("{{\"by\": {by}}}").as_bytes()),
         Command::Status => agent.get(format!("{base}/v1/status")).header("authorization", &auth).call(),
-        Command::Certs | Command::TopologyCheck => unreachable!("handled above"),
+        Command::Certs | Command::TopologyCheck | Command::Bench { .. } => unreachable!("handled above"),
     };
     let mut response = response.map_err(|e| format!("{base}: {e}"))?;
     let status = response.status().as_u16();
