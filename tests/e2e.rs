@@ -27,12 +27,27 @@ impl Drop for Mesh {
     }
 }
 
+/// Ports handed out in this process: tests run in parallel, and the OS may hand a port just
+/// released to the next bind, so one test's port must not be given to another.
+static PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+fn fresh(bind: impl Fn() -> u16) -> u16 {
+    let mut used = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = bind();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
 fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    fresh(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
 }
 
 fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    fresh(|| UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
 }
 
 fn write_certs(dir: &Path, dcs: &[String]) {
@@ -47,7 +62,18 @@ fn write_certs(dir: &Path, dcs: &[String]) {
 }
 
 impl Mesh {
+    /// Starts `n` DCs; if one cannot start (another process took a port between its release
+    /// and the DC's bind), starts again on other ports.
     fn start(n: usize) -> Mesh {
+        for _ in 0..3 {
+            if let Some(mesh) = Self::try_start(n) {
+                return mesh;
+            }
+        }
+        panic!("a mesh of {n} DCs did not start in 3 attempts");
+    }
+
+    fn try_start(n: usize) -> Option<Mesh> {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..n).map(|i| format!("dc{i}")).collect();
         let mut toml = String::from(
@@ -75,10 +101,19 @@ impl Mesh {
             let child = mesh.spawn(i);
             mesh.children.push(child);
         }
-        for api in &mesh.apis {
-            wait_for(Duration::from_secs(30), || http(*api, "GET", "/healthz", b"").0 == 200);
+        let start = Instant::now();
+        for i in 0..n {
+            while http(mesh.apis[i], "GET", "/healthz", b"").0 != 200 {
+                let exited = mesh.children[i].try_wait().ok().flatten().is_some();
+                if exited || start.elapsed() > Duration::from_secs(30) {
+                    let log = std::fs::read_to_string(mesh.dir.path().join(format!("{}.log", mesh.names[i])));
+                    eprintln!("{} did not start: {}", mesh.names[i], log.unwrap_or_default());
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        mesh
+        Some(mesh)
     }
 
     fn spawn(&self, i: usize) -> Child {
