@@ -541,7 +541,7 @@ impl World {
                 let peer = self.index(&peer);
                 let up = self.dcs[peer].alive() && !self.cut(dc, peer) && !self.cut(peer, dc);
                 let net = &self.scenario.file.network;
-                let delay = if up { 2 * self.latency(dc, peer) } else { net.connect_timeout_ms };
+                let delay = if up { 2 * self.link(dc, peer).0 } else { net.connect_timeout_ms };
                 let incarnation = self.dcs[dc].incarnation;
                 self.schedule(self.now_ms + delay.max(1), Event::DialDone { dc, peer, incarnation });
             }
@@ -595,20 +595,13 @@ impl World {
         self.cuts.get(&(from, to)).is_some_and(|n| *n > 0)
     }
 
-    fn latency(&self, from: usize, to: usize) -> u64 {
+    /// One-way latency and jitter of the directed link, ms (its override, else the default).
+    fn link(&self, from: usize, to: usize) -> (u64, u64) {
         let net = &self.scenario.file.network;
         net.links
             .iter()
             .find(|l| l.from == self.dcs[from].id.as_str() && l.to == self.dcs[to].id.as_str())
-            .map_or(net.latency_ms, |l| l.latency_ms)
-    }
-
-    fn jitter(&self, from: usize, to: usize) -> u64 {
-        let net = &self.scenario.file.network;
-        net.links
-            .iter()
-            .find(|l| l.from == self.dcs[from].id.as_str() && l.to == self.dcs[to].id.as_str())
-            .map_or(net.jitter_ms, |l| l.jitter_ms)
+            .map_or((net.latency_ms, net.jitter_ms), |l| (l.latency_ms, l.jitter_ms))
     }
 
     fn send(&mut self, from: usize, to: usize, message: Message) {
@@ -635,8 +628,8 @@ impl World {
         }
         let copies = if net.duplicate > 0.0 && self.rng.random_bool(net.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
-            let jitter = self.jitter(from, to);
-            let mut at = self.now_ms + self.latency(from, to) + self.rng.random_range(0..=jitter);
+            let (latency, jitter) = self.link(from, to);
+            let mut at = self.now_ms + latency + self.rng.random_range(0..=jitter);
             if !net.reorder {
                 let last = self.last_delivery.entry((from, to)).or_insert(0);
                 at = at.max(*last);
