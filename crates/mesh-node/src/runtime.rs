@@ -105,8 +105,9 @@ pub enum DcMsg {
         /// Its outcome.
         result: Result<(), StoreError>,
     },
-    /// Timers may be due.
-    Tick,
+    /// Timers may be due: the wake-up armed with this number (older ones are stale and ignored,
+    /// so re-arming never multiplies wake-ups).
+    Tick(u64),
     /// Makes the actor fail with this reason (an operator-forced restart; the supervisor starts
     /// a new one from the store, as after any failure).
     Fail(String),
@@ -161,7 +162,10 @@ pub struct DcState {
     batches: BTreeMap<u64, PendingBatch>,
     next_batch: u64,
     conflicts: BTreeMap<String, u64>,
-    tick_at: Option<Instant>,
+    /// The armed wake-up: when, and its number.
+    tick: Option<(Instant, u64)>,
+    /// The number of the last wake-up armed.
+    ticks_armed: u64,
 }
 
 fn wall_ms() -> u64 {
@@ -263,10 +267,13 @@ impl DcActor {
             return;
         }
         let due = state.args.started + Duration::from_millis(due_ms);
-        if state.tick_at.is_none_or(|t| due < t || t <= Instant::now()) {
-            state.tick_at = Some(due);
+        // A wake-up armed for no later than `due` (even one already in the mailbox) serves.
+        if state.tick.is_none_or(|(t, _)| due < t) {
+            state.ticks_armed += 1;
+            let number = state.ticks_armed;
+            state.tick = Some((due, number));
             let delay = due.saturating_duration_since(Instant::now());
-            myself.send_after(delay, || DcMsg::Tick);
+            myself.send_after(delay, move || DcMsg::Tick(number));
         }
     }
 
@@ -380,7 +387,8 @@ impl Actor for DcActor {
             batches: BTreeMap::new(),
             next_batch: 1,
             conflicts: BTreeMap::new(),
-            tick_at: None,
+            tick: None,
+            ticks_armed: 0,
         };
         Self::effects(&myself, &mut state);
         Ok(state)
@@ -488,8 +496,11 @@ impl Actor for DcActor {
                 result?;
                 state.node.handle_committed(now, id, &*state.store);
             }
-            DcMsg::Tick => {
-                state.tick_at = None;
+            DcMsg::Tick(number) => {
+                if state.tick.is_none_or(|(_, armed)| armed != number) {
+                    return Ok(());
+                }
+                state.tick = None;
                 state.node.handle_timeout(now, wall_ms(), &*state.store);
             }
             DcMsg::Fail(reason) => return Err(reason.into()),
