@@ -31,12 +31,13 @@ use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
 };
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 /// Most ops one group commit takes; a larger group waits for the next transaction.
@@ -80,6 +81,9 @@ pub struct Options {
     /// Idempotency records older than this (by the wall clock of the newest one) are dropped
     /// (`idempotency_window_s` × 1,000).
     pub idempotency_window_ms: u64,
+    /// Per origin, the newest durable ops kept in memory up to about this many bytes, so that
+    /// replicators read what was just committed without decoding log chunks.
+    pub log_tail_bytes_max: usize,
 }
 
 impl Default for Options {
@@ -88,6 +92,7 @@ impl Default for Options {
             checkpoint_keys_max: 65_536,
             checkpoint_wal_bytes_max: 64 << 20,
             idempotency_window_ms: 600_000,
+            log_tail_bytes_max: 16 << 20,
         }
     }
 }
@@ -98,6 +103,84 @@ impl Default for Options {
 struct Overlay {
     states: BTreeMap<(Keyspace, Key), Option<KeyState>>,
     group: u64,
+}
+
+/// The newest durable ops of each origin, in seq order without gaps, about
+/// [`Options::log_tail_bytes_max`] per origin: a replicator keeping up reads from here, one that
+/// fell further behind from the log's chunks.
+#[derive(Debug)]
+struct LogTail {
+    origins: std::collections::HashMap<DcId, TailOps>,
+    /// The log's `log_last`: ops it covers were logged before and are skipped, as the log
+    /// skips them.
+    logged: VersionVector,
+    bytes_max: usize,
+}
+
+#[derive(Debug, Default)]
+struct TailOps {
+    /// Each op with its size estimate (payload plus typical metadata, uncompressed).
+    ops: std::collections::VecDeque<(Op, usize)>,
+    bytes: usize,
+}
+
+impl LogTail {
+    fn new(bytes_max: usize, logged: VersionVector) -> Self {
+        Self { origins: std::collections::HashMap::new(), logged, bytes_max }
+    }
+
+    /// Adds an op just made durable. A gap in its origin's seqs (ops already logged are never
+    /// resubmitted) restarts that origin's tail.
+    fn append(&mut self, op: Op) {
+        // Already logged (a duplicate delivery): the log skipped it too.
+        if self.bytes_max == 0 || self.logged.covers(&op.dot) {
+            return;
+        }
+        self.logged.observe(&op.dot);
+        let tail = self.origins.entry(op.dot.origin.clone()).or_default();
+        if tail.ops.back().is_some_and(|(last, _)| last.dot.seq + 1 != op.dot.seq) {
+            *tail = TailOps::default();
+        }
+        let size = op.kind.payload_bytes() + op.key.as_str().len() + 64;
+        tail.bytes += size;
+        tail.ops.push_back((op, size));
+        while tail.bytes > self.bytes_max && tail.ops.len() > 1 {
+            let (_, size) = tail.ops.pop_front().expect("more than one");
+            tail.bytes -= size;
+        }
+    }
+
+    /// Fills `page` from memory when the tail holds its first op; `false` when it does not
+    /// (the caller reads the log).
+    fn read(&self, page: &mut LogPage<'_>) -> Result<bool, StoreError> {
+        let Some(tail) = self.origins.get(page.origin()) else { return Ok(false) };
+        let (Some((first, _)), Some((last, _))) = (tail.ops.front(), tail.ops.back()) else {
+            return Ok(false);
+        };
+        let after = page.after_seq();
+        if after < first.dot.seq || after >= last.dot.seq {
+            return Ok(false);
+        }
+        let skip = usize::try_from(after - first.dot.seq + 1).expect("within the tail");
+        for (op, size) in tail.ops.iter().skip(skip) {
+            if !page.offer(op.clone(), *size)? {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drops the ops at or below `below` (compacted from the log).
+    fn trim(&mut self, below: &VersionVector) {
+        for (origin, upto) in below.iter() {
+            if let Some(tail) = self.origins.get_mut(origin) {
+                while tail.ops.front().is_some_and(|(op, _)| op.dot.seq <= upto) {
+                    let (_, size) = tail.ops.pop_front().expect("checked");
+                    tail.bytes -= size;
+                }
+            }
+        }
+    }
 }
 
 /// zstd level of log chunks and write-ahead records. A group commit is bound by the bytes it
@@ -131,6 +214,7 @@ struct Submission {
 pub struct DurableStore {
     db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
+    tail: Arc<Mutex<LogTail>>,
     /// Set when a write's outcome became unknown; see [`StoreError::OutcomeUnknown`].
     poisoned: Arc<AtomicBool>,
     queue: Option<SyncSender<Submission>>,
@@ -201,9 +285,15 @@ impl DurableStore {
         let overlay = Arc::new(RwLock::new(overlay));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
         let poisoned = Arc::new(AtomicBool::new(false));
+        let logged = {
+            let txn = db.begin_read().map_err(db_err)?;
+            read_meta(&txn.open_table(META).map_err(db_err)?, LOG_LAST)?
+        };
+        let tail = Arc::new(Mutex::new(LogTail::new(options.log_tail_bytes_max, logged)));
         let committer = Committer {
             db: db.clone(),
             overlay: overlay.clone(),
+            tail: tail.clone(),
             poisoned: poisoned.clone(),
             options,
             wal_bytes,
@@ -212,7 +302,7 @@ impl DurableStore {
             .name("mesh-store-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(db_err)?;
-        Ok(Self { db, overlay, poisoned, queue: Some(queue), committer: Some(committer) })
+        Ok(Self { db, overlay, tail, poisoned, queue: Some(queue), committer: Some(committer) })
     }
 
     /// Fails once the store is poisoned, so nothing is read or written past an unknown outcome.
@@ -252,6 +342,8 @@ impl DurableStore {
             meta.insert(LOG_STATS, encode(&(log_ops, log_bytes)).as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
+        // What the log no longer holds is not served from memory either.
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).trim(below);
         Ok(removed)
     }
 
@@ -290,6 +382,7 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
 struct Committer {
     db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
+    tail: Arc<Mutex<LogTail>>,
     poisoned: Arc<AtomicBool>,
     options: Options,
     /// Bytes of write-ahead records since the last checkpoint.
@@ -347,9 +440,18 @@ impl Committer {
         let record = pack(&states);
         write_group(&self.db, group.iter(), number, &record, self.options.idempotency_window_ms)?;
         self.wal_bytes += record.len() as u64;
-        // The batches are no longer needed: their states move into the overlay uncopied.
+        // The batches are no longer needed: their ops move into the log's tail and their states
+        // into the overlay, uncopied.
+        let mut states = Vec::with_capacity(group.len());
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            for batch in group {
+                batch.ops.into_iter().for_each(|op| tail.append(op));
+                states.push(batch.states);
+            }
+        }
         let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
-        for (keyspace, key, state) in group.into_iter().flat_map(|b| b.states) {
+        for (keyspace, key, state) in states.into_iter().flatten() {
             overlay.states.insert((keyspace, key), state);
         }
         overlay.group = number;
@@ -482,10 +584,13 @@ impl LogRead for DurableStore {
         bytes_max: usize,
     ) -> Result<Vec<Op>, StoreError> {
         self.check_usable()?;
+        let mut page = LogPage::new(origin, after_seq, ops_max, bytes_max);
+        if self.tail.lock().unwrap_or_else(|e| e.into_inner()).read(&mut page)? {
+            return Ok(page.finish());
+        }
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(LOG).map_err(db_err)?;
         let o = origin.as_str();
-        let mut page = LogPage::new(origin, after_seq, ops_max, bytes_max);
         // The first chunk whose last seq is past `after_seq` holds the first op to return.
         'chunks: for entry in log.range((o, after_seq.saturating_add(1))..=(o, u64::MAX)).map_err(db_err)? {
             if page.is_full() {
@@ -516,6 +621,31 @@ impl LogRead for DurableStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+impl DurableStore {
+    /// Examines up to `max` live keys after `after`, in key order, and returns those holding
+    /// tombstones, reading the newest states in place (no snapshot, no copy of the overlay).
+    /// A candidate list: the caller re-reads each key before acting on it.
+    pub fn scan_tombstoned(
+        &self,
+        after: Option<&(Keyspace, Key)>,
+        max: usize,
+    ) -> Result<mesh_engine::Scan, StoreError> {
+        self.check_usable()?;
+        // Holding the overlay's read lock keeps a checkpoint from moving states between the two
+        // while they are merged.
+        let overlay = self.overlay();
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let kv = txn.open_table(KV).map_err(db_err)?;
+        let mut keys = Vec::new();
+        let last = walk_states(&kv, &overlay.states, after, max, |ks, k, state| {
+            if state.has_tombstones() {
+                keys.push((ks, k));
+            }
+        })?;
+        Ok(mesh_engine::Scan { keys, last })
     }
 }
 
@@ -613,55 +743,71 @@ impl Snapshot for DurableSnapshot {
         after: Option<&(Keyspace, Key)>,
         entries_max: usize,
     ) -> Result<Vec<(Keyspace, Key, KeyState)>, StoreError> {
-        let start = match after {
-            Some((ks, k)) => Bound::Excluded((ks.as_str(), k.as_str())),
-            None => Bound::Unbounded,
-        };
-        let corrupt = |e: mesh_core::IdError| StoreError::Corrupt { what: "key", detail: e.to_string() };
-        let mut stored = self
-            .kv
-            .range::<(&str, &str)>((start, Bound::Unbounded))
-            .map_err(db_err)?
-            .map(|entry| {
-                let (k, v) = entry.map_err(db_err)?;
-                let (ks, key) = k.value();
-                Ok::<_, StoreError>(((ks.to_string(), key.to_string()), v.value().to_vec()))
-            })
-            .peekable();
-        let after_newer = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut newer = self.overlay.range::<(Keyspace, Key), _>((after_newer, Bound::Unbounded)).peekable();
         let mut out = Vec::new();
-        // Merge the two key-ordered streams; on equal keys the overlay wins.
-        while out.len() < entries_max {
-            let stored_key = match stored.peek() {
-                Some(Ok((k, _))) => Some((k.0.as_str(), k.1.as_str())),
-                Some(Err(_)) => return Err(stored.next().expect("peeked").expect_err("an error")),
-                None => None,
-            };
-            let newer_key = newer.peek().map(|((ks, k), _)| (ks.as_str(), k.as_str()));
-            let (take_newer, skip_stored) = match (stored_key, newer_key) {
-                (None, None) => break,
-                (Some(_), None) => (false, false),
-                (None, Some(_)) => (true, false),
-                (Some(s), Some(n)) => (n <= s, s == n),
-            };
-            if skip_stored {
-                stored.next();
-            }
-            if take_newer {
-                let ((ks, k), state) = newer.next().expect("peeked");
-                if let Some(state) = state {
-                    out.push((ks.clone(), k.clone(), state.clone()));
-                }
-            } else {
-                let ((ks, key), v) = stored.next().expect("peeked")?;
-                out.push((
-                    Keyspace::new(ks).map_err(corrupt)?,
-                    Key::new(key).map_err(corrupt)?,
-                    decode("key state", &v)?,
-                ));
-            }
-        }
+        walk_states(&self.kv, &self.overlay, after, entries_max, |ks, k, state| {
+            out.push((ks, k, state.into_owned()));
+        })?;
         Ok(out)
     }
+}
+
+/// Visits up to `entries_max` live key states after `after`, in key order, merging `kv` with the
+/// newer states of `overlay` (which win on equal keys; `None` there hides a removed key).
+/// Returns the last key visited.
+fn walk_states(
+    kv: &ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    overlay: &BTreeMap<(Keyspace, Key), Option<KeyState>>,
+    after: Option<&(Keyspace, Key)>,
+    entries_max: usize,
+    mut visit: impl FnMut(Keyspace, Key, Cow<'_, KeyState>),
+) -> Result<Option<(Keyspace, Key)>, StoreError> {
+    let start = match after {
+        Some((ks, k)) => Bound::Excluded((ks.as_str(), k.as_str())),
+        None => Bound::Unbounded,
+    };
+    let corrupt = |e: mesh_core::IdError| StoreError::Corrupt { what: "key", detail: e.to_string() };
+    let mut stored = kv
+        .range::<(&str, &str)>((start, Bound::Unbounded))
+        .map_err(db_err)?
+        .map(|entry| {
+            let (k, v) = entry.map_err(db_err)?;
+            let (ks, key) = k.value();
+            Ok::<_, StoreError>(((ks.to_string(), key.to_string()), v.value().to_vec()))
+        })
+        .peekable();
+    let after_newer = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut newer = overlay.range::<(Keyspace, Key), _>((after_newer, Bound::Unbounded)).peekable();
+    let mut visited = 0;
+    let mut last = None;
+    // Merge the two key-ordered streams; on equal keys the overlay wins.
+    while visited < entries_max {
+        let stored_key = match stored.peek() {
+            Some(Ok((k, _))) => Some((k.0.as_str(), k.1.as_str())),
+            Some(Err(_)) => return Err(stored.next().expect("peeked").expect_err("an error")),
+            None => None,
+        };
+        let newer_key = newer.peek().map(|((ks, k), _)| (ks.as_str(), k.as_str()));
+        let (take_newer, skip_stored) = match (stored_key, newer_key) {
+            (None, None) => break,
+            (Some(_), None) => (false, false),
+            (None, Some(_)) => (true, false),
+            (Some(s), Some(n)) => (n <= s, s == n),
+        };
+        if skip_stored {
+            stored.next();
+        }
+        let (ks, k, state) = if take_newer {
+            let ((ks, k), state) = newer.next().expect("peeked");
+            let Some(state) = state else { continue };
+            (ks.clone(), k.clone(), Cow::Borrowed(state))
+        } else {
+            let ((ks, key), v) = stored.next().expect("peeked")?;
+            let state = decode("key state", &v)?;
+            (Keyspace::new(ks).map_err(corrupt)?, Key::new(key).map_err(corrupt)?, Cow::Owned(state))
+        };
+        visited += 1;
+        last = Some((ks.clone(), k.clone()));
+        visit(ks, k, state);
+    }
+    Ok(last.filter(|_| visited == entries_max))
 }

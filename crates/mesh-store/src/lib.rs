@@ -213,6 +213,16 @@ impl<'a> LogPage<'a> {
         Self { origin, after_seq, ops_max, bytes_max, bytes: 0, ops: Vec::new() }
     }
 
+    /// The origin read.
+    pub(crate) fn origin(&self) -> &DcId {
+        self.origin
+    }
+
+    /// The seq after which the page starts.
+    pub(crate) fn after_seq(&self) -> u64 {
+        self.after_seq
+    }
+
     /// Whether the page is full: offer nothing more.
     pub(crate) fn is_full(&self) -> bool {
         self.ops.len() >= self.ops_max || (!self.ops.is_empty() && self.bytes >= self.bytes_max)
@@ -268,7 +278,7 @@ fn scan_page(page: Vec<(Keyspace, Key, KeyState)>, max: usize) -> mesh_engine::S
 
 impl ScanTombstoned for DurableStore {
     fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError> {
-        Ok(scan_page(self.snapshot()?.chunk(after, max)?, max))
+        self.scan_tombstoned(after, max)
     }
 }
 
