@@ -538,6 +538,36 @@ impl<R: RngCore> Node<R> {
         options: WriteOptions,
         store: &(impl StateRead + OpLog),
     ) -> Result<(), NodeWriteError> {
+        let mut results = self.handle_write_batch(now_ms, wall_ms, vec![(write, options)], store);
+        results.pop().expect("one answer per write")
+    }
+
+    /// Client writes, applied in order as if each came alone, but committed together: the
+    /// writes accepted share one persist. Returns each write's answer as
+    /// [`Node::handle_write`] would.
+    pub fn handle_write_batch(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        writes: Vec<(WriteRequest, WriteOptions)>,
+        store: &(impl StateRead + OpLog),
+    ) -> Vec<Result<(), NodeWriteError>> {
+        let results = writes
+            .into_iter()
+            .map(|(write, options)| self.write(now_ms, wall_ms, write, options, store))
+            .collect();
+        self.drive(now_ms, store);
+        results
+    }
+
+    fn write(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        write: WriteRequest,
+        options: WriteOptions,
+        store: &(impl StateRead + OpLog),
+    ) -> Result<(), NodeWriteError> {
         if !self.is_ready() {
             return Err(NodeWriteError::Starting);
         }
@@ -557,7 +587,6 @@ impl<R: RngCore> Node<R> {
             self.requests.remove(&request);
             return Err(e.into());
         }
-        self.drive(now_ms, store);
         Ok(())
     }
 

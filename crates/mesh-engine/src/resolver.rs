@@ -13,7 +13,9 @@
 //!   [`Resolver::handle_committed`] with its id, in that same order (the store commits in
 //!   submission order). A failed commit leaves the store poisoned: the runtime restarts the DC
 //!   from its store, and no held output is ever released.
-//! - Drain [`Resolver::poll_output`] after every call.
+//! - Drain [`Resolver::poll_output`] after every call, or after a run of calls: changes made
+//!   between two polls share one persist (a client batch of many writes is one commit), which
+//!   the first poll emits.
 
 use crate::commit::{CommitBatch, IdempotencyRecord, StateRead};
 use crate::sync::RequestId;
@@ -23,7 +25,7 @@ use mesh_core::{
     Applied, Conflict, DcId, Dot, HlcClock, Key, KeyState, Keyspace, Op, OpKind, StateError, Strategy,
     VersionVector, VALUE_BYTES_MAX,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Names a persist effect; reported back through [`Resolver::handle_committed`].
@@ -191,6 +193,15 @@ fn fingerprint(keyspace: &Keyspace, key: &Key, kind: &OpKind) -> u64 {
     h.digest()
 }
 
+/// A persist being filled (see [`Resolver::poll_output`]).
+#[derive(Debug)]
+struct OpenPersist {
+    id: PersistId,
+    batch: CommitBatch,
+    /// Where each key's state sits in `batch.states`.
+    states: HashMap<(Keyspace, Key), usize>,
+}
+
 /// The conflict resolver of one DC. See the module docs for the call order.
 #[derive(Debug)]
 pub struct Resolver {
@@ -204,8 +215,14 @@ pub struct Resolver {
     /// States changed by persists not yet committed (`None`: removed), with the last persist
     /// that changed each.
     pending: BTreeMap<(Keyspace, Key), (Option<KeyState>, PersistId)>,
+    /// The keys each uncommitted persist put in `pending`, oldest first (so a commit forgets
+    /// its keys without walking every pending state).
+    pending_keys: VecDeque<(PersistId, Vec<(Keyspace, Key)>)>,
     /// Outputs held until their persist commits, oldest persist first.
     held: VecDeque<(PersistId, Vec<Output>)>,
+    /// The persist collecting the changes since the last [`Resolver::poll_output`] (its held
+    /// outputs are the last entry of `held`).
+    open: Option<OpenPersist>,
     next_persist: PersistId,
     skewed: bool,
     outputs: VecDeque<Output>,
@@ -233,7 +250,9 @@ impl Resolver {
             clock: HlcClock::new(max_skew_ms),
             applied: seen,
             pending: BTreeMap::new(),
+            pending_keys: VecDeque::new(),
             held: VecDeque::new(),
+            open: None,
             next_persist: 1,
             skewed: false,
             outputs: VecDeque::new(),
@@ -395,14 +414,10 @@ impl Resolver {
         let mut records = Vec::new();
         if let Some(key) = write.idempotency_key {
             let fingerprint = fingerprint(&op.keyspace, &op.key, &op.kind);
-            let r = Remembered {
-                fingerprint,
-                dot: op.dot.clone(),
-                persist: Some(self.next_persist),
-                at_ms: now_ms,
-            };
+            let persist = self.open_persist();
+            let r = Remembered { fingerprint, dot: op.dot.clone(), persist: Some(persist), at_ms: now_ms };
             self.idempotency.insert(key.clone(), r);
-            self.idempotency_inflight.push_back((self.next_persist, key.clone()));
+            self.idempotency_inflight.push_back((persist, key.clone()));
             self.idempotency_order.push_back((now_ms, key.clone()));
             records.push(IdempotencyRecord { key, dot: op.dot.clone(), fingerprint, wall_ms });
         }
@@ -590,6 +605,8 @@ impl Resolver {
         self.applied.join(vector);
         // The snapshot may hold this DC's own ops that it lost: never name them again.
         self.next_seq = self.next_seq.max(vector.get(&self.local) + 1);
+        // Persists commit in id order: the open one goes first.
+        self.flush();
         let id = self.next_persist;
         self.next_persist += 1;
         let ack = Output::Ack { to: from.clone(), seen: self.applied.clone() };
@@ -613,8 +630,20 @@ impl Resolver {
         Some(Output::Conflict(conflict))
     }
 
-    /// Emits a persist of `ops`, the key `states` they produced and the `idempotency` records of
-    /// their client writes, and holds `held` until it commits.
+    /// The id of the open persist, opening one if none is.
+    fn open_persist(&mut self) -> PersistId {
+        if let Some(open) = &self.open {
+            return open.id;
+        }
+        let id = self.next_persist;
+        self.next_persist += 1;
+        self.held.push_back((id, Vec::new()));
+        self.open = Some(OpenPersist { id, batch: CommitBatch::default(), states: HashMap::new() });
+        id
+    }
+
+    /// Adds to the open persist `ops`, the key `states` they produced and the `idempotency`
+    /// records of their client writes, and holds `held` until it commits.
     fn persist(
         &mut self,
         ops: Vec<Op>,
@@ -622,28 +651,45 @@ impl Resolver {
         idempotency: Vec<IdempotencyRecord>,
         held: Vec<Output>,
     ) {
-        let id = self.next_persist;
-        self.next_persist += 1;
-        let mut seen = VersionVector::new();
+        let id = self.open_persist();
+        let open = self.open.as_mut().expect("just opened");
         for op in &ops {
-            seen.observe(&op.dot);
+            open.batch.seen.observe(&op.dot);
         }
-        let mut keyed = Vec::with_capacity(states.len());
+        open.batch.ops.extend(ops);
+        open.batch.idempotency.extend(idempotency);
+        let mut keys = Vec::with_capacity(states.len());
         for (k, state) in states {
             self.pending.insert(k.clone(), (state.clone(), id));
-            keyed.push((k.0, k.1, state));
+            // A key changed twice in one persist is stored once, as it ends.
+            match open.states.get(&k) {
+                Some(&i) => open.batch.states[i].2 = state,
+                None => {
+                    open.states.insert(k.clone(), open.batch.states.len());
+                    open.batch.states.push((k.0.clone(), k.1.clone(), state));
+                    keys.push(k);
+                }
+            }
+        }
+        if !keys.is_empty() {
+            match self.pending_keys.back_mut() {
+                Some((p, pending)) if *p == id => pending.extend(keys),
+                _ => self.pending_keys.push_back((id, keys)),
+            }
         }
         if self.planted == Some(PlantedBug::AckBeforeCommit) {
             // The bug: what depends on the commit leaves before it.
             self.outputs.extend(held);
-            self.held.push_back((id, Vec::new()));
         } else {
-            self.held.push_back((id, held));
+            self.held.back_mut().expect("the open persist's entry").1.extend(held);
         }
-        self.outputs.push_back(Output::Persist {
-            id,
-            batch: CommitBatch { ops, states: keyed, seen, acked: vec![], idempotency },
-        });
+    }
+
+    /// Emits the open persist, if any.
+    fn flush(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.outputs.push_back(Output::Persist { id: open.id, batch: open.batch });
+        }
     }
 
     /// Persist `id` is durable. Releases what it held; the store now has its states.
@@ -653,7 +699,15 @@ impl Resolver {
     pub fn handle_committed(&mut self, id: PersistId) {
         let (oldest, held) = self.held.pop_front().expect("a commit was awaited");
         assert_eq!(oldest, id, "commits are reported in submission order");
-        self.pending.retain(|_, (_, p)| *p > id);
+        while self.pending_keys.front().is_some_and(|(p, _)| *p <= id) {
+            let (_, keys) = self.pending_keys.pop_front().expect("checked");
+            for k in keys {
+                // A later persist of the same key keeps it pending.
+                if self.pending.get(&k).is_some_and(|(_, p)| *p <= id) {
+                    self.pending.remove(&k);
+                }
+            }
+        }
         while self.idempotency_inflight.front().is_some_and(|(p, _)| *p <= id) {
             let (p, key) = self.idempotency_inflight.pop_front().expect("checked");
             if let Some(r) = self.idempotency.get_mut(&key).filter(|r| r.persist == Some(p)) {
@@ -665,6 +719,7 @@ impl Resolver {
 
     /// The next output to act on.
     pub fn poll_output(&mut self) -> Option<Output> {
+        self.flush();
         self.outputs.pop_front()
     }
 }

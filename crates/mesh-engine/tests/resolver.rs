@@ -172,6 +172,36 @@ fn local_writes_get_gapless_seqs_rising_hlcs_and_build_on_uncommitted_ones() {
 }
 
 #[test]
+fn writes_between_two_polls_share_one_persist_holding_each_key_once() {
+    let mut h = Harness::new("us-east");
+    for (request, key, value) in [(1, "u1", "a"), (2, "u2", "b"), (3, "u1", "c")] {
+        let write = write_request(request, "users", key, OpKind::Put(value.as_bytes().to_vec()));
+        h.resolver.handle_write(request, 1_000 + request, write, &h.store).unwrap();
+    }
+    h.drain();
+    assert_eq!(h.uncommitted.len(), 1, "one persist for the three writes");
+    let batch = &h.uncommitted[0].1;
+    assert_eq!(batch.ops.iter().map(|o| o.dot.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(batch.seen, [(dc("us-east"), 3)].into_iter().collect());
+    // u1 once, as the third write left it.
+    assert_eq!(batch.states.len(), 2);
+    let u1 = batch.states.iter().find(|(_, k, _)| k.as_str() == "u1").unwrap().2.as_ref().unwrap();
+    assert_eq!(u1.versions().len(), 1);
+    assert_eq!(u1.versions()[0].dot, Dot::new(dc("us-east"), 3));
+    assert_eq!(h.take_released(), [], "nothing leaves before the commit");
+    h.commit_all();
+    let written: Vec<u64> = h
+        .take_released()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Written { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written, [1, 2, 3]);
+}
+
+#[test]
 fn remote_ops_apply_once_in_order_and_are_acked_after_their_commit() {
     let mut h = Harness::new("us-east");
     let ops = vec![

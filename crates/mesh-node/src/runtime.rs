@@ -430,12 +430,18 @@ impl Actor for DcActor {
                 let batch = state.next_batch;
                 state.next_batch += 1;
                 state.batches.insert(batch, (vec![None; writes.len()], writes.len(), reply));
-                let wall = wall_ms();
-                for (index, (mut write, options)) in writes.into_iter().enumerate() {
-                    write.request = state.next_request;
-                    state.next_request += 1;
-                    let request = write.request;
-                    match state.node.handle_write(now, wall, write, options, &*state.store) {
+                let writes: Vec<_> = writes
+                    .into_iter()
+                    .map(|(mut write, options)| {
+                        write.request = state.next_request;
+                        state.next_request += 1;
+                        (write, options)
+                    })
+                    .collect();
+                let requests: Vec<_> = writes.iter().map(|(w, _)| w.request).collect();
+                let results = state.node.handle_write_batch(now, wall_ms(), writes, &*state.store);
+                for (index, (request, result)) in requests.into_iter().zip(results).enumerate() {
+                    match result {
                         Ok(()) => {
                             state.replies.insert(request, Waiter::Batch { batch, index });
                         }

@@ -175,6 +175,14 @@ pub struct Workload {
     /// Fraction of siblings writes that carry the context the client just read.
     #[serde(default = "most")]
     pub read_context_fraction: f64,
+    /// Writes per client request: each arrival carries 1..=`batch_max` writes (uniformly), given
+    /// to the node together as the batch API does (default 1: single writes).
+    #[serde(default = "one")]
+    pub batch_max: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn uniform() -> KeyDistribution {
@@ -386,6 +394,9 @@ impl Scenario {
         let w = &file.workload;
         if w.writes_per_s.is_nan() || w.writes_per_s < 0.0 {
             return Err(invalid("workload.writes_per_s", "must not be negative".into()));
+        }
+        if w.batch_max == 0 {
+            return Err(invalid("workload.batch_max", "must be at least 1".into()));
         }
         if w.keys == 0 {
             return Err(invalid("workload.keys", "must be at least 1".into()));

@@ -379,10 +379,53 @@ impl World {
         self.after(dc);
     }
 
+    /// A client's request at `dc`: one write, or (with `batch_max` > 1) a batch of writes
+    /// committed together, each answered on its own.
     fn client_write(&mut self, dc: usize) {
         if !self.dcs[dc].alive() {
             return;
         }
+        let batch_max = self.scenario.file.workload.batch_max;
+        let n = if batch_max > 1 { self.rng.random_range(1..=batch_max) } else { 1 };
+        let writes: Vec<_> = (0..n).map(|_| self.new_write(dc)).collect();
+        let now = self.now_ms;
+        let wall = self.wall_ms(dc);
+        let d = &mut self.dcs[dc];
+        let node = d.node.as_mut().expect("alive");
+        let mut requests = Vec::with_capacity(writes.len());
+        let mut batch = Vec::with_capacity(writes.len());
+        for (write, options, required) in writes {
+            requests.push((write.request, required));
+            batch.push((write, options));
+        }
+        let results = if batch.len() == 1 {
+            let (write, options) = batch.pop().expect("one");
+            vec![node.handle_write(now, wall, write, options, &d.store)]
+        } else {
+            node.handle_write_batch(now, wall, batch, &d.store)
+        };
+        for ((request, required), result) in requests.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    self.stats.writes += 1;
+                    self.required.insert(request, required);
+                }
+                Err(
+                    NodeWriteError::Starting
+                    | NodeWriteError::SyncBusy
+                    | NodeWriteError::Busy
+                    | NodeWriteError::Write(_),
+                ) => {
+                    self.stats.refused += 1;
+                }
+            }
+            self.hash(&[2, dc as u64, request]);
+        }
+        self.after(dc);
+    }
+
+    /// A random write for `dc`'s workload, its options and the DCs its sync mode needs.
+    fn new_write(&mut self, dc: usize) -> (WriteRequest, WriteOptions, usize) {
         let w = &self.scenario.file.workload;
         let total: u32 = self.keyspaces.iter().map(|(_, weight, _)| weight).sum();
         let mut pick = self.rng.random_range(0..total);
@@ -438,33 +481,15 @@ impl World {
         } else {
             WriteOptions::default()
         };
-        let wall = self.wall_ms(dc);
-        let now = self.now_ms;
-        let d = &mut self.dcs[dc];
-        let node = d.node.as_mut().expect("alive");
+        let d = &self.dcs[dc];
+        let node = d.node.as_ref().expect("alive");
         let context = if with_context {
             node.read(&keyspace, &key, &d.store).expect("the memory store reads").map(|r| r.context)
         } else {
             None
         };
         let required = checkers::sync_acks::required(&self.scenario, &keyspace, options);
-        let write = WriteRequest { request, keyspace, key, kind, context, idempotency_key: None };
-        match node.handle_write(now, wall, write, options, &d.store) {
-            Ok(()) => {
-                self.stats.writes += 1;
-                self.required.insert(request, required);
-            }
-            Err(
-                NodeWriteError::Starting
-                | NodeWriteError::SyncBusy
-                | NodeWriteError::Busy
-                | NodeWriteError::Write(_),
-            ) => {
-                self.stats.refused += 1;
-            }
-        }
-        self.hash(&[2, dc as u64, request]);
-        self.after(dc);
+        (WriteRequest { request, keyspace, key, kind, context, idempotency_key: None }, options, required)
     }
 
     /// Carries out the effects `dc`'s node emitted, then re-arms its timer.

@@ -85,7 +85,22 @@ pub fn run(b: Bench) -> Result<(), String> {
     let errors = Arc::new(AtomicU64::new(0));
     let stop_observers = Arc::new(AtomicBool::new(false));
     let target = Arc::new(AtomicU64::new(u64::MAX));
-    let value = "x".repeat(b.value_bytes);
+    // Values: windows of a random alphanumeric text (about as compressible as random base64),
+    // a different window per op, so neither compression nor the store sees repeated values.
+    let text: Arc<str> = {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        (0..(1usize << 20) + b.value_bytes)
+            .map(|_| {
+                // xorshift64*: enough randomness for bench values.
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                alphabet[(x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 58) as usize % alphabet.len()] as char
+            })
+            .collect::<String>()
+            .into()
+    };
     let started = Instant::now();
     let deadline = started + Duration::from_secs(b.seconds);
     // Observers: one per other DC, polling its seen vector.
@@ -123,7 +138,8 @@ pub fn run(b: Bench) -> Result<(), String> {
     );
     let writers: Vec<_> = (0..b.writers)
         .map(|w| {
-            let (api, token, keyspace, value) = (b.origin_api.clone(), b.token.clone(), b.keyspace.clone(), value.clone());
+            let (api, token, keyspace, text) = (b.origin_api.clone(), b.token.clone(), b.keyspace.clone(), text.clone());
+            let value_bytes = b.value_bytes;
             let (acks, written, errors) = (acks.clone(), written.clone(), errors.clone());
             let (batch, rate, writers) = (b.batch, b.rate, b.writers);
             std::thread::spawn(move || {
@@ -138,7 +154,12 @@ pub fn run(b: Bench) -> Result<(), String> {
                         }
                     }
                     let ops: Vec<String> = (0..batch)
-                        .map(|i| format!(r#"{{"op":"put","keyspace":"{keyspace}","key":"bench-{w}-{}","value":"{value}"}}"#, n + i as u64))
+                        .map(|i| {
+                            let id = n + i as u64;
+                            let at = (id as usize * 7_919 + w * 104_729) % (text.len() - value_bytes);
+                            let value = &text[at..at + value_bytes];
+                            format!(r#"{{"op":"put","keyspace":"{keyspace}","key":"bench-{w}-{id}","value":"{value}"}}"#)
+                        })
                         .collect();
                     let body = format!(r#"{{"ops":[{}]}}"#, ops.join(","));
                     let answer = agent
