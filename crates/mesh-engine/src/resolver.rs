@@ -214,7 +214,7 @@ pub struct Resolver {
     applied: VersionVector,
     /// States changed by persists not yet committed (`None`: removed), with the last persist
     /// that changed each.
-    pending: BTreeMap<(Keyspace, Key), (Option<KeyState>, PersistId)>,
+    pending: HashMap<(Keyspace, Key), (Option<KeyState>, PersistId)>,
     /// The keys each uncommitted persist put in `pending`, oldest first (so a commit forgets
     /// its keys without walking every pending state).
     pending_keys: VecDeque<(PersistId, Vec<(Keyspace, Key)>)>,
@@ -249,7 +249,7 @@ impl Resolver {
             topology,
             clock: HlcClock::new(max_skew_ms),
             applied: seen,
-            pending: BTreeMap::new(),
+            pending: HashMap::new(),
             pending_keys: VecDeque::new(),
             held: VecDeque::new(),
             open: None,
@@ -451,9 +451,6 @@ impl Resolver {
         ops: Vec<Op>,
         store: &impl StateRead,
     ) -> Result<(), ApplyError> {
-        let mut applied_ops = Vec::new();
-        let mut states: BTreeMap<(Keyspace, Key), KeyState> = BTreeMap::new();
-        let mut held = Vec::new();
         let mut result = Ok(());
         for op in ops {
             if self.applied.covers(&op.dot) {
@@ -471,18 +468,14 @@ impl Resolver {
                 });
                 break;
             };
-            let k = (op.keyspace.clone(), op.key.clone());
-            let state = match states.get(&k) {
-                Some(s) => s.clone(),
-                None => match self.current(&op.keyspace, &op.key, store) {
-                    Ok(s) => s.unwrap_or_else(|| KeyState::new(spec.kind)),
-                    Err(e) => {
-                        result = Err(ApplyError::Read(e));
-                        break;
-                    }
-                },
+            // The newest state, including this batch's earlier ops (already in the open persist).
+            let mut next = match self.current(&op.keyspace, &op.key, store) {
+                Ok(s) => s.unwrap_or_else(|| KeyState::new(spec.kind)),
+                Err(e) => {
+                    result = Err(ApplyError::Read(e));
+                    break;
+                }
             };
-            let mut next = state;
             let concurrent = match next.apply(&op) {
                 Ok(Applied::Applied { concurrent }) => !concurrent.is_empty(),
                 // Superseded by a context this DC already absorbed: nothing to change, but the
@@ -501,21 +494,17 @@ impl Resolver {
                 // This DC's own ops coming back (a peer resending what it had): never reuse them.
                 self.next_seq = self.next_seq.max(op.dot.seq + 1);
             }
-            held.extend(self.conflict(&op, &next, concurrent));
-            states.insert(k, next);
-            applied_ops.push(op);
+            let held: Vec<Output> = self.conflict(&op, &next, concurrent).into_iter().collect();
+            let k = (op.keyspace.clone(), op.key.clone());
+            self.persist(vec![op], vec![(k, Some(next))], vec![], held);
         }
+        // The ack follows the commit of everything applied so far (this batch's ops, or, for a
+        // resend that brought nothing new, the newest persist awaiting its commit).
         let ack = Output::Ack { to: from.clone(), seen: self.applied.clone() };
-        if !applied_ops.is_empty() {
-            held.push(ack);
-            self.persist(applied_ops, states.into_iter().map(|(k, s)| (k, Some(s))).collect(), vec![], held);
-        } else {
-            // Nothing new (a resend, perhaps because an ack was lost): ack again, once everything
-            // applied so far is durable.
-            match self.held.back_mut() {
-                Some((_, last)) => last.push(ack),
-                None => self.outputs.push_back(ack),
-            }
+        let planted = self.planted == Some(PlantedBug::AckBeforeCommit) && self.open.is_some();
+        match self.held.back_mut() {
+            Some((_, last)) if !planted => last.push(ack),
+            _ => self.outputs.push_back(ack),
         }
         result
     }
