@@ -47,6 +47,14 @@ const QUEUE_SUBMISSIONS_MAX: usize = 8_192;
 
 /// (keyspace, key) → msgpack KeyState.
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+
+/// The `kv` table as of the last checkpoint: it changes only in checkpoints, so one read
+/// transaction serves every read until the next (reopening it per read cost more than the read).
+type KvReader = Arc<ReadOnlyTable<(&'static str, &'static str), &'static [u8]>>;
+
+fn kv_reader(db: &Database) -> Result<KvReader, StoreError> {
+    Ok(Arc::new(db.begin_read().map_err(db_err)?.open_table(KV).map_err(db_err)?))
+}
 /// (origin, seq of the chunk's last op) → msgpack `Vec<Op>`: consecutive ops of that origin.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 /// Group number → msgpack `Vec<(Keyspace, Key, Option<KeyState>)>`: the states a group wrote.
@@ -193,6 +201,36 @@ fn pack<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     zstd::bulk::compress(&encode(value), PACK_LEVEL).expect("zstd compression of an in-memory buffer")
 }
 
+/// A log chunk on disk: its op count (u32, little-endian), then the ops [`pack`]ed. The count
+/// lets compaction and statistics size a chunk without inflating it; with the key's last seq it
+/// also gives the first (a chunk is a run of consecutive seqs).
+fn pack_chunk(ops: &[&Op]) -> Vec<u8> {
+    let count = u32::try_from(ops.len()).expect("a chunk holds at most LOG_CHUNK_OPS_MAX ops");
+    let mut bytes = count.to_le_bytes().to_vec();
+    bytes.extend(pack(ops));
+    bytes
+}
+
+/// The op count of a chunk written by [`pack_chunk`].
+fn chunk_len(bytes: &[u8]) -> Result<u64, StoreError> {
+    let head = bytes.first_chunk::<4>().ok_or_else(|| StoreError::Corrupt {
+        what: "log chunk",
+        detail: format!("{} bytes, shorter than its header", bytes.len()),
+    })?;
+    Ok(u64::from(u32::from_le_bytes(*head)))
+}
+
+/// The ops of a chunk written by [`pack_chunk`].
+fn unpack_chunk(bytes: &[u8]) -> Result<Vec<Op>, StoreError> {
+    let count = chunk_len(bytes)?;
+    let ops: Vec<Op> = unpack("log chunk", &bytes[4..])?;
+    if ops.len() as u64 != count {
+        let detail = format!("header says {count} ops, body holds {}", ops.len());
+        return Err(StoreError::Corrupt { what: "log chunk", detail });
+    }
+    Ok(ops)
+}
+
 /// Reverses [`pack`].
 fn unpack<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     let raw =
@@ -214,6 +252,7 @@ struct Submission {
 pub struct DurableStore {
     db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
+    kv: Arc<RwLock<KvReader>>,
     tail: Arc<Mutex<LogTail>>,
     /// Set when a write's outcome became unknown; see [`StoreError::OutcomeUnknown`].
     poisoned: Arc<AtomicBool>,
@@ -290,9 +329,11 @@ impl DurableStore {
             read_meta(&txn.open_table(META).map_err(db_err)?, LOG_LAST)?
         };
         let tail = Arc::new(Mutex::new(LogTail::new(options.log_tail_bytes_max, logged)));
+        let kv = Arc::new(RwLock::new(kv_reader(&db)?));
         let committer = Committer {
             db: db.clone(),
             overlay: overlay.clone(),
+            kv: kv.clone(),
             tail: tail.clone(),
             poisoned: poisoned.clone(),
             options,
@@ -302,7 +343,7 @@ impl DurableStore {
             .name("mesh-store-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(db_err)?;
-        Ok(Self { db, overlay, tail, poisoned, queue: Some(queue), committer: Some(committer) })
+        Ok(Self { db, overlay, kv, tail, poisoned, queue: Some(queue), committer: Some(committer) })
     }
 
     /// Fails once the store is poisoned, so nothing is read or written past an unknown outcome.
@@ -333,9 +374,9 @@ impl DurableStore {
                 // Whole chunks only: a chunk that ends past `upto` stays until it is covered.
                 for entry in log.extract_from_if((o, 0)..=(o, upto), |_, _| true).map_err(db_err)? {
                     let (_, value) = entry.map_err(db_err)?;
-                    let chunk: Vec<Op> = unpack("log chunk", value.value())?;
-                    removed += chunk.len() as u64;
-                    log_ops -= chunk.len() as u64;
+                    let n = chunk_len(value.value())?;
+                    removed += n;
+                    log_ops -= n;
                     log_bytes -= value.value().len() as u64;
                 }
             }
@@ -382,6 +423,7 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
 struct Committer {
     db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
+    kv: Arc<RwLock<KvReader>>,
     tail: Arc<Mutex<LogTail>>,
     poisoned: Arc<AtomicBool>,
     options: Options,
@@ -481,6 +523,9 @@ impl Committer {
         }
         txn.commit().map_err(db_err)?;
         drop(overlay);
+        // Readers see the new `kv` before the overlay forgets what it now holds.
+        let reader = kv_reader(&self.db)?;
+        *self.kv.write().unwrap_or_else(|e| e.into_inner()) = reader;
         // Only this thread adds to the overlay, so nothing arrived since the read above.
         self.overlay.write().unwrap_or_else(|e| e.into_inner()).states.clear();
         self.wal_bytes = 0;
@@ -525,7 +570,7 @@ fn write_group<'a>(
         let mut chunk_payload_bytes = 0usize;
         let mut flush = |chunk: &mut Vec<&Op>| -> Result<(), StoreError> {
             let Some(last) = chunk.last() else { return Ok(()) };
-            let bytes = pack(&*chunk);
+            let bytes = pack_chunk(chunk);
             log.insert((last.dot.origin.as_str(), last.dot.seq), bytes.as_slice()).map_err(db_err)?;
             log_ops += chunk.len() as u64;
             log_bytes += bytes.len() as u64;
@@ -597,7 +642,7 @@ impl LogRead for DurableStore {
                 break;
             }
             let (_, value) = entry.map_err(db_err)?;
-            let chunk: Vec<Op> = unpack("log chunk", value.value())?;
+            let chunk = unpack_chunk(value.value())?;
             let op_bytes = value.value().len() / chunk.len().max(1);
             for op in chunk.into_iter().filter(|op| op.dot.seq > after_seq) {
                 if !page.offer(op, op_bytes)? {
@@ -616,8 +661,9 @@ impl LogRead for DurableStore {
         let first = log.range((o, 0)..=(o, u64::MAX)).map_err(db_err)?.next();
         match first {
             Some(entry) => {
-                let chunk: Vec<Op> = unpack("log chunk", entry.map_err(db_err)?.1.value())?;
-                Ok(chunk.first().map(|op| op.dot.seq))
+                let (key, value) = entry.map_err(db_err)?;
+                let (_, last) = key.value();
+                Ok(Some(last + 1 - chunk_len(value.value())?))
             }
             None => Ok(None),
         }
@@ -669,8 +715,7 @@ impl Store for DurableStore {
         if let Some(state) = self.overlay().states.get(&(keyspace.clone(), key.clone())) {
             return Ok(state.clone());
         }
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let kv = txn.open_table(KV).map_err(db_err)?;
+        let kv = self.kv.read().unwrap_or_else(|e| e.into_inner()).clone();
         match kv.get((keyspace.as_str(), key.as_str())).map_err(db_err)? {
             Some(bytes) => Ok(Some(decode("key state", bytes.value())?)),
             None => Ok(None),
