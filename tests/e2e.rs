@@ -65,15 +65,20 @@ impl Mesh {
     /// Starts `n` DCs; if one cannot start (another process took a port between its release
     /// and the DC's bind), starts again on other ports.
     fn start(n: usize) -> Mesh {
+        Self::start_with(n, "")
+    }
+
+    /// As [`Mesh::start`], with `node` appended to mesh.toml's `[node]` section.
+    fn start_with(n: usize, node: &str) -> Mesh {
         for _ in 0..3 {
-            if let Some(mesh) = Self::try_start(n) {
+            if let Some(mesh) = Self::try_start(n, node) {
                 return mesh;
             }
         }
         panic!("a mesh of {n} DCs did not start in 3 attempts");
     }
 
-    fn try_start(n: usize) -> Option<Mesh> {
+    fn try_start(n: usize, node: &str) -> Option<Mesh> {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..n).map(|i| format!("dc{i}")).collect();
         let mut toml = String::from(
@@ -93,7 +98,7 @@ impl Mesh {
         toml += "[keyspaces.users]\nstrategy = \"lww\"\n\n[keyspaces.carts]\nstrategy = \"siblings\"\n\n";
         toml += "[keyspaces.config]\nstrategy = \"priority\"\n\n";
         toml += "[keyspaces.views]\nstrategy = \"counter\"\n\n[keyspaces.tags]\nstrategy = \"set\"\n\n";
-        toml += &format!("[node]\napi_token = \"{TOKEN}\"\n");
+        toml += &format!("[node]\napi_token = \"{TOKEN}\"\n{node}\n");
         std::fs::write(dir.path().join("mesh.toml"), toml).unwrap();
         write_certs(dir.path(), &names);
         let mut mesh = Mesh { dir, names, children: Vec::new(), apis, listens };
@@ -216,6 +221,83 @@ fn writes_at_every_dc_converge_at_every_dc() {
         }
     }
     eprintln!("converged {:?} after the last write", start.elapsed());
+    // Status per peer: nothing left queued once converged, bytes sent, the last batch's time.
+    wait_for(Duration::from_secs(10), || {
+        let (status, body) = http(mesh.apis[0], "GET", "/v1/status", b"");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let peers = v["peers"].as_array().cloned().unwrap_or_default();
+        status == 200
+            && v["max_replication_lag_ms"].as_u64().is_some()
+            && peers.len() == 2
+            && peers.iter().all(|p| {
+                p["queued_ops"] == 0
+                    && p["replicated_ops"].as_u64() >= Some(10)
+                    && p["bytes_wire"].as_u64() > Some(0)
+                    && p["bytes_raw"].as_u64() > Some(0)
+                    && p["last_sent_unix_ms"].as_u64().is_some()
+                    && p["lag_alert"] == false
+            })
+    });
+}
+
+/// Requests a collector received: (request line and headers, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A stand-in OTLP collector: accepts HTTP requests on loopback and keeps each.
+fn otlp_collector() -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Received::default();
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            // Read the head, then as many body bytes as Content-Length says.
+            let (head, body_start) = loop {
+                let Ok(n) = stream.read(&mut chunk) else { break (String::new(), 0) };
+                if n == 0 {
+                    break (String::new(), 0);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break (String::from_utf8_lossy(&buf[..i]).to_string(), i + 4);
+                }
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < body_start + length {
+                match stream.read(&mut chunk) {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            sink.lock().unwrap().push((head, buf[body_start.min(buf.len())..].to_vec()));
+        }
+    });
+    (addr, got)
+}
+
+#[test]
+fn metrics_are_pushed_over_otlp_when_an_endpoint_is_configured() {
+    let (collector, got) = otlp_collector();
+    let node = format!("otlp_endpoint = \"http://{collector}/v1/metrics\"\notlp_interval_ms = 200");
+    let mesh = Mesh::start_with(1, &node);
+    put(mesh.apis[0], "/v1/kv/users/a", "1");
+    wait_for(Duration::from_secs(20), || {
+        got.lock().unwrap().iter().any(|(head, body)| {
+            head.starts_with("POST /v1/metrics ")
+                && head.to_ascii_lowercase().contains("content-type: application/x-protobuf")
+                && body.windows(b"mesh_writes".len()).any(|w| w == b"mesh_writes")
+        })
+    });
 }
 
 #[test]

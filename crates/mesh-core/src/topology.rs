@@ -224,11 +224,22 @@ pub struct NodeSettings {
     pub api_token: String,
     /// Mutual TLS between DCs.
     pub tls: TlsSettings,
+    /// Where to push metrics over OTLP (HTTP with protobuf), e.g.
+    /// `http://127.0.0.1:4318/v1/metrics`; empty: no push (`/metrics` serves them either way).
+    pub otlp_endpoint: String,
+    /// How often metrics are pushed to `otlp_endpoint`, in ms.
+    pub otlp_interval_ms: u64,
 }
 
 impl Default for NodeSettings {
     fn default() -> Self {
-        Self { data_dir: "data/{dc}".into(), api_token: "dev-token".into(), tls: TlsSettings::default() }
+        Self {
+            data_dir: "data/{dc}".into(),
+            api_token: "dev-token".into(),
+            tls: TlsSettings::default(),
+            otlp_endpoint: String::new(),
+            otlp_interval_ms: 10_000,
+        }
     }
 }
 
@@ -364,6 +375,16 @@ impl Topology {
 
         if config.node.api_token.trim().is_empty() {
             return Err(bad("node.api_token", "must not be empty (the HTTP API requires a bearer token)"));
+        }
+        let otlp = config.node.otlp_endpoint.trim();
+        if !otlp.is_empty() && !otlp.starts_with("http://") {
+            let problem = format!(
+                "{otlp:?} is not an http:// URL (OTLP over HTTP with protobuf; for TLS, send to a local collector)"
+            );
+            return Err(bad("node.otlp_endpoint", &problem));
+        }
+        if config.node.otlp_interval_ms < 100 {
+            return Err(bad("node.otlp_interval_ms", "must be at least 100"));
         }
         if config.dcs.is_empty() {
             return Err(bad("dcs", "at least one datacenter is required"));

@@ -115,6 +115,21 @@ fn an_empty_api_token_is_refused_by_name() {
 }
 
 #[test]
+fn a_bad_otlp_endpoint_or_interval_is_refused_by_name() {
+    for (endpoint, interval, field) in [
+        ("127.0.0.1:4318", 10_000, "node.otlp_endpoint"),
+        ("https://collector:4318/v1/metrics", 10_000, "node.otlp_endpoint"),
+        ("http://127.0.0.1:4318/v1/metrics", 0, "node.otlp_interval_ms"),
+    ] {
+        let mut config = parse(include_str!("../../../mesh.toml"));
+        config.node.otlp_endpoint = endpoint.into();
+        config.node.otlp_interval_ms = interval;
+        let e = mesh_core::Topology::new(config, &mesh_core::builtin_resolvers()).unwrap_err();
+        assert_eq!(e.field, field, "{endpoint} {interval}");
+    }
+}
+
+#[test]
 fn the_node_section_does_not_change_the_fingerprint() {
     let a = parse(include_str!("../../../mesh.toml"));
     let mut b = a.clone();

@@ -491,6 +491,17 @@ impl<R: RngCore> Node<R> {
         self.replicators.iter().map(|(p, r)| (p.clone(), r.stats())).collect()
     }
 
+    /// Ops this DC holds durably, has to send to `peer` (by the relay rule, [`targets`]) and
+    /// that `peer` has not reported durable yet: its replication queue.
+    pub fn queued_ops(&self, peer: &DcId) -> u64 {
+        let Some(r) = self.replicators.get(peer) else { return 0 };
+        let suspect: BTreeSet<DcId> =
+            self.replicators.keys().filter(|p| self.health.suspected(p)).cloned().collect();
+        let returned = self.returned.get(peer).copied().unwrap_or(0);
+        let want = targets(&self.local, peer, &self.durable, self.relay.held_long_now(), returned, &suspect);
+        want.iter().map(|(origin, upto)| upto.saturating_sub(r.peer_seen().get(origin))).sum()
+    }
+
     /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).
     pub fn peer_status(&self, peer: &DcId, now_ms: u64) -> Option<PeerStatus> {
         self.health.status(peer, now_ms)

@@ -339,6 +339,12 @@ impl RelayClock {
         &self.held_long
     }
 
+    /// Per origin, the ops held for at least the relay delay as of the last call that advanced
+    /// the clock (a view for status; replication uses [`RelayClock::held_long`]).
+    pub fn held_long_now(&self) -> &VersionVector {
+        &self.held_long
+    }
+
     /// When the next sample becomes old enough to relay.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.samples.front().map(|(t, _)| t + self.relay_delay_ms)

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use mesh_core::topology::{Acks, AcksName, Mode};
 use mesh_core::StateError;
-use mesh_core::{DcId, Key, Keyspace, OpKind, ReadResult, ReadValue, VersionVector};
+use mesh_core::{Key, Keyspace, OpKind, ReadResult, ReadValue, VersionVector};
 use mesh_engine::node::{NodeWriteError, WriteOptions};
 use mesh_engine::resolver::{WriteError, WriteRequest};
 use mesh_engine::sync::SyncOutcome;
@@ -264,19 +264,29 @@ fn status_json(s: &DcStatus) -> Value {
     let peers: Vec<Value> = s
         .peers
         .iter()
-        .map(|(dc, status, link, connected): &(DcId, _, _, bool)| {
+        .map(|p| {
+            let status = p.status.as_ref();
+            let lag_ms = status.and_then(|p| p.lag).map(|l| l.ms);
             json!({
-                "dc": dc,
-                "connected": connected,
-                "health": status.as_ref().map(|p| format!("{:?}", p.health).to_lowercase()),
-                "phi": status.as_ref().map(|p| if p.phi.is_finite() { p.phi } else { -1.0 }),
-                "clock_offset_ms": status.as_ref().and_then(|p| p.clock_offset_ms),
-                "lag_ops": status.as_ref().and_then(|p| p.lag).map(|l| l.ops),
-                "lag_ms": status.as_ref().and_then(|p| p.lag).map(|l| l.ms),
-                "replicated_ops": link.ops,
-                "batches": link.batches,
-                "relayed_ops": link.relayed_ops,
-                "retransmits": link.retransmits,
+                "dc": p.dc,
+                "connected": p.connected,
+                "health": status.map(|p| format!("{:?}", p.health).to_lowercase()),
+                "phi": status.map(|p| if p.phi.is_finite() { p.phi } else { -1.0 }),
+                "clock_offset_ms": status.and_then(|p| p.clock_offset_ms),
+                "lag_ops": status.and_then(|p| p.lag).map(|l| l.ops),
+                "lag_ms": lag_ms,
+                "lag_alert": lag_ms.is_some_and(|ms| ms > s.lag_alert_ms),
+                "queued_ops": p.queued_ops,
+                "replicated_ops": p.link.ops,
+                "batches": p.link.batches,
+                "relayed_ops": p.link.relayed_ops,
+                "retransmits": p.link.retransmits,
+                "dials_failed": p.dials_failed,
+                "links_lost": p.links_lost,
+                "bytes_raw": p.raw_bytes,
+                "bytes_wire": p.wire_bytes,
+                "last_sent_ms_ago": p.last_sent_ms_ago,
+                "last_sent_unix_ms": p.last_sent_unix_ms,
             })
         })
         .collect();
@@ -284,6 +294,7 @@ fn status_json(s: &DcStatus) -> Value {
         "dc": s.dc,
         "ready": s.ready,
         "seen": s.seen,
+        "max_replication_lag_ms": s.lag_alert_ms,
         "peers": peers,
         "links_refused": s.stats.links_refused,
         "state_transfers_sent": s.stats.transfers_sent,

@@ -1,10 +1,15 @@
 //! Metrics through OpenTelemetry instruments, exposed in Prometheus text format at `/metrics`
-//! (opentelemetry-prometheus over a `prometheus` registry). Names are prefixed `mesh_`.
+//! (opentelemetry-prometheus over a `prometheus` registry) and, when `[node] otlp_endpoint` is
+//! set, pushed there over OTLP (HTTP with protobuf) every `otlp_interval_ms`. Names are prefixed
+//! `mesh_`.
 
 use opentelemetry::metrics::{Counter, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The node's instruments.
 #[derive(Clone)]
@@ -21,6 +26,32 @@ pub struct Metrics {
     pub replicated_ops: Counter<u64>,
     /// Frame bytes sent, by peer and kind (`wire` after compression, `raw` before).
     pub bytes_sent: Counter<u64>,
+    /// Per peer counters for `/v1/status` (OpenTelemetry counters cannot be read back).
+    pub links: LinkCounters,
+}
+
+/// Counters of one peer's links, for `/v1/status`; they outlive restarts of the DC actor.
+#[derive(Debug, Default)]
+pub struct LinkCounter {
+    /// Frame bytes sent, before compression.
+    pub raw_bytes: AtomicU64,
+    /// Frame bytes sent, as on the wire.
+    pub wire_bytes: AtomicU64,
+    /// Dials that failed.
+    pub dials_failed: AtomicU64,
+    /// Links that went down.
+    pub links_lost: AtomicU64,
+}
+
+/// [`LinkCounter`]s by peer.
+#[derive(Debug, Clone, Default)]
+pub struct LinkCounters(Arc<Mutex<BTreeMap<String, Arc<LinkCounter>>>>);
+
+impl LinkCounters {
+    /// The counters of `peer`.
+    pub fn peer(&self, peer: &str) -> Arc<LinkCounter> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(peer.to_owned()).or_default().clone()
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -32,12 +63,31 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Instruments for DC `dc`, reporting into a fresh registry.
     pub fn new(dc: &str) -> Result<Self, String> {
+        Self::with_otlp(dc, None)
+    }
+
+    /// Instruments for DC `dc`, reporting into a fresh registry and, with `otlp` = (endpoint URL,
+    /// interval), pushed to an OTLP collector. The push runs on the SDK's own thread.
+    pub fn with_otlp(dc: &str, otlp: Option<(&str, Duration)>) -> Result<Self, String> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .build()
             .map_err(|e| e.to_string())?;
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let mut provider = SdkMeterProvider::builder().with_reader(exporter);
+        if let Some((endpoint, interval)) = otlp {
+            use opentelemetry_otlp::WithExportConfig;
+            let push = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| format!("node.otlp_endpoint {endpoint}: {e}"))?;
+            let reader =
+                opentelemetry_sdk::metrics::PeriodicReader::builder(push).with_interval(interval).build();
+            provider = provider.with_reader(reader);
+        }
+        let provider = provider.build();
         let scope = opentelemetry::InstrumentationScope::builder("mesh")
             .with_attributes([KeyValue::new("dc", dc.to_owned())])
             .build();
@@ -57,6 +107,7 @@ impl Metrics {
                 "mesh_bytes_sent",
                 "Frame bytes sent to peers (wire: compressed; raw: before compression)",
             ),
+            links: LinkCounters::default(),
             registry,
             _provider: Arc::new(provider),
         })

@@ -25,6 +25,7 @@ use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -41,12 +42,41 @@ pub struct DcStatus {
     pub ready: bool,
     /// Its durable `seen` vector.
     pub seen: mesh_core::VersionVector,
-    /// Per peer: health, link counters, and whether a link is up.
-    pub peers: Vec<(DcId, Option<PeerStatus>, ReplicatorStats, bool)>,
+    /// Per peer.
+    pub peers: Vec<PeerReport>,
+    /// The lag above which a peer is flagged (`max_replication_lag_ms`).
+    pub lag_alert_ms: u64,
     /// Node counters.
     pub stats: NodeStats,
     /// Conflict records emitted, per strategy.
     pub conflicts: BTreeMap<String, u64>,
+}
+
+/// One peer in `/v1/status`.
+#[derive(Debug, Clone)]
+pub struct PeerReport {
+    /// The peer.
+    pub dc: DcId,
+    /// Whether a link is up.
+    pub connected: bool,
+    /// Health, phi, lag, clock offset (`None` before its first heartbeat).
+    pub status: Option<PeerStatus>,
+    /// The replicator's counters.
+    pub link: ReplicatorStats,
+    /// Ops this DC still has to get to the peer ([`Node::queued_ops`]).
+    pub queued_ops: u64,
+    /// Frame bytes sent, before compression.
+    pub raw_bytes: u64,
+    /// Frame bytes sent, as on the wire.
+    pub wire_bytes: u64,
+    /// Dials of the peer that failed.
+    pub dials_failed: u64,
+    /// Links to the peer that went down.
+    pub links_lost: u64,
+    /// How long ago the last batch was sent, in ms.
+    pub last_sent_ms_ago: Option<u64>,
+    /// The wall clock (Unix ms) of the last batch sent.
+    pub last_sent_unix_ms: Option<u64>,
 }
 
 /// Messages of the DC actor.
@@ -309,6 +339,7 @@ impl DcActor {
         let conn = connection.clone();
         let writer_peer = peer.clone();
         let metrics = state.args.metrics.clone();
+        let counters = metrics.links.peer(peer.as_str());
         tokio::spawn(async move {
             let wire = [KeyValue::new("peer", writer_peer.to_string()), KeyValue::new("kind", "wire")];
             let raw = [KeyValue::new("peer", writer_peer.to_string()), KeyValue::new("kind", "raw")];
@@ -317,6 +348,8 @@ impl DcActor {
                     Ok((wire_bytes, raw_bytes)) => {
                         metrics.bytes_sent.add(wire_bytes as u64, &wire);
                         metrics.bytes_sent.add(raw_bytes as u64, &raw);
+                        counters.wire_bytes.fetch_add(wire_bytes as u64, Ordering::Relaxed);
+                        counters.raw_bytes.fetch_add(raw_bytes as u64, Ordering::Relaxed);
                     }
                     Err(_) => break,
                 }
@@ -458,6 +491,7 @@ impl Actor for DcActor {
                     reply.send(state.node.read(&keyspace, &key, &*state.store).map_err(|e| e.to_string()));
             }
             DcMsg::Status(reply) => {
+                let wall = wall_ms();
                 let peers = state
                     .args
                     .topology
@@ -465,16 +499,26 @@ impl Actor for DcActor {
                     .iter()
                     .filter(|d| d.id != state.args.local)
                     .map(|d| {
-                        let stats = state.node.replicator(&d.id).map(|r| r.stats()).unwrap_or_default();
-                        (
-                            d.id.clone(),
-                            state.node.peer_status(&d.id, now),
-                            stats,
-                            state.links.contains_key(&d.id),
-                        )
+                        let link = state.node.replicator(&d.id).map(|r| r.stats()).unwrap_or_default();
+                        let counters = state.args.metrics.links.peer(d.id.as_str());
+                        let ago = link.last_sent_ms.map(|t| now.saturating_sub(t));
+                        PeerReport {
+                            dc: d.id.clone(),
+                            connected: state.links.contains_key(&d.id),
+                            status: state.node.peer_status(&d.id, now),
+                            queued_ops: state.node.queued_ops(&d.id),
+                            raw_bytes: counters.raw_bytes.load(Ordering::Relaxed),
+                            wire_bytes: counters.wire_bytes.load(Ordering::Relaxed),
+                            dials_failed: counters.dials_failed.load(Ordering::Relaxed),
+                            links_lost: counters.links_lost.load(Ordering::Relaxed),
+                            last_sent_ms_ago: ago,
+                            last_sent_unix_ms: ago.map(|a| wall.saturating_sub(a)),
+                            link,
+                        }
                     })
                     .collect();
                 let _ = reply.send(DcStatus {
+                    lag_alert_ms: state.args.topology.config.replication.max_replication_lag_ms,
                     dc: state.args.local.clone(),
                     ready: state.node.is_ready(),
                     seen: state.node.durable().clone(),
@@ -486,6 +530,7 @@ impl Actor for DcActor {
             DcMsg::Connected(link) => Self::connected(&myself, state, *link),
             DcMsg::LinkDown { peer, link } => {
                 if state.links.get(&peer).is_some_and(|l| l.id == link) {
+                    state.args.metrics.links.peer(peer.as_str()).links_lost.fetch_add(1, Ordering::Relaxed);
                     state.links.remove(&peer);
                     state.node.handle_disconnected(now, &peer);
                 }
@@ -495,7 +540,10 @@ impl Actor for DcActor {
                     state.node.handle_message(now, wall_ms(), &peer, message, &*state.store);
                 }
             }
-            DcMsg::DialFailed(peer) => state.node.handle_dial_failed(now, &peer),
+            DcMsg::DialFailed(peer) => {
+                state.args.metrics.links.peer(peer.as_str()).dials_failed.fetch_add(1, Ordering::Relaxed);
+                state.node.handle_dial_failed(now, &peer);
+            }
             DcMsg::Committed { id, result } => {
                 // A commit of unknown outcome poisons the store: fail, so the supervisor reopens
                 // it and restarts this DC from what is durable.

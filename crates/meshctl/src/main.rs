@@ -269,21 +269,37 @@ fn print_human(command: &Command, body: &str) {
         Command::Status => {
             println!("{}: ready {}, seen {}", v["dc"].as_str().unwrap_or("?"), v["ready"], v["seen"]["dots"]);
             println!(
-                "{:<14} {:>9} {:>8} {:>7} {:>9} {:>9} {:>12}",
-                "peer", "connected", "health", "phi", "lag ops", "lag ms", "replicated"
+                "{:<14} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12} {:>12} {:>12} {:>10}",
+                "peer",
+                "connected",
+                "health",
+                "phi",
+                "lag ops",
+                "lag ms",
+                "queued",
+                "replicated",
+                "bytes raw",
+                "bytes wire",
+                "last sent"
             );
             for p in v["peers"].as_array().into_iter().flatten() {
+                let alert = if p["lag_alert"].as_bool() == Some(true) { " !" } else { "" };
                 println!(
-                    "{:<14} {:>9} {:>8} {:>7.2} {:>9} {:>9} {:>12}",
+                    "{:<14} {:>9} {:>8} {:>7.2} {:>9} {:>9} {:>9} {:>12} {:>12} {:>12} {:>10}",
                     p["dc"].as_str().unwrap_or("?"),
                     p["connected"].to_string(),
                     p["health"].as_str().unwrap_or("-"),
                     p["phi"].as_f64().unwrap_or(-1.0),
                     p["lag_ops"].to_string(),
-                    p["lag_ms"].to_string(),
+                    format!("{}{alert}", p["lag_ms"]),
+                    p["queued_ops"].to_string(),
                     p["replicated_ops"].to_string(),
+                    p["bytes_raw"].to_string(),
+                    p["bytes_wire"].to_string(),
+                    p["last_sent_ms_ago"].as_u64().map_or("-".into(), |ms| format!("{ms} ms ago")),
                 );
             }
+            println!("(! marks a lag above max_replication_lag_ms = {})", v["max_replication_lag_ms"]);
         }
         _ => println!("ok {}", v["dot"].as_str().unwrap_or("")),
     }

@@ -15,7 +15,7 @@ use mesh_node::transport;
 use mesh_wire::CodecConfig;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "meshd", about = "The mesh node daemon", version)]
@@ -111,12 +111,18 @@ async fn stopped() {
 fn run(config_path: &Path, dc: &str) -> Result<(), String> {
     let loaded = config::load(config_path).map_err(|e| e.to_string())?;
     let local: DcId = loaded.dc(dc).map_err(|e| e.to_string())?;
+    // Built outside the runtime: the OTLP push uses a blocking HTTP client on its own thread.
+    let settings = &loaded.topology.config.node;
+    let otlp = Some(settings.otlp_endpoint.trim())
+        .filter(|e| !e.is_empty())
+        .map(|e| (e, Duration::from_millis(settings.otlp_interval_ms)));
+    let metrics = mesh_node::metrics::Metrics::with_otlp(local.as_str(), otlp)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(serve(loaded, local))
+    runtime.block_on(serve(loaded, local, metrics))
 }
 
-async fn serve(loaded: Loaded, local: DcId) -> Result<(), String> {
+async fn serve(loaded: Loaded, local: DcId, metrics: mesh_node::metrics::Metrics) -> Result<(), String> {
     let topology = loaded.topology.clone();
     let me = topology.dc(&local).expect("checked").clone();
     let settings = &topology.config.node;
@@ -130,7 +136,6 @@ async fn serve(loaded: Loaded, local: DcId) -> Result<(), String> {
     let data_dir = loaded.path_for(&settings.data_dir, &local);
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let codec = CodecConfig::from_replication(&topology.config.replication).map_err(|e| e.to_string())?;
-    let metrics = mesh_node::metrics::Metrics::new(local.as_str())?;
     let args = DcArgs {
         metrics: metrics.clone(),
         local: local.clone(),
