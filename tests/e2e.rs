@@ -315,6 +315,23 @@ fn the_api_refuses_a_missing_token_and_bad_input_with_json_errors() {
     assert!(body.contains("unknown_keyspace"), "{body}");
     let (status, body) = http(api, "PUT", "/v1/kv/users/a", &vec![b'x'; (1 << 20) + 1]);
     assert_eq!(status, 413, "{body}");
+    let (status, body) = http(api, "GET", "/v1/kv/users/a?encoding=rot13", b"");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_query"), "{body}");
+    // Values are binary-safe: bytes that are not UTF-8 come back base64-encoded, never altered.
+    put(api, "/v1/kv/users/bin", "warm-up");
+    assert_eq!(http(api, "PUT", "/v1/kv/users/bin", &[0xff, 0x00, b'A']).0, 200);
+    let (status, body) = http(api, "GET", "/v1/kv/users/bin", b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"encoding\":\"base64\"") && body.contains("\"value\":\"/wBB\""), "{body}");
+    let batch = br#"{"ops":[{"op":"put","keyspace":"users","key":"b64","value_base64":"AAEC/w=="}]}"#;
+    let (status, body) = http(api, "POST", "/v1/batch", batch);
+    assert!(status == 200 && body.contains("\"ok\":true"), "{status} {body}");
+    let (_, body) = http(api, "GET", "/v1/kv/users/b64?encoding=base64", b"");
+    assert!(body.contains("\"value\":\"AAEC/w==\""), "{body}");
+    put(api, "/v1/kv/users/text", "plain");
+    let (_, body) = http(api, "GET", "/v1/kv/users/text", b"");
+    assert!(body.contains("\"encoding\":\"utf8\"") && body.contains("\"value\":\"plain\""), "{body}");
 }
 
 /// Writes `count` keys at `api`, as fast as answers come, and returns those acknowledged (200).

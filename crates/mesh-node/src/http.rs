@@ -2,7 +2,7 @@
 //! `Authorization: Bearer TOKEN`; errors are JSON `{"code", "message"}` with a stable code.
 
 use crate::runtime::{DcMsg, DcStatus, WriteResult};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -217,36 +217,66 @@ async fn delete_kv(
     write(&state, &headers, ks, k, OpKind::Delete).await
 }
 
-fn render(read: &ReadResult) -> (bool, Value) {
+/// Value bytes in a JSON answer: as text, or as base64 when asked (`?encoding=base64`) or when
+/// any of them is not UTF-8 (so text is never altered). The answer's `encoding` says which.
+fn text_or_base64<'a>(
+    values: impl Iterator<Item = &'a [u8]> + Clone,
+    base64: bool,
+) -> (&'static str, Vec<String>) {
+    use base64::Engine;
+    let base64 = base64 || values.clone().any(|v| std::str::from_utf8(v).is_err());
+    if base64 {
+        ("base64", values.map(|v| base64::engine::general_purpose::STANDARD.encode(v)).collect())
+    } else {
+        ("utf8", values.map(|v| String::from_utf8_lossy(v).into_owned()).collect())
+    }
+}
+
+fn render(read: &ReadResult, base64: bool) -> (bool, Value) {
     let context = serde_json::to_value(&read.context).unwrap_or(Value::Null);
     match &read.value {
         ReadValue::Register(versions) => {
+            let bytes = versions.iter().map(|v| v.value.as_ref().map_or(&[][..], |b| b.as_slice()));
+            let (encoding, texts) = text_or_base64(bytes, base64);
             let values: Vec<Value> = versions
                 .iter()
-                .map(|v| {
-                    json!({
-                        "value": String::from_utf8_lossy(v.value.as_ref().map_or(&[][..], |b| b.as_slice())),
-                        "dc": v.dot.origin,
-                        "seq": v.dot.seq,
-                    })
-                })
+                .zip(texts)
+                .map(|(v, text)| json!({"value": text, "dc": v.dot.origin, "seq": v.dot.seq}))
                 .collect();
-            (!values.is_empty(), json!({"values": values, "context": context}))
+            (!values.is_empty(), json!({"values": values, "encoding": encoding, "context": context}))
         }
         ReadValue::Counter(n) => (true, json!({"value": n, "context": context})),
         ReadValue::Set(members) => {
-            let members: Vec<String> =
-                members.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
-            (true, json!({"members": members, "context": context}))
+            let (encoding, members) = text_or_base64(members.iter().map(|m| m.as_slice()), base64);
+            (true, json!({"members": members, "encoding": encoding, "context": context}))
         }
     }
+}
+
+/// `GET /v1/kv/...` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    /// `base64` returns every value base64-encoded.
+    #[serde(default)]
+    encoding: Option<String>,
 }
 
 async fn get_kv(
     State(state): State<ApiState>,
     Path((keyspace, key)): Path<(String, String)>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (ks, k) = ids(&keyspace, &key)?;
+    let query = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let base64 = match query.encoding.as_deref() {
+        None | Some("utf8") => false,
+        Some("base64") => true,
+        Some(other) => {
+            let m = format!("encoding {other:?}: use utf8 or base64");
+            return Err(ApiError(StatusCode::BAD_REQUEST, "bad_query", m));
+        }
+    };
     let read =
         ask(&state, |reply| DcMsg::Read { keyspace: ks.clone(), key: k, reply }, Duration::from_secs(10))
             .await?;
@@ -254,7 +284,7 @@ async fn get_kv(
     let Some(read) = read else {
         return Err(ApiError(StatusCode::NOT_FOUND, "unknown_keyspace", format!("unknown keyspace {ks}")));
     };
-    let (found, body) = render(&read);
+    let (found, body) = render(&read, base64);
     let context = serde_json::to_string(&read.context).unwrap_or_default();
     let status = if found { StatusCode::OK } else { StatusCode::NOT_FOUND };
     Ok((status, [("x-mesh-context", context)], Json(body)).into_response())
@@ -372,17 +402,55 @@ pub const BATCH_OPS_MAX: usize = 10_000;
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 enum BatchOp {
-    Put { keyspace: String, key: String, value: String },
-    Delete { keyspace: String, key: String },
-    Incr { keyspace: String, key: String, by: i64 },
-    Add { keyspace: String, key: String, members: Vec<String> },
-    Remove { keyspace: String, key: String, members: Vec<String> },
+    Put {
+        keyspace: String,
+        key: String,
+        #[serde(default)]
+        value: Option<String>,
+        #[serde(default)]
+        value_base64: Option<String>,
+    },
+    Delete {
+        keyspace: String,
+        key: String,
+    },
+    Incr {
+        keyspace: String,
+        key: String,
+        by: i64,
+    },
+    Add {
+        keyspace: String,
+        key: String,
+        members: Vec<String>,
+    },
+    Remove {
+        keyspace: String,
+        key: String,
+        members: Vec<String>,
+    },
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchBody {
     ops: Vec<BatchOp>,
+}
+
+/// A batch put's value: exactly one of `value` (text) or `value_base64`.
+fn put_value(value: Option<String>, value_base64: Option<String>) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    match (value, value_base64) {
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_batch", format!("value_base64: {e}"))),
+        _ => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_batch",
+            "give exactly one of value or value_base64".into(),
+        )),
+    }
 }
 
 /// `POST /v1/batch`: many writes in one request, applied in order. The whole batch is checked
@@ -403,7 +471,9 @@ async fn batch(
     for (i, op) in body.ops.into_iter().enumerate() {
         let at = |e: ApiError| ApiError(e.0, e.1, format!("ops[{i}]: {}", e.2));
         let (keyspace, key, kind) = match op {
-            BatchOp::Put { keyspace, key, value } => (keyspace, key, OpKind::Put(value.into_bytes())),
+            BatchOp::Put { keyspace, key, value, value_base64 } => {
+                (keyspace, key, OpKind::Put(put_value(value, value_base64).map_err(at)?))
+            }
             BatchOp::Delete { keyspace, key } => (keyspace, key, OpKind::Delete),
             BatchOp::Incr { keyspace, key, by } => (keyspace, key, OpKind::CounterAdd(by)),
             BatchOp::Add { keyspace, key, members } => {

@@ -250,10 +250,11 @@ fn print_human(command: &Command, body: &str) {
     };
     match command {
         Command::Get { .. } => {
+            let base64 = if v["encoding"] == "base64" { " [base64]" } else { "" };
             if let Some(values) = v["values"].as_array() {
                 for value in values {
                     println!(
-                        "{}  ({}:{})",
+                        "{}{base64}  ({}:{})",
                         value["value"].as_str().unwrap_or(""),
                         value["dc"].as_str().unwrap_or("?"),
                         value["seq"]
