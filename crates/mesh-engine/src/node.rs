@@ -563,20 +563,29 @@ impl<R: RngCore> Node<R> {
         writes: Vec<(WriteRequest, WriteOptions)>,
         store: &(impl StateRead + OpLog),
     ) -> Vec<Result<(), NodeWriteError>> {
+        // The writes accepted so far count against the commit queue before their persist is
+        // emitted, so one batch cannot overshoot `commit_queue_ops_max`.
+        let mut accepted = 0;
         let results = writes
             .into_iter()
-            .map(|(write, options)| self.write(now_ms, wall_ms, write, options, store))
+            .map(|(write, options)| {
+                let result = self.write(now_ms, wall_ms, write, options, accepted, store);
+                accepted += usize::from(result.is_ok());
+                result
+            })
             .collect();
         self.drive(now_ms, store);
         results
     }
 
+    /// One write of a batch, `accepted` writes of which are already in the open persist.
     fn write(
         &mut self,
         now_ms: u64,
         wall_ms: u64,
         write: WriteRequest,
         options: WriteOptions,
+        accepted: usize,
         store: &(impl StateRead + OpLog),
     ) -> Result<(), NodeWriteError> {
         if !self.is_ready() {
@@ -589,7 +598,7 @@ impl<R: RngCore> Node<R> {
         if resolve_mode(spec.mode, spec.critical, options.mode) == Mode::Sync && !self.sync.has_room() {
             return Err(NodeWriteError::SyncBusy);
         }
-        if self.uncommitted_ops >= self.config.commit_queue_ops_max {
+        if self.uncommitted_ops + accepted >= self.config.commit_queue_ops_max {
             return Err(NodeWriteError::Busy);
         }
         let request = write.request;

@@ -29,7 +29,8 @@ use crate::{
 };
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageBackend, TableDefinition,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -49,7 +50,8 @@ const QUEUE_SUBMISSIONS_MAX: usize = 8_192;
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 
 /// The `kv` table as of the last checkpoint: it changes only in checkpoints, so one read
-/// transaction serves every read until the next (reopening it per read cost more than the read).
+/// transaction serves many reads (reopening it per read cost more than the read); the committer
+/// renews it after every group and checkpoint.
 type KvReader = Arc<ReadOnlyTable<(&'static str, &'static str), &'static [u8]>>;
 
 fn kv_reader(db: &Database) -> Result<KvReader, StoreError> {
@@ -65,6 +67,9 @@ const IDEMPOTENCY: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("i
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const SEEN: &str = "seen";
+/// The on-disk format of this store's records. 2: log chunks start with their op count.
+const FORMAT: &str = "format";
+const FORMAT_VERSION: u32 = 2;
 /// Per origin, the highest seq in the log; an op at or below it is already logged.
 const LOG_LAST: &str = "log_last";
 /// Most ops in one log chunk.
@@ -323,10 +328,23 @@ impl DurableStore {
         let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         txn.open_table(KV).map_err(db_err)?;
-        txn.open_table(LOG).map_err(db_err)?;
+        let log_is_empty = txn.open_table(LOG).map_err(db_err)?.is_empty().map_err(db_err)?;
         txn.open_table(WAL).map_err(db_err)?;
         txn.open_table(IDEMPOTENCY).map_err(db_err)?;
-        txn.open_table(META).map_err(db_err)?;
+        {
+            // Refuse a store whose records this code would misread (a store written before the
+            // format was recorded has format 0; one with an empty log has nothing to misread).
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let format: u32 = read_meta(&meta, FORMAT)?;
+            if format != FORMAT_VERSION && !(format == 0 && log_is_empty) {
+                let detail = format!(
+                    "store format {format}, this meshd reads {FORMAT_VERSION}: move the data directory aside \
+                     and restart the DC (it starts empty and is refilled from its peers)"
+                );
+                return Err(StoreError::Corrupt { what: "store format", detail });
+            }
+            meta.insert(FORMAT, encode(&FORMAT_VERSION).as_slice()).map_err(db_err)?;
+        }
         txn.commit().map_err(db_err)?;
         // Replay the write-ahead records after the last checkpoint into the overlay.
         let mut overlay = Overlay::default();
@@ -409,7 +427,10 @@ impl DurableStore {
                     let (_, value) = entry.map_err(db_err)?;
                     let n = chunk_len(value.value())?;
                     removed += n;
-                    log_ops -= n;
+                    log_ops = log_ops.checked_sub(n).ok_or_else(|| StoreError::Corrupt {
+                        what: "log statistics",
+                        detail: format!("{log_ops} ops logged, a chunk of {n} removed"),
+                    })?;
                     log_bytes -= value.value().len() as u64;
                 }
             }
@@ -530,6 +551,14 @@ impl Committer {
             overlay.states.insert((keyspace, key), state);
         }
         overlay.group = number;
+        drop(overlay);
+        // A read transaction held open keeps redb from reusing the pages freed since it began
+        // (every group rewrites its log, write-ahead and meta pages): renew the shared reader
+        // after each group, not only at checkpoints, so the file does not grow. (The group is
+        // durable already; if a reader cannot be opened, the old one still reads correctly.)
+        if let Ok(reader) = kv_reader(&self.db) {
+            *self.kv.write().unwrap_or_else(|e| e.into_inner()) = reader;
+        }
         Ok(())
     }
 

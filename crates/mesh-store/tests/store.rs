@@ -355,3 +355,34 @@ fn idempotency_records_survive_a_reopen_and_expire_after_the_window() {
     let store = DurableStore::open(&path).unwrap();
     assert_eq!(store.idempotency_records(0).unwrap(), [record("new", 700_000)], "the old one expired");
 }
+
+#[test]
+fn a_store_of_another_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    {
+        let store = DurableStore::open(&path).unwrap();
+        store.commit(put_commit("us-east", 1, "user:1")).unwrap();
+    }
+    // As a store written before the format was recorded: a log, and no format entry.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            txn.open_table(meta).unwrap().remove("format").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    match DurableStore::open(&path) {
+        Err(StoreError::Corrupt { what: "store format", detail }) => {
+            assert!(detail.contains("format 0"), "{detail}")
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    // An empty store of no recorded format opens (and is stamped).
+    let empty = dir.path().join("empty.redb");
+    drop(redb::Database::create(&empty).unwrap());
+    DurableStore::open(&empty).unwrap();
+    DurableStore::open(&empty).unwrap();
+}
