@@ -329,6 +329,15 @@ fn the_api_refuses_a_missing_token_and_bad_input_with_json_errors() {
     assert!(status == 200 && body.contains("\"ok\":true"), "{status} {body}");
     let (_, body) = http(api, "GET", "/v1/kv/users/b64?encoding=base64", b"");
     assert!(body.contains("\"value\":\"AAEC/w==\""), "{body}");
+    let batch =
+        br#"{"ops":[{"op":"add","keyspace":"tags","key":"bin","members":["ok"],"members_base64":["/w=="]}]}"#;
+    let (status, body) = http(api, "POST", "/v1/batch", batch);
+    assert!(status == 200 && body.contains("\"ok\":true"), "{status} {body}");
+    let (_, body) = http(api, "GET", "/v1/kv/tags/bin", b"");
+    assert!(
+        body.contains("\"encoding\":\"base64\"") && body.contains("\"/w==\"") && body.contains("\"b2s=\""),
+        "{body}"
+    );
     put(api, "/v1/kv/users/text", "plain");
     let (_, body) = http(api, "GET", "/v1/kv/users/text", b"");
     assert!(body.contains("\"encoding\":\"utf8\"") && body.contains("\"value\":\"plain\""), "{body}");

@@ -367,8 +367,8 @@ struct SetBody {
     remove: Vec<String>,
 }
 
-fn set_kind(add: Vec<String>, remove: Vec<String>) -> Result<OpKind, ApiError> {
-    let members = |v: Vec<String>| v.into_iter().map(|m| ByteBuf::from(m.into_bytes())).collect();
+fn set_kind(add: Vec<Vec<u8>>, remove: Vec<Vec<u8>>) -> Result<OpKind, ApiError> {
+    let members = |v: Vec<Vec<u8>>| v.into_iter().map(ByteBuf::from).collect();
     match (add.is_empty(), remove.is_empty()) {
         (false, true) => Ok(OpKind::SetAdd(members(add))),
         (true, false) => Ok(OpKind::SetRemove(members(remove))),
@@ -388,7 +388,8 @@ async fn set_change(
 ) -> Result<Response, ApiError> {
     let (ks, k) = ids(&keyspace, &key)?;
     let body: SetBody = json_body(&body)?;
-    write(&state, &headers, ks, k, set_kind(body.add, body.remove)?).await
+    let bytes = |v: Vec<String>| v.into_iter().map(String::into_bytes).collect();
+    write(&state, &headers, ks, k, set_kind(bytes(body.add), bytes(body.remove))?).await
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -422,12 +423,18 @@ enum BatchOp {
     Add {
         keyspace: String,
         key: String,
+        #[serde(default)]
         members: Vec<String>,
+        #[serde(default)]
+        members_base64: Vec<String>,
     },
     Remove {
         keyspace: String,
         key: String,
+        #[serde(default)]
         members: Vec<String>,
+        #[serde(default)]
+        members_base64: Vec<String>,
     },
 }
 
@@ -437,14 +444,28 @@ struct BatchBody {
     ops: Vec<BatchOp>,
 }
 
+/// Bytes given as base64 in the batch field `field`.
+fn from_base64(field: &str, b64: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_batch", format!("{field}: {e}")))
+}
+
+/// A batch set op's members: those given as text, then those given as base64.
+fn member_bytes(members: Vec<String>, members_base64: Vec<String>) -> Result<Vec<Vec<u8>>, ApiError> {
+    let mut bytes: Vec<Vec<u8>> = members.into_iter().map(String::into_bytes).collect();
+    for m in &members_base64 {
+        bytes.push(from_base64("members_base64", m)?);
+    }
+    Ok(bytes)
+}
+
 /// A batch put's value: exactly one of `value` (text) or `value_base64`.
 fn put_value(value: Option<String>, value_base64: Option<String>) -> Result<Vec<u8>, ApiError> {
-    use base64::Engine;
     match (value, value_base64) {
         (Some(text), None) => Ok(text.into_bytes()),
-        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-            .decode(b64.as_bytes())
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_batch", format!("value_base64: {e}"))),
+        (None, Some(b64)) => from_base64("value_base64", &b64),
         _ => Err(ApiError(
             StatusCode::BAD_REQUEST,
             "bad_batch",
@@ -476,10 +497,12 @@ async fn batch(
             }
             BatchOp::Delete { keyspace, key } => (keyspace, key, OpKind::Delete),
             BatchOp::Incr { keyspace, key, by } => (keyspace, key, OpKind::CounterAdd(by)),
-            BatchOp::Add { keyspace, key, members } => {
+            BatchOp::Add { keyspace, key, members, members_base64 } => {
+                let members = member_bytes(members, members_base64).map_err(at)?;
                 (keyspace, key, set_kind(members, vec![]).map_err(at)?)
             }
-            BatchOp::Remove { keyspace, key, members } => {
+            BatchOp::Remove { keyspace, key, members, members_base64 } => {
+                let members = member_bytes(members, members_base64).map_err(at)?;
                 (keyspace, key, set_kind(vec![], members).map_err(at)?)
             }
         };
