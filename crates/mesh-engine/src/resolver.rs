@@ -193,6 +193,25 @@ fn fingerprint(keyspace: &Keyspace, key: &Key, kind: &OpKind) -> u64 {
     h.digest()
 }
 
+/// What can be checked of a client write from the topology alone: the keyspace exists, the op
+/// fits its value type, the payload fits the size limit. Returns the keyspace's spec. (The API
+/// checks a whole batch with it before writing any of it.)
+pub fn check_write<'t>(
+    topology: &'t Topology,
+    keyspace: &Keyspace,
+    kind: &OpKind,
+) -> Result<&'t mesh_core::topology::KeyspaceSpec, WriteError> {
+    let spec = topology.keyspace(keyspace).ok_or_else(|| WriteError::UnknownKeyspace(keyspace.clone()))?;
+    if kind.value_kind() != spec.kind {
+        return Err(WriteError::State(StateError::WrongKind { op: kind.value_kind(), key: spec.kind }));
+    }
+    let bytes = kind.payload_bytes();
+    if bytes > VALUE_BYTES_MAX {
+        return Err(WriteError::TooLarge { bytes, max: VALUE_BYTES_MAX });
+    }
+    Ok(spec)
+}
+
 /// A persist being filled (see [`Resolver::poll_output`]).
 #[derive(Debug)]
 struct OpenPersist {
@@ -371,14 +390,7 @@ impl Resolver {
                 return Ok(());
             }
         }
-        let spec = self
-            .topology
-            .keyspace(&write.keyspace)
-            .ok_or_else(|| WriteError::UnknownKeyspace(write.keyspace.clone()))?;
-        let bytes = write.kind.payload_bytes();
-        if bytes > VALUE_BYTES_MAX {
-            return Err(WriteError::TooLarge { bytes, max: VALUE_BYTES_MAX });
-        }
+        let spec = check_write(&self.topology, &write.keyspace, &write.kind)?;
         let strategy = spec.rules.strategy();
         if self.skewed && matches!(strategy, Strategy::Lww | Strategy::Priority) {
             return Err(WriteError::ClockSkewed { strategy: strategy.to_string() });
@@ -594,14 +606,11 @@ impl Resolver {
         self.applied.join(vector);
         // The snapshot may hold this DC's own ops that it lost: never name them again.
         self.next_seq = self.next_seq.max(vector.get(&self.local) + 1);
-        // Persists commit in id order: the open one goes first.
-        self.flush();
-        let id = self.next_persist;
-        self.next_persist += 1;
+        // The vector is persisted with the open persist; the ack waits for its commit.
+        self.open_persist();
+        self.open.as_mut().expect("just opened").batch.seen.join(vector);
         let ack = Output::Ack { to: from.clone(), seen: self.applied.clone() };
-        self.held.push_back((id, vec![ack]));
-        let batch = CommitBatch { seen: vector.clone(), ..CommitBatch::default() };
-        self.outputs.push_back(Output::Persist { id, batch });
+        self.held.back_mut().expect("the open persist's entry").1.push(ack);
     }
 
     /// The conflict record for `op` applied to `state`, if it left concurrent versions.
@@ -647,23 +656,15 @@ impl Resolver {
         }
         open.batch.ops.extend(ops);
         open.batch.idempotency.extend(idempotency);
-        let mut keys = Vec::with_capacity(states.len());
         for (k, state) in states {
             self.pending.insert(k.clone(), (state.clone(), id));
             // A key changed twice in one persist is stored once, as it ends.
             match open.states.get(&k) {
                 Some(&i) => open.batch.states[i].2 = state,
                 None => {
-                    open.states.insert(k.clone(), open.batch.states.len());
                     open.batch.states.push((k.0.clone(), k.1.clone(), state));
-                    keys.push(k);
+                    open.states.insert(k, open.batch.states.len() - 1);
                 }
-            }
-        }
-        if !keys.is_empty() {
-            match self.pending_keys.back_mut() {
-                Some((p, pending)) if *p == id => pending.extend(keys),
-                _ => self.pending_keys.push_back((id, keys)),
             }
         }
         if self.planted == Some(PlantedBug::AckBeforeCommit) {
@@ -677,6 +678,9 @@ impl Resolver {
     /// Emits the open persist, if any.
     fn flush(&mut self) {
         if let Some(open) = self.open.take() {
+            if !open.states.is_empty() {
+                self.pending_keys.push_back((open.id, open.states.into_keys().collect()));
+            }
             self.outputs.push_back(Output::Persist { id: open.id, batch: open.batch });
         }
     }

@@ -12,7 +12,7 @@ use mesh_core::topology::{Acks, AcksName, Mode};
 use mesh_core::StateError;
 use mesh_core::{Key, Keyspace, OpKind, ReadResult, ReadValue, VersionVector};
 use mesh_engine::node::{NodeWriteError, WriteOptions};
-use mesh_engine::resolver::{WriteError, WriteRequest};
+use mesh_engine::resolver::{check_write, WriteError, WriteRequest};
 use mesh_engine::sync::SyncOutcome;
 use ractor::ActorRef;
 use serde::Deserialize;
@@ -161,6 +161,11 @@ fn write_error(e: NodeWriteError) -> ApiError {
     }
 }
 
+/// A dot as the API writes it: `origin:seq`.
+fn dot_text(dot: &mesh_core::Dot) -> String {
+    format!("{}:{}", dot.origin, dot.seq)
+}
+
 async fn write(
     state: &ApiState,
     headers: &HeaderMap,
@@ -180,7 +185,7 @@ async fn write(
     let result: WriteResult =
         ask(state, |reply| DcMsg::Write { write: request, options, reply }, Duration::from_secs(60)).await?;
     let (dot, outcome) = result.map_err(write_error)?;
-    let dot = format!("{}:{}", dot.origin, dot.seq);
+    let dot = dot_text(&dot);
     Ok(match outcome {
         SyncOutcome::Done { confirmed, .. } => (StatusCode::OK, Json(json!({"dot": dot, "confirmed": confirmed}))).into_response(),
         SyncOutcome::TimedOut { confirmed, required, .. } => (
@@ -507,7 +512,7 @@ async fn batch(
             }
         };
         let (ks, k) = ids(&keyspace, &key).map_err(at)?;
-        check_op(&state, &ks, &kind).map_err(at)?;
+        check_write(&state.topology, &ks, &kind).map_err(|e| at(write_error(e.into())))?;
         let request =
             WriteRequest { request: 0, keyspace: ks, key: k, kind, context: None, idempotency_key: None };
         writes.push((request, options));
@@ -517,10 +522,10 @@ async fn batch(
         .into_iter()
         .map(|r| match r {
             Ok((dot, SyncOutcome::Done { .. })) => {
-                json!({"ok": true, "dot": format!("{}:{}", dot.origin, dot.seq)})
+                json!({"ok": true, "dot": dot_text(&dot)})
             }
             Ok((dot, SyncOutcome::TimedOut { confirmed, required, .. })) => json!({
-                "ok": false, "code": "sync_timeout", "dot": format!("{}:{}", dot.origin, dot.seq),
+                "ok": false, "code": "sync_timeout", "dot": dot_text(&dot),
                 "committed_locally": true, "confirmed": confirmed, "required": required,
             }),
             Err(e) => {
@@ -530,29 +535,4 @@ async fn batch(
         })
         .collect();
     Ok(Json(json!({"results": results})).into_response())
-}
-
-/// Checks what can be checked before anything is written: the keyspace exists, the op fits its
-/// value type, the payload fits the size limit.
-fn check_op(state: &ApiState, keyspace: &Keyspace, kind: &OpKind) -> Result<(), ApiError> {
-    let spec = state.topology.keyspace(keyspace).ok_or_else(|| {
-        ApiError(StatusCode::NOT_FOUND, "unknown_keyspace", format!("unknown keyspace {keyspace}"))
-    })?;
-    if kind.value_kind() != spec.kind {
-        let m = format!(
-            "keyspace {keyspace} holds {:?} values; this op is for {:?}",
-            spec.kind,
-            kind.value_kind()
-        );
-        return Err(ApiError(StatusCode::BAD_REQUEST, "wrong_type", m));
-    }
-    if kind.payload_bytes() > mesh_core::VALUE_BYTES_MAX {
-        let m = format!(
-            "{} bytes, more than the {}-byte limit",
-            kind.payload_bytes(),
-            mesh_core::VALUE_BYTES_MAX
-        );
-        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m));
-    }
-    Ok(())
 }
