@@ -495,11 +495,19 @@ impl<R: RngCore> Node<R> {
     /// that `peer` has not reported durable yet: its replication queue.
     pub fn queued_ops(&self, peer: &DcId) -> u64 {
         let Some(r) = self.replicators.get(peer) else { return 0 };
-        let suspect: BTreeSet<DcId> =
-            self.replicators.keys().filter(|p| self.health.suspected(p)).cloned().collect();
-        let returned = self.returned.get(peer).copied().unwrap_or(0);
-        let want = targets(&self.local, peer, &self.durable, self.relay.held_long_now(), returned, &suspect);
+        let want = self.targets(peer, self.relay.held_long_now(), &self.suspected_peers());
         want.iter().map(|(origin, upto)| upto.saturating_sub(r.peer_seen().get(origin))).sum()
+    }
+
+    /// The peers the health monitor suspects.
+    fn suspected_peers(&self) -> BTreeSet<DcId> {
+        self.replicators.keys().filter(|p| self.health.suspected(p)).cloned().collect()
+    }
+
+    /// Per origin, the last seq to get to `peer` ([`targets`]).
+    fn targets(&self, peer: &DcId, held_long: &VersionVector, suspect: &BTreeSet<DcId>) -> VersionVector {
+        let returned = self.returned.get(peer).copied().unwrap_or(0);
+        targets(&self.local, peer, &self.durable, held_long, returned, suspect)
     }
 
     /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).
@@ -1076,12 +1084,7 @@ impl<R: RngCore> Node<R> {
     }
 
     fn transmit(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
-        let mut suspect: BTreeSet<DcId> = BTreeSet::new();
-        for peer in self.replicators.keys() {
-            if self.health.suspected(peer) {
-                suspect.insert(peer.clone());
-            }
-        }
+        let mut suspect = self.suspected_peers();
         let held_long = if self.config.planted == Some(PlantedBug::NoRelay) {
             VersionVector::new()
         } else {
@@ -1092,8 +1095,7 @@ impl<R: RngCore> Node<R> {
         }
         let peers: Vec<DcId> = self.replicators.keys().cloned().collect();
         for peer in peers {
-            let returned = self.returned.get(&peer).copied().unwrap_or(0);
-            let want = targets(&self.local, &peer, &self.durable, &held_long, returned, &suspect);
+            let want = self.targets(&peer, &held_long, &suspect);
             loop {
                 let r = self.replicators.get_mut(&peer).expect("listed");
                 match r.poll_batch(now_ms, &want, store) {
