@@ -142,8 +142,8 @@ impl LogTail {
         Self { origins: std::collections::HashMap::new(), logged, bytes_max }
     }
 
-    /// Adds an op just made durable. A gap in its origin's seqs (ops already logged are never
-    /// resubmitted) restarts that origin's tail.
+    /// Adds an op just made durable, unless the log already held it. A gap in its origin's
+    /// seqs restarts that origin's tail.
     fn append(&mut self, op: Op) {
         // Already logged (a duplicate delivery): the log skipped it too.
         if self.bytes_max == 0 || self.logged.covers(&op.dot) {
@@ -732,18 +732,15 @@ impl LogRead for DurableStore {
     }
 }
 
-impl DurableStore {
-    /// Examines up to `max` live keys after `after`, in key order, and returns those holding
-    /// tombstones, reading the newest states in place (no snapshot, no copy of the overlay).
-    /// A candidate list: the caller re-reads each key before acting on it.
-    pub fn scan_tombstoned(
+impl Store for DurableStore {
+    fn scan_tombstoned(
         &self,
         after: Option<&(Keyspace, Key)>,
         max: usize,
     ) -> Result<mesh_engine::Scan, StoreError> {
         self.check_usable()?;
-        // Holding the overlay's read lock keeps a checkpoint from moving states between the two
-        // while they are merged.
+        // Merges kv and the overlay in place (a snapshot would copy the whole overlay); holding
+        // the overlay's read lock keeps a checkpoint from moving states between the two meanwhile.
         let overlay = self.overlay();
         let txn = self.db.begin_read().map_err(db_err)?;
         let kv = txn.open_table(KV).map_err(db_err)?;
@@ -755,9 +752,7 @@ impl DurableStore {
         })?;
         Ok(mesh_engine::Scan { keys, last })
     }
-}
 
-impl Store for DurableStore {
     fn submit(&self, batch: CommitBatch, done: CommitDone) {
         if let Err(e) = self.check_usable() {
             return done(Err(e));

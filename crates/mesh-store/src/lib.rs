@@ -192,6 +192,15 @@ pub trait Store: LogRead + Send + Sync {
     /// Cuts a consistent snapshot.
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError>;
 
+    /// Tombstone GC's walk: examines up to `max` durable keys after `after`, in key order, and
+    /// returns those holding tombstones, without copying the store's states. A candidate list:
+    /// the caller re-reads each key before acting on it.
+    fn scan_tombstoned(
+        &self,
+        after: Option<&(Keyspace, Key)>,
+        max: usize,
+    ) -> Result<mesh_engine::Scan, StoreError>;
+
     /// The idempotency records committed with client writes accepted at or after
     /// `since_wall_ms`, oldest first. Older records may have been dropped.
     fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError>;
@@ -264,36 +273,6 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
 }
 
-/// How each store walks its keys for [`mesh_engine::StateRead::scan_tombstoned`].
-trait ScanTombstoned {
-    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError>;
-}
-
-/// A scan step from a page of states read from a snapshot.
-fn scan_page(page: Vec<(Keyspace, Key, KeyState)>, max: usize) -> mesh_engine::Scan {
-    let last = if page.len() == max { page.last().map(|(ks, k, _)| (ks.clone(), k.clone())) } else { None };
-    let keys = page.into_iter().filter(|(_, _, s)| s.has_tombstones()).map(|(ks, k, _)| (ks, k)).collect();
-    mesh_engine::Scan { keys, last }
-}
-
-impl ScanTombstoned for DurableStore {
-    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError> {
-        self.scan_tombstoned(after, max)
-    }
-}
-
-impl ScanTombstoned for dyn Store {
-    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError> {
-        Ok(scan_page(self.snapshot()?.chunk(after, max)?, max))
-    }
-}
-
-impl ScanTombstoned for MemStore {
-    fn scan(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<mesh_engine::Scan, StoreError> {
-        Ok(self.scan_tombstoned(after, max))
-    }
-}
-
 /// A store snapshot, as the engine reads it.
 struct EngineSnapshot(Box<dyn Snapshot>);
 
@@ -330,7 +309,7 @@ macro_rules! state_read {
                 after: Option<&(Keyspace, Key)>,
                 max: usize,
             ) -> Result<mesh_engine::Scan, StoreError> {
-                ScanTombstoned::scan(self, after, max)
+                Store::scan_tombstoned(self, after, max)
             }
 
             fn snapshot(&self) -> Result<Box<dyn mesh_engine::SnapshotRead>, StoreError> {

@@ -106,28 +106,6 @@ impl MemStore {
         inner.next_id
     }
 
-    /// Examines up to `max` durable keys after `after`, in key order, and returns those holding
-    /// only tombstones (without copying any state).
-    pub fn scan_tombstoned(&self, after: Option<&(Keyspace, Key)>, max: usize) -> mesh_engine::Scan {
-        use std::ops::Bound;
-        let inner = self.lock();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut scan = mesh_engine::Scan::default();
-        let mut examined = 0;
-        for ((ks, k), state) in
-            inner.durable.kv.range::<(Keyspace, Key), _>((start, Bound::Unbounded)).take(max)
-        {
-            examined += 1;
-            if state.has_tombstones() {
-                scan.keys.push((ks.clone(), k.clone()));
-            }
-            if examined == max {
-                scan.last = Some((ks.clone(), k.clone()));
-            }
-        }
-        scan
-    }
-
     /// Number of staged, unsynced batches.
     pub fn unsynced(&self) -> usize {
         self.lock().staged.len()
@@ -178,6 +156,30 @@ impl LogRead for MemStore {
 }
 
 impl Store for MemStore {
+    fn scan_tombstoned(
+        &self,
+        after: Option<&(Keyspace, Key)>,
+        max: usize,
+    ) -> Result<mesh_engine::Scan, StoreError> {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut scan = mesh_engine::Scan::default();
+        let mut examined = 0;
+        for ((ks, k), state) in
+            inner.durable.kv.range::<(Keyspace, Key), _>((start, Bound::Unbounded)).take(max)
+        {
+            examined += 1;
+            if state.has_tombstones() {
+                scan.keys.push((ks.clone(), k.clone()));
+            }
+            if examined == max {
+                scan.last = Some((ks.clone(), k.clone()));
+            }
+        }
+        Ok(scan)
+    }
+
     fn submit(&self, batch: CommitBatch, done: CommitDone) {
         self.stage(batch);
         self.sync();

@@ -179,7 +179,7 @@ fn compare(
     let (mut d_after, mut m_after) = (None, None);
     loop {
         let d = durable.scan_tombstoned(d_after.as_ref(), 3).unwrap();
-        let m = mem.scan_tombstoned(m_after.as_ref(), 3);
+        let m = mem.scan_tombstoned(m_after.as_ref(), 3).unwrap();
         prop_assert_eq!(&d.keys, &m.keys);
         prop_assert_eq!(&d.last, &m.last);
         if d.last.is_none() {
