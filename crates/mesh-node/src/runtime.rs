@@ -317,11 +317,16 @@ impl DcActor {
                 let Some((results, missing, _)) = state.batches.get_mut(&batch) else { return };
                 results[index] = Some(result);
                 *missing -= 1;
-                if *missing == 0 {
-                    let (results, _, port) = state.batches.remove(&batch).expect("present");
-                    let _ = port.send(results.into_iter().map(|r| r.expect("every result is in")).collect());
-                }
+                Self::reply_if_complete(state, batch);
             }
+        }
+    }
+
+    /// Sends batch `batch`'s answers once none is missing.
+    fn reply_if_complete(state: &mut DcState, batch: u64) {
+        if state.batches.get(&batch).is_some_and(|(_, missing, _)| *missing == 0) {
+            let (results, _, port) = state.batches.remove(&batch).expect("checked");
+            let _ = port.send(results.into_iter().map(|r| r.expect("every result is in")).collect());
         }
     }
 
@@ -481,10 +486,8 @@ impl Actor for DcActor {
                         Err(e) => Self::answer(state, Waiter::Batch { batch, index }, Err(e)),
                     }
                 }
-                if state.batches.get(&batch).is_some_and(|(_, missing, _)| *missing == 0) {
-                    let (results, _, port) = state.batches.remove(&batch).expect("checked");
-                    let _ = port.send(results.into_iter().map(|r| r.expect("every result is in")).collect());
-                }
+                // An empty batch has nothing to wait for.
+                Self::reply_if_complete(state, batch);
             }
             DcMsg::Read { keyspace, key, reply } => {
                 let _ =

@@ -68,13 +68,8 @@ pub async fn dial(
         connection.close(1u32.into(), b"unknown peer");
         return Err(LinkError::UnknownPeer);
     }
-    let (send, recv) = connection.open_bi().await.map_err(|e| LinkError::Stream(e.to_string()))?;
-    Ok(Link {
-        peer: peer.clone(),
-        connection,
-        writer: FrameWriter::new(send, codec)?,
-        reader: FrameReader::new(recv, codec)?,
-    })
+    let stream = connection.open_bi().await.map_err(|e| LinkError::Stream(e.to_string()))?;
+    Link::new(peer.clone(), connection, stream, codec)
 }
 
 /// Accepts the next incoming connection whose certificate names one of `candidates`.
@@ -88,13 +83,25 @@ pub async fn accept<'a>(
         connection.close(1u32.into(), b"unknown peer");
         return Err(LinkError::UnknownPeer);
     };
-    let (send, recv) = connection.accept_bi().await.map_err(|e| LinkError::Stream(e.to_string()))?;
-    Ok(Link {
-        peer,
-        connection,
-        writer: FrameWriter::new(send, codec)?,
-        reader: FrameReader::new(recv, codec)?,
-    })
+    let stream = connection.accept_bi().await.map_err(|e| LinkError::Stream(e.to_string()))?;
+    Link::new(peer, connection, stream, codec)
+}
+
+impl Link {
+    /// The link to `peer` over `connection`'s bidirectional `stream`.
+    fn new(
+        peer: DcId,
+        connection: quinn::Connection,
+        (send, recv): (quinn::SendStream, quinn::RecvStream),
+        codec: &CodecConfig,
+    ) -> Result<Self, LinkError> {
+        Ok(Link {
+            peer,
+            connection,
+            writer: FrameWriter::new(send, codec)?,
+            reader: FrameReader::new(recv, codec)?,
+        })
+    }
 }
 
 /// Writes frames to a stream.

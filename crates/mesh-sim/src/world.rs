@@ -392,12 +392,11 @@ impl World {
         let wall = self.wall_ms(dc);
         let d = &mut self.dcs[dc];
         let node = d.node.as_mut().expect("alive");
-        let mut requests = Vec::with_capacity(writes.len());
-        let mut batch = Vec::with_capacity(writes.len());
-        for (write, options, required) in writes {
-            requests.push((write.request, required));
-            batch.push((write, options));
-        }
+        let (requests, mut batch): (Vec<_>, Vec<_>) = writes
+            .into_iter()
+            .map(|(write, options, required)| ((write.request, required), (write, options)))
+            .unzip();
+        // Single writes go through the single-write entry point, as the API's PUT does.
         let results = if batch.len() == 1 {
             let (write, options) = batch.pop().expect("one");
             vec![node.handle_write(now, wall, write, options, &d.store)]
