@@ -265,8 +265,10 @@ impl KeyState {
 
     /// The context a new local write of `kind` carries, following DESIGN.md: a client context
     /// when the client sent one; otherwise the serving DC's context for registers (the write
-    /// supersedes what this DC has), except in a siblings keyspace (`new_sibling`), where a
-    /// write without context becomes one more sibling, refused past `siblings_max`. Counter adds
+    /// supersedes what this DC has), except for a put in a siblings keyspace (`new_sibling`),
+    /// which becomes one more sibling, refused past `siblings_max`. A delete without context
+    /// always deletes what the serving DC has seen, siblings keyspaces included: a tombstone
+    /// beside the values it was meant to remove would change nothing a reader sees. Counter adds
     /// and set adds need no context; a set remove removes the adds this DC has seen.
     pub fn write_context(
         &self,
@@ -279,7 +281,7 @@ impl KeyState {
         match kind {
             OpKind::Put(_) | OpKind::Delete => match client_context {
                 Some(ctx) => Ok(ctx.clone()),
-                None if new_sibling => {
+                None if new_sibling && matches!(kind, OpKind::Put(_)) => {
                     let siblings = self.versions().iter().filter(|v| !v.is_tombstone()).count();
                     if siblings >= siblings_max {
                         return Err(StateError::TooManySiblings { siblings, max: siblings_max });

@@ -272,6 +272,34 @@ fn a_skewed_clock_refuses_lww_and_priority_writes_but_not_crdts() {
 }
 
 #[test]
+fn a_delete_without_context_in_a_siblings_keyspace_removes_every_value_the_serving_dc_has_seen() {
+    // Regression: the delete used to become one more (tombstone) sibling beside the values, so a
+    // 200 changed nothing a reader saw.
+    let mut h = Harness::new("us-east");
+    h.write(1, "carts", "c1", OpKind::Put(b"v1".to_vec())).unwrap();
+    h.apply(
+        "us-west",
+        vec![put("us-west", 1, 5, "c1", b"v2", VersionVector::new())]
+            .into_iter()
+            .map(|mut op| {
+                op.keyspace = Keyspace::new("carts").unwrap();
+                op
+            })
+            .collect(),
+    )
+    .unwrap();
+    h.commit_all();
+    h.write(2, "carts", "c1", OpKind::Delete).unwrap();
+    let ops: Vec<Op> = h.commit_all().into_iter().flat_map(|b| b.ops).collect();
+    let delete = ops.last().unwrap();
+    assert!(delete.context.covers(&Dot::new(dc("us-east"), 1)), "the delete covers the local value");
+    assert!(delete.context.covers(&Dot::new(dc("us-west"), 1)), "the delete covers the remote value");
+    let state = h.store.state(&Keyspace::new("carts").unwrap(), &Key::new("c1").unwrap()).unwrap().unwrap();
+    let live: Vec<_> = state.versions().iter().filter(|v| !v.is_tombstone()).collect();
+    assert_eq!(live, Vec::<&mesh_core::Version>::new(), "no value is left to read");
+}
+
+#[test]
 fn bad_writes_are_refused_without_using_a_seq() {
     let mut h = Harness::new("us-east");
     assert!(matches!(h.write(1, "nope", "k", OpKind::Delete), Err(WriteError::UnknownKeyspace(_))));
