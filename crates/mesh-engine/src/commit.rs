@@ -20,6 +20,22 @@ pub struct CommitBatch {
     /// Idempotency keys of the batch's client writes, so a retry after a restart is still
     /// recognised within the window.
     pub idempotency: Vec<IdempotencyRecord>,
+    /// Replaces the store's identity record, when set.
+    pub identity: Option<StoreIdentity>,
+}
+
+/// What a store records about itself, beside the data: the topology it was written under and
+/// whether it is known to hold every dot its DC ever issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreIdentity {
+    /// [`mesh_core::Topology::fingerprint`] of the topology the data was written under: a store
+    /// written under other strategies or value types must not be served under these.
+    pub topology_fingerprint: u64,
+    /// This DC's start gate passed on this store (DESIGN.md, "Durability rules"): every peer's
+    /// Hello was heard and every own op a peer held is back, so the store's own log names every
+    /// dot this DC ever issued and later starts may take writes without hearing every peer. A
+    /// new (or replaced) disk starts without it.
+    pub settled: bool,
 }
 
 /// A remembered idempotency key: the write it named, and when.
@@ -44,7 +60,11 @@ impl CommitBatch {
 
     /// Whether the batch carries no op, state or vector.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.states.is_empty() && self.seen.is_empty() && self.acked.is_empty()
+        self.ops.is_empty()
+            && self.states.is_empty()
+            && self.seen.is_empty()
+            && self.acked.is_empty()
+            && self.identity.is_none()
     }
 }
 

@@ -26,5 +26,5 @@ pub mod replicator;
 pub mod resolver;
 pub mod sync;
 
-pub use commit::{CommitBatch, IdempotencyRecord, OpLog, Scan, SnapshotRead, StateRead};
+pub use commit::{CommitBatch, IdempotencyRecord, OpLog, Scan, SnapshotRead, StateRead, StoreIdentity};
 pub use planted::PlantedBug;

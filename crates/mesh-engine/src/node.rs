@@ -111,12 +111,17 @@ pub struct Startup {
     pub seen: VersionVector,
     /// Per peer, the vector it acknowledged as durable, as the store persisted it.
     pub acked: BTreeMap<DcId, VersionVector>,
+    /// Whether the store passed the start gate before ([`crate::StoreIdentity::settled`]). A
+    /// store that has not (a new or replaced disk) may have lost dots this DC issued, so writes
+    /// wait for every peer's Hello, however long that takes.
+    pub settled: bool,
 }
 
 /// Why a client write was refused. Nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeWriteError {
-    /// The DC is starting: it waits for its peers' Hello (or a bound) so it never reuses a seq.
+    /// The DC is starting: it waits for its peers' Hello (or, on a settled store, a bound) and
+    /// for its own ops they hold, so it never reuses a seq.
     #[error("this DC is starting and does not accept writes yet")]
     Starting,
     /// Too many sync writes are waiting for their acks.
@@ -314,6 +319,8 @@ pub struct Node<R> {
     started_ms: u64,
     /// Whether the startup bound has passed (writes then wait only for own ops coming back).
     startup_waited: bool,
+    /// Whether the store passed the start gate before ([`Startup::settled`]).
+    settled: bool,
     ready: bool,
     /// Acked vectors learned since the last persist, written with the next one.
     acked_pending: BTreeMap<DcId, VersionVector>,
@@ -363,7 +370,7 @@ impl<R: RngCore> Node<R> {
         rng: R,
         store: &(impl StateRead + OpLog),
     ) -> Self {
-        let Startup { now_ms, wall_ms, seen, acked } = startup;
+        let Startup { now_ms, wall_ms, seen, acked, settled } = startup;
         let recovered = Recovered { seen, acked };
         let peers: Vec<DcId> =
             topology.dcs.iter().filter(|d| d.active && d.id != local).map(|d| d.id.clone()).collect();
@@ -433,6 +440,7 @@ impl<R: RngCore> Node<R> {
             own_reported: 0,
             started_ms: now_ms,
             startup_waited: false,
+            settled,
             ready,
             acked_pending: BTreeMap::new(),
             known_durable: recovered.acked.clone(),
@@ -903,7 +911,8 @@ impl<R: RngCore> Node<R> {
             t = t.min(t_out);
         }
         let startup_ms = self.started_ms + self.config.startup_wait_ms;
-        if !self.ready && !self.startup_waited {
+        let bound_counts = self.settled || self.config.planted == Some(PlantedBug::NewDiskSkipsPeers);
+        if !self.ready && !self.startup_waited && bound_counts {
             t = t.min(startup_ms);
         }
         t
@@ -1073,13 +1082,32 @@ impl<R: RngCore> Node<R> {
         self.transmit(now_ms, store);
         // Outcomes the planted sync-ack bug released while sending.
         self.reply();
-        if !self.ready {
-            let heard_all = self.replicators.keys().all(|p| self.hello_from.contains(p));
-            let waited = now_ms >= self.started_ms + self.config.startup_wait_ms;
-            self.startup_waited = waited;
-            // Own ops a peer holds and this DC lost come back before any new write is named.
-            let own_back = self.durable.get(&self.local) >= self.own_reported;
-            self.ready = (heard_all || waited) && own_back;
+        self.gate(now_ms);
+    }
+
+    /// The start gate (DESIGN.md, "Durability rules"): no write is named before this DC knows
+    /// which of its seqs are free. Every own op a peer reported holding must be back. And the
+    /// peers must have reported: all of them, or, on a settled store (whose log names every dot
+    /// this DC ever issued), as many as answered within `startup_wait_ms`. A store that is not
+    /// settled (a new or replaced disk) waits for every peer however long it takes: a peer that
+    /// did not answer may hold seqs this DC issued before it lost its disk. Once passed on an
+    /// unsettled store, the store is marked settled ahead of the first write.
+    fn gate(&mut self, now_ms: u64) {
+        if self.ready {
+            return;
+        }
+        let heard_all = self.replicators.keys().all(|p| self.hello_from.contains(p));
+        let waited = now_ms >= self.started_ms + self.config.startup_wait_ms;
+        self.startup_waited = waited;
+        let own_back = self.durable.get(&self.local) >= self.own_reported;
+        let settled = self.settled || self.config.planted == Some(PlantedBug::NewDiskSkipsPeers);
+        let reported = heard_all || (waited && settled);
+        self.ready = reported && own_back;
+        if self.ready && !self.settled {
+            self.settled = true;
+            let identity =
+                crate::StoreIdentity { topology_fingerprint: self.topology.fingerprint(), settled: true };
+            self.resolver.handle_identity(identity);
         }
     }
 

@@ -20,11 +20,14 @@ pub enum PlantedBug {
     NoRelay,
     /// A peer counts towards a sync write once the batch is sent, not once it acked.
     SyncAckOnSend,
+    /// A DC on a new (unsettled) disk takes writes after the startup bound without hearing
+    /// every peer, so it may name again a seq it issued before it lost its disk.
+    NewDiskSkipsPeers,
 }
 
 impl PlantedBug {
     /// Every plantable bug.
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::LwwTieFavoursLocal,
         PlantedBug::AckBeforeCommit,
         PlantedBug::SeqReuseAfterRestart,
@@ -32,6 +35,7 @@ impl PlantedBug {
         PlantedBug::CompactBelowLaggingPeer,
         PlantedBug::NoRelay,
         PlantedBug::SyncAckOnSend,
+        PlantedBug::NewDiskSkipsPeers,
     ];
 
     /// The name used on the command line and in test names.
@@ -44,6 +48,7 @@ impl PlantedBug {
             PlantedBug::CompactBelowLaggingPeer => "compact-below-lagging-peer",
             PlantedBug::NoRelay => "no-relay",
             PlantedBug::SyncAckOnSend => "sync-ack-on-send",
+            PlantedBug::NewDiskSkipsPeers => "new-disk-skips-peers",
         }
     }
 

@@ -336,6 +336,13 @@ impl Resolver {
         self.forget_idempotency_keys(now_ms);
     }
 
+    /// Records `identity` in the store with the next persist (opened now if none is), ahead of
+    /// every write accepted after this call.
+    pub fn handle_identity(&mut self, identity: crate::StoreIdentity) {
+        self.open_persist();
+        self.open.as_mut().expect("just opened").batch.identity = Some(identity);
+    }
+
     /// The idempotency window, in ms (`idempotency_window_s`).
     pub fn idempotency_window_ms(&self) -> u64 {
         self.idempotency_window_ms

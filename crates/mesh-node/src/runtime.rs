@@ -16,7 +16,7 @@ use mesh_engine::node::{Effect, Node, NodeConfig, NodeStats, NodeWriteError, Sta
 use mesh_engine::replicator::ReplicatorStats;
 use mesh_engine::resolver::WriteRequest;
 use mesh_engine::sync::SyncOutcome;
-use mesh_store::{DurableStore, LogRead, Store, StoreError};
+use mesh_store::{CommitBatch, DurableStore, LogRead, Store, StoreError};
 use mesh_wire::{CodecConfig, Message};
 use opentelemetry::KeyValue;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -160,6 +160,41 @@ pub struct DcArgs {
     pub started: Instant,
     /// The node's instruments.
     pub metrics: Metrics,
+    /// Record this topology in a store written under another (`meshd run --adopt-topology`)
+    /// instead of refusing to start.
+    pub adopt_topology: bool,
+}
+
+/// Checks that `store` was written under `topology` and records it in a new store; returns
+/// whether the store is settled ([`mesh_engine::StoreIdentity`]). A store written under
+/// another topology (a keyspace's strategy or value type, the DCs or their priorities changed)
+/// is refused, since its ops may not apply under the new rules and the DC would resolve
+/// differently from its peers, unless `adopt` records the new one (an operator's deliberate
+/// change, made at every DC). Nothing is written when it refuses.
+pub fn check_store_identity(store: &DurableStore, topology: &Topology, adopt: bool) -> Result<bool, String> {
+    let fingerprint = topology.fingerprint();
+    let identity = store.identity().map_err(|e| e.to_string())?;
+    let settled = identity.is_some_and(|i| i.settled);
+    match identity {
+        Some(i) if i.topology_fingerprint == fingerprint => return Ok(settled),
+        Some(i) if !adopt => {
+            return Err(format!(
+                "the data directory was written under another topology (fingerprint {:016x}; mesh.toml now \
+                 gives {fingerprint:016x}): a keyspace's strategy or type, the DCs or their priorities \
+                 changed. Start with the mesh.toml the data was written under; or, for a deliberate change \
+                 that every DC makes, pass --adopt-topology (ops written under the old rules that the new \
+                 ones cannot apply stop replication with an alarm); or move the data directory aside and \
+                 the DC recovers its data from its peers (docs/operations.md)",
+                i.topology_fingerprint
+            ))
+        }
+        _ => {}
+    }
+    let identity = mesh_engine::StoreIdentity { topology_fingerprint: fingerprint, settled };
+    store
+        .commit(CommitBatch { identity: Some(identity), ..Default::default() })
+        .map_err(|e| e.to_string())?;
+    Ok(settled)
 }
 
 /// A batch being answered: its results so far, how many are missing, and the port.
@@ -403,8 +438,9 @@ impl Actor for DcActor {
                 acked.insert(dc.id.clone(), store.acked(&dc.id)?);
             }
         }
+        let settled = check_store_identity(&store, &args.topology, args.adopt_topology)?;
         let now_ms = args.started.elapsed().as_millis() as u64;
-        let startup = Startup { now_ms, wall_ms: wall_ms(), seen: store.seen()?, acked };
+        let startup = Startup { now_ms, wall_ms: wall_ms(), seen: store.seen()?, acked, settled };
         let config = NodeConfig::new(&args.topology);
         let node = Node::new(
             args.local.clone(),

@@ -4,7 +4,7 @@
 use mesh_core::{builtin_resolvers, DcId, Key, Keyspace, OpKind, ReadValue, Topology};
 use mesh_engine::node::WriteOptions;
 use mesh_engine::resolver::WriteRequest;
-use mesh_node::runtime::{DcArgs, DcMsg, Supervisor};
+use mesh_node::runtime::{check_store_identity, DcArgs, DcMsg, Supervisor};
 use mesh_node::tls::{self, Material};
 use mesh_wire::CodecConfig;
 use ractor::rpc::CallResult;
@@ -97,6 +97,7 @@ async fn a_failed_dc_actor_is_restarted_from_the_store_with_every_acknowledged_w
         codec: CodecConfig::default(),
         started: Instant::now(),
         metrics: mesh_node::metrics::Metrics::new("solo").unwrap(),
+        adopt_topology: false,
     };
     let (tx, rx) = tokio::sync::watch::channel(None);
     let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx)).await.unwrap();
@@ -116,4 +117,24 @@ async fn a_failed_dc_actor_is_restarted_from_the_store_with_every_acknowledged_w
     }
     assert!(write(&second, "after").await, "the new actor takes writes");
     supervisor.stop(None);
+}
+
+#[test]
+fn a_store_written_under_another_topology_is_refused_unless_adopted() {
+    // Issue 9, fault 8: one op written under other rules wedged replication from that DC forever.
+    let dir = tempfile::tempdir().unwrap();
+    let store = mesh_store::DurableStore::open(dir.path().join("store.redb")).unwrap();
+    let topology = |strategy: &str| {
+        let text = ONE_DC.replace("strategy = \"lww\"", &format!("strategy = \"{strategy}\""));
+        Topology::new(toml::from_str(&text).unwrap(), &builtin_resolvers()).unwrap()
+    };
+    let (lww, set) = (topology("lww"), topology("set"));
+    assert!(!check_store_identity(&store, &lww, false).unwrap(), "a new store is not settled");
+    assert!(!check_store_identity(&store, &lww, false).unwrap(), "the same topology starts again");
+    let err = check_store_identity(&store, &set, false).unwrap_err();
+    assert!(err.contains("another topology") && err.contains("--adopt-topology"), "{err}");
+    assert!(check_store_identity(&store, &lww, false).is_ok(), "the refusal wrote nothing");
+    check_store_identity(&store, &set, true).unwrap();
+    assert!(check_store_identity(&store, &set, false).is_ok(), "the adopted topology is recorded");
+    assert!(check_store_identity(&store, &lww, false).is_err());
 }

@@ -44,6 +44,9 @@ pub struct History {
     pub conflicts: Vec<(DcId, Conflict)>,
     /// Violations found while running.
     pub violations: Vec<Violation>,
+    /// Ops durable only at an origin that then lost its disk (a `disk-lost` fault): gone for
+    /// good, so their writes are excused and their dots may be named again.
+    pub lost_with_disk: Vec<Op>,
 }
 
 impl History {

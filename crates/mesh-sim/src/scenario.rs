@@ -236,6 +236,12 @@ pub enum FaultKind {
         /// The DC.
         dc: String,
     },
+    /// Kills a DC and replaces its disk with an empty one (an operator replacing a failed
+    /// disk), then restarts it after the duration.
+    DiskLost {
+        /// The DC.
+        dc: String,
+    },
     /// Moves a DC's wall clock by `offset_ms` for the duration.
     Skew {
         /// The DC.
@@ -441,7 +447,7 @@ impl Scenario {
                         return Err(invalid(&format!("faults[{i}].period_ms"), "must be positive".into()));
                     }
                 }
-                FaultKind::Crash { dc } | FaultKind::Skew { dc, .. } => {
+                FaultKind::Crash { dc } | FaultKind::DiskLost { dc } | FaultKind::Skew { dc, .. } => {
                     known(dc, &format!("faults[{i}].dc"))?
                 }
             }

@@ -132,6 +132,9 @@ pub(crate) struct SimDc {
     pub(crate) store: MemStore,
     pub(crate) node: Option<Node<StdRng>>,
     incarnation: u32,
+    /// What its stores held before each disk loss (`disk-lost` faults), joined.
+    seen_before_disk_loss: VersionVector,
+    disks_lost: u32,
     offset_ms: i64,
     /// The time the pending timer event is for (`None`: none pending).
     timer_at: Option<u64>,
@@ -191,6 +194,8 @@ impl World {
                 store: MemStore::new(),
                 node: None,
                 incarnation: 0,
+                seen_before_disk_loss: VersionVector::new(),
+                disks_lost: 0,
                 offset_ms: 0,
                 timer_at: None,
                 staged: Vec::new(),
@@ -370,7 +375,8 @@ impl World {
         }
         let rng =
             StdRng::seed_from_u64(self.options.seed ^ ((dc as u64) << 40) ^ ((d.incarnation as u64) << 32));
-        let startup = Startup { now_ms: now, wall_ms: wall, seen, acked };
+        let settled = d.store.identity().expect("the memory store reads").is_some_and(|i| i.settled);
+        let startup = Startup { now_ms: now, wall_ms: wall, seen, acked, settled };
         let topology = Arc::new(self.scenario.topology.clone());
         d.node = Some(Node::new(d.id.clone(), topology, config, startup, rng, &d.store));
         if self.options.trace {
@@ -594,6 +600,8 @@ impl World {
                     self.note(format!("alarm {} {alarm:?}", self.dcs[dc].id));
                 }
                 match alarm {
+                    // Expected of a peer that lost its disk: the peers send its data again.
+                    Alarm::PeerRegressed { ref peer, .. } if self.disk_lost(peer) => {}
                     Alarm::LinkRefused { .. }
                     | Alarm::PeerRegressed { .. }
                     | Alarm::ApplyFailed { .. }
@@ -812,7 +820,7 @@ impl World {
             }
             FaultKind::Cut { links, oneway } => self.directed(links, !oneway),
             FaultKind::Flap { links, .. } => self.directed(links, true),
-            FaultKind::Crash { .. } | FaultKind::Skew { .. } => Vec::new(),
+            FaultKind::Crash { .. } | FaultKind::DiskLost { .. } | FaultKind::Skew { .. } => Vec::new(),
         }
     }
 
@@ -855,11 +863,21 @@ impl World {
                     self.cut_links(&links, false);
                 }
             }
-            FaultKind::Crash { dc } => {
+            FaultKind::Crash { dc } | FaultKind::DiskLost { dc } => {
                 let dc = self.index(&DcId::new(dc).expect("validated"));
+                let disk_lost = matches!(fault.kind, FaultKind::DiskLost { .. });
                 if start {
                     self.crash(dc);
+                    if disk_lost {
+                        let d = &mut self.dcs[dc];
+                        d.seen_before_disk_loss.join(&d.store.seen().expect("the memory store reads"));
+                        d.disks_lost += 1;
+                        d.store = MemStore::new();
+                    }
                 } else {
+                    if disk_lost {
+                        self.forget_lost_with_disk(dc);
+                    }
                     // The old process's connections die with it (a QUIC stateless reset); the
                     // peers learn it now if their idle timeout has not told them yet.
                     let old: Vec<(usize, usize)> =
@@ -934,9 +952,47 @@ impl World {
         }
     }
 
+    /// `dc` lost its disk: its own ops that no other DC holds durably are gone for good. The
+    /// history forgets them (their acknowledged writes are excused, and their seqs are free to
+    /// be named again, since nobody holds the old ops); what a peer holds must come back.
+    fn forget_lost_with_disk(&mut self, dc: usize) {
+        let origin = self.dcs[dc].id.clone();
+        let held = (0..self.dcs.len())
+            .filter(|&i| i != dc)
+            .map(|i| self.dcs[i].store.seen().expect("the memory store reads").get(&origin))
+            .max()
+            .unwrap_or(0);
+        let lost: Vec<Dot> =
+            self.history.ops.keys().filter(|d| d.origin == origin && d.seq > held).cloned().collect();
+        for dot in &lost {
+            let op = self.history.ops.remove(dot).expect("listed");
+            self.history.durable_ms.remove(dot);
+            self.history.lost_with_disk.push(op);
+        }
+        self.hash(&[11, dc as u64, lost.len() as u64]);
+        if self.options.trace {
+            self.note(format!("{origin} lost {} ops no peer held with its disk", lost.len()));
+        }
+    }
+
     /// The durable `seen` vector of every DC (down ones included: their store survives).
     pub(crate) fn durable_seen(&self) -> Vec<VersionVector> {
         self.dcs.iter().map(|d| d.store.seen().expect("the memory store reads")).collect()
+    }
+
+    /// Whether `dc` has lost its disk in this run.
+    fn disk_lost(&self, dc: &DcId) -> bool {
+        self.dcs.iter().any(|d| d.id == *dc && d.disks_lost > 0)
+    }
+
+    /// Per DC, every op it ever held durably: its `seen` joined with what it held before each
+    /// disk loss (a compaction below what a DC then held was right, even if it lost it since).
+    pub(crate) fn durable_seen_ever(&self) -> Vec<VersionVector> {
+        let mut seen = self.durable_seen();
+        for (s, d) in seen.iter_mut().zip(&self.dcs) {
+            s.join(&d.seen_before_disk_loss);
+        }
+        seen
     }
 
     /// Whether `a` and `b` are linked now: both alive and no cut either way.

@@ -67,3 +67,9 @@ fn a_sync_ack_counted_before_the_remote_commit_is_caught() {
     let (_, checkers) = first_failure(PlantedBug::SyncAckOnSend, "sync-quorum-under-partition");
     assert!(checkers.contains(&"sync-acks"), "{checkers:?}");
 }
+
+#[test]
+fn a_dc_on_a_new_disk_that_takes_writes_without_hearing_every_peer_is_caught() {
+    let (_, checkers) = first_failure(PlantedBug::NewDiskSkipsPeers, "regressions/disk-lost");
+    assert!(checkers.contains(&"no-seq-reuse"), "{checkers:?}");
+}

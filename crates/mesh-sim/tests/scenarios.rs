@@ -80,3 +80,20 @@ fn retention_3dc_catches_up_by_state_transfer() {
     let result = run_seed(&scenario("retention-3dc"), RunOptions { seed: 1, planted: None, trace: false });
     assert!(result.stats.transfers > 0, "no state transfer happened");
 }
+
+#[test]
+fn every_regression_scenario_passes() {
+    // simulations/regressions/: the smallest scenario that once failed, per fault fixed.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../simulations/regressions");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| format!("regressions/{}", p.file_stem().unwrap().to_string_lossy()))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no scenario under {}", dir.display());
+    for name in names {
+        passes(&name);
+    }
+}

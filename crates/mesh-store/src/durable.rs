@@ -25,7 +25,7 @@
 
 use crate::{
     decode, encode, CommitBatch, CommitDone, IdempotencyRecord, LogPage, LogRead, LogStats, Snapshot, Store,
-    StoreError,
+    StoreError, StoreIdentity,
 };
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use redb::{
@@ -81,6 +81,8 @@ const LOG_STATS: &str = "log_stats";
 const ACKED_PREFIX: &str = "acked/";
 /// (last group number committed, last group number checkpointed into `kv`).
 const WAL_POSITION: &str = "wal";
+/// The store's identity record (`Option<StoreIdentity>`).
+const IDENTITY: &str = "identity";
 
 /// Tuning of a [`DurableStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -663,6 +665,9 @@ fn write_group<'a>(
             for (peer, vv) in &batch.acked {
                 acked.entry(peer.clone()).or_default().join(vv);
             }
+            if let Some(identity) = &batch.identity {
+                meta.insert(IDENTITY, encode(&Some(identity)).as_slice()).map_err(db_err)?;
+            }
         }
         flush(&mut chunk)?;
         meta.insert(SEEN, encode(&seen).as_slice()).map_err(db_err)?;
@@ -781,6 +786,10 @@ impl Store for DurableStore {
 
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError> {
         self.read_meta(&format!("{ACKED_PREFIX}{peer}"))
+    }
+
+    fn identity(&self) -> Result<Option<StoreIdentity>, StoreError> {
+        self.read_meta(IDENTITY)
     }
 
     fn compact_log(&self, below: &VersionVector) -> Result<u64, StoreError> {

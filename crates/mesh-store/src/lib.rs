@@ -22,7 +22,7 @@ pub use durable::{DurableStore, Options, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX, LOG_C
 pub use mem::MemStore;
 
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
-pub use mesh_engine::{CommitBatch, IdempotencyRecord};
+pub use mesh_engine::{CommitBatch, IdempotencyRecord, StoreIdentity};
 
 /// A store operation that failed. What happened to state is said per variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,6 +180,10 @@ pub trait Store: LogRead + Send + Sync {
 
     /// The vector `peer` last confirmed durable, as persisted.
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError>;
+
+    /// The identity record the last batch carrying one wrote ([`CommitBatch::identity`]);
+    /// `None` for a new store (or one written before identities were recorded).
+    fn identity(&self) -> Result<Option<StoreIdentity>, StoreError>;
 
     /// Removes log entries the vector `below` covers. A store that keeps the log in chunks may
     /// keep covered entries that share a chunk with uncovered ones, until a later compaction.

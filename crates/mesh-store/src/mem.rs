@@ -12,6 +12,7 @@
 
 use crate::{
     CommitBatch, CommitDone, IdempotencyRecord, LogPage, LogRead, LogStats, Snapshot, Store, StoreError,
+    StoreIdentity,
 };
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
 use std::collections::{BTreeMap, VecDeque};
@@ -32,6 +33,7 @@ struct MemState {
     /// (accepted at wall ms, key) → record. Not pruned: a simulation is bounded; readers ask
     /// for the records of their window.
     idempotency: BTreeMap<(u64, String), IdempotencyRecord>,
+    identity: Option<StoreIdentity>,
 }
 
 impl MemState {
@@ -59,6 +61,9 @@ impl MemState {
         }
         for r in &batch.idempotency {
             self.idempotency.insert((r.wall_ms, r.key.clone()), r.clone());
+        }
+        if let Some(identity) = batch.identity {
+            self.identity = Some(identity);
         }
     }
 }
@@ -192,6 +197,10 @@ impl Store for MemStore {
 
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError> {
         Ok(self.lock().durable.acked.get(peer).cloned().unwrap_or_default())
+    }
+
+    fn identity(&self) -> Result<Option<StoreIdentity>, StoreError> {
+        Ok(self.lock().durable.identity)
     }
 
     fn compact_log(&self, below: &VersionVector) -> Result<u64, StoreError> {

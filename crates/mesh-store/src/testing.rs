@@ -209,5 +209,6 @@ pub fn put_commit(origin: &DcId, seq: u64, key: &str, value: Vec<u8>) -> CommitB
         seen,
         acked: vec![],
         idempotency: vec![],
+        identity: None,
     }
 }

@@ -7,7 +7,9 @@ mod common;
 use common::{dc, put_commit, value_for};
 use mesh_core::{Key, Keyspace, VersionVector};
 use mesh_store::testing::PowerLossDisk;
-use mesh_store::{CommitBatch, DurableStore, LogCursor, LogRead, MemStore, Options, Store, StoreError};
+use mesh_store::{
+    CommitBatch, DurableStore, LogCursor, LogRead, MemStore, Options, Store, StoreError, StoreIdentity,
+};
 use std::sync::{Arc, Barrier};
 
 fn users() -> Keyspace {
@@ -73,6 +75,32 @@ fn acked_vectors_persist_and_only_move_forward() {
         assert_eq!(store.acked(&dc("us-west")).unwrap(), expected);
         assert_eq!(store.acked(&dc("eu-central")).unwrap(), VersionVector::new());
     });
+}
+
+#[test]
+fn the_identity_record_starts_empty_and_the_last_batch_carrying_one_wins() {
+    both(|store| {
+        assert_eq!(store.identity().unwrap(), None, "a new store has no identity");
+        let first = StoreIdentity { topology_fingerprint: 7, settled: false };
+        store.commit(CommitBatch { identity: Some(first), ..Default::default() }).unwrap();
+        store.commit(put_commit("us-east", 1, "user:1")).unwrap();
+        assert_eq!(store.identity().unwrap(), Some(first), "a batch without one leaves it");
+        let settled = StoreIdentity { settled: true, ..first };
+        store.commit(CommitBatch { identity: Some(settled), ..Default::default() }).unwrap();
+        assert_eq!(store.identity().unwrap(), Some(settled));
+    });
+}
+
+#[test]
+fn the_identity_record_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let identity = StoreIdentity { topology_fingerprint: 42, settled: true };
+    DurableStore::open(&path)
+        .unwrap()
+        .commit(CommitBatch { identity: Some(identity), ..Default::default() })
+        .unwrap();
+    assert_eq!(DurableStore::open(&path).unwrap().identity().unwrap(), Some(identity));
 }
 
 #[test]

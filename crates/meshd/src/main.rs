@@ -34,6 +34,10 @@ enum Command {
         /// The DC this process is.
         #[arg(long)]
         dc: String,
+        /// Record mesh.toml's topology in a data directory written under another one, instead
+        /// of refusing to start (after a deliberate change made at every DC).
+        #[arg(long)]
+        adopt_topology: bool,
     },
     /// Runs every DC of the topology on this machine (development), one child process each.
     Up {
@@ -46,7 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, dc } => run(&config, &dc),
+        Command::Run { config, dc, adopt_topology } => run(&config, &dc, adopt_topology),
         Command::Up { config } => up(&config),
     };
     match result {
@@ -108,7 +112,7 @@ async fn stopped() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn run(config_path: &Path, dc: &str) -> Result<(), String> {
+fn run(config_path: &Path, dc: &str, adopt_topology: bool) -> Result<(), String> {
     let loaded = config::load(config_path).map_err(|e| e.to_string())?;
     let local: DcId = loaded.dc(dc).map_err(|e| e.to_string())?;
     // Built outside the runtime: the OTLP push uses a blocking HTTP client on its own thread.
@@ -119,10 +123,15 @@ fn run(config_path: &Path, dc: &str) -> Result<(), String> {
     let metrics = mesh_node::metrics::Metrics::with_otlp(local.as_str(), otlp)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(serve(loaded, local, metrics))
+    runtime.block_on(serve(loaded, local, metrics, adopt_topology))
 }
 
-async fn serve(loaded: Loaded, local: DcId, metrics: mesh_node::metrics::Metrics) -> Result<(), String> {
+async fn serve(
+    loaded: Loaded,
+    local: DcId,
+    metrics: mesh_node::metrics::Metrics,
+    adopt_topology: bool,
+) -> Result<(), String> {
     let topology = loaded.topology.clone();
     let me = topology.dc(&local).expect("checked").clone();
     let settings = &topology.config.node;
@@ -144,6 +153,7 @@ async fn serve(loaded: Loaded, local: DcId, metrics: mesh_node::metrics::Metrics
         endpoint: endpoint.clone(),
         codec: codec.clone(),
         started: Instant::now(),
+        adopt_topology,
     };
     let (current_tx, current_rx) = tokio::sync::watch::channel(None);
     let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx))

@@ -1,5 +1,5 @@
 //! No acknowledged write is lost: every answered write is durable at its origin under its own
-//! dot, is held by every DC at the end, and is still visible in every DC's key state unless a
+//! dot (unless it was durable nowhere else when its origin lost its disk), is held by every DC at the end, and is still visible in every DC's key state unless a
 //! causally later write superseded it (some op of the key whose context covers it). A write
 //! that only lost a strategy's resolution stays in the state beside its winner, so it is checked
 //! the same way.
@@ -22,6 +22,10 @@ pub(crate) fn finish(world: &mut World) {
         contexts.entry((&o.keyspace, &o.key)).or_default().join(&o.context);
     }
     for reply in &world.history.replies {
+        // Durable only at an origin that lost its disk: gone with it (an async write's risk).
+        if world.history.lost_with_disk.contains(&reply.op) {
+            continue;
+        }
         match world.history.ops.get(&reply.dot) {
             None => {
                 found.push(format!("{:?} was answered but never became durable at {}", reply.dot, reply.dc))

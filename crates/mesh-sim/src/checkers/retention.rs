@@ -1,7 +1,8 @@
 //! The log keeps every op some DC still lacks, unless a retention cap forces it out: when a DC
 //! compacts its log, every op it drops that another DC does not hold durably must be older than
 //! `log_retention_age_s` (durable at its origin that long ago), or the log must have exceeded
-//! `log_retention_bytes`. Checked at every compaction, against the stores themselves.
+//! `log_retention_bytes`. Checked at every compaction, against the stores themselves (a DC that
+//! lost its disk counts as holding what it held before: it catches up by state transfer).
 
 use crate::world::World;
 use mesh_core::{Dot, VersionVector};
@@ -20,7 +21,7 @@ pub(crate) fn check_compaction(world: &mut World, dc: usize, below: &VersionVect
         return;
     }
     let mut everywhere: Option<VersionVector> = None;
-    for seen in world.durable_seen() {
+    for seen in world.durable_seen_ever() {
         match &mut everywhere {
             Some(v) => v.meet(&seen),
             None => everywhere = Some(seen),

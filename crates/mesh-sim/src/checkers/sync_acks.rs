@@ -9,7 +9,6 @@ use mesh_core::topology::{Acks, AcksName, Mode};
 use mesh_core::{Dot, Keyspace};
 use mesh_engine::node::WriteOptions;
 use mesh_engine::sync::SyncOutcome;
-use mesh_store::LogRead;
 
 /// How many DCs must hold a write to `keyspace` sent with `options` before it is done: DESIGN.md's
 /// modes, counted naively (critical keyspaces are sync; a request's mode overrides the
@@ -46,9 +45,10 @@ pub(crate) fn check_reply(world: &mut World, dc: usize, dot: &Dot, outcome: &Syn
     if !must_hold.contains(&server) {
         must_hold.push(server.clone());
     }
+    // What a DC held before it lost its disk counts: its ack was true when it was sent.
+    let held = world.durable_seen_ever();
     for holder in must_hold {
-        let i = world.index(&holder);
-        let seen = world.dcs[i].store.seen().expect("the memory store reads");
+        let seen = &held[world.index(&holder)];
         if !seen.covers(dot) {
             let detail =
                 format!("{server} answered {dot:?} as durable at {holder}, whose durable seen is {seen:?}");
