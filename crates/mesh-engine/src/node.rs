@@ -343,8 +343,12 @@ pub struct Node<R> {
     incoming: BTreeMap<DcId, Incoming>,
     /// Ops in persists not yet committed (backpressure).
     uncommitted_ops: usize,
-    /// Peers that came back with less than they had acknowledged (see `learn_durable`).
+    /// Peers that came back with less than they had acknowledged (see `learn_durable`), until
+    /// they report holding it all again.
     regressed: BTreeSet<DcId>,
+    /// Per peer, batches or snapshot chunks from it that could not be applied, and the last
+    /// reason: a stream stalled on an op (an operator must see it).
+    apply_failures: BTreeMap<DcId, (u64, String)>,
     /// Links up whose Hello has not come yet, with the time by which it must: a link that never
     /// says Hello is closed and redialed rather than left silent.
     awaiting_hello: BTreeMap<DcId, u64>,
@@ -457,6 +461,7 @@ impl<R: RngCore> Node<R> {
             incoming: BTreeMap::new(),
             uncommitted_ops: 0,
             regressed: BTreeSet::new(),
+            apply_failures: BTreeMap::new(),
             awaiting_hello: BTreeMap::new(),
             next_transfer: 1,
             retention_samples: VecDeque::new(),
@@ -699,9 +704,7 @@ impl<R: RngCore> Node<R> {
                 match self.resolver.handle_batch(wall_ms, peer, batch.ops, store) {
                     Ok(()) => {}
                     Err(ApplyError::Gap { .. }) => self.stats.gaps += 1,
-                    Err(error) => self
-                        .effects
-                        .push_back(Effect::Alarm(Alarm::ApplyFailed { peer: peer.clone(), error })),
+                    Err(error) => self.apply_failed(peer, error),
                 }
             }
             Message::Ack(Ack { seen }) => {
@@ -756,7 +759,7 @@ impl<R: RngCore> Node<R> {
         let after = entries.last().map(|(ks, k, _)| (ks.clone(), k.clone()));
         if let Err(error) = self.resolver.handle_snapshot_chunk(peer, entries, store) {
             self.incoming.remove(peer);
-            self.effects.push_back(Effect::Alarm(Alarm::ApplyFailed { peer: peer.clone(), error }));
+            self.apply_failed(peer, error);
             return;
         }
         if last {
@@ -768,6 +771,26 @@ impl<R: RngCore> Node<R> {
             let next = SnapshotRequest { request_id, after, entries_max };
             self.incoming.get_mut(peer).expect("inserted above").next = Some(next);
         }
+    }
+
+    /// What `peer` sent could not be applied: counted, kept for status, and alarmed.
+    fn apply_failed(&mut self, peer: &DcId, error: ApplyError) {
+        let failures = self.apply_failures.entry(peer.clone()).or_insert((0, String::new()));
+        failures.0 += 1;
+        failures.1 = error.to_string();
+        self.effects.push_back(Effect::Alarm(Alarm::ApplyFailed { peer: peer.clone(), error }));
+    }
+
+    /// Whether `peer` came back with less than it had acknowledged and has not yet reported
+    /// holding all of it again (it lost its disk, or was restored from an old copy).
+    pub fn peer_regressed(&self, peer: &DcId) -> bool {
+        self.regressed.contains(peer)
+    }
+
+    /// Batches and snapshot chunks from `peer` that could not be applied (other than gaps,
+    /// which a resend repairs), and the last reason: replication from it is stalled.
+    pub fn apply_failures(&self, peer: &DcId) -> Option<&(u64, String)> {
+        self.apply_failures.get(peer)
     }
 
     /// Sends `peer` the next chunk of the transfer `id`, after `after`.
@@ -866,6 +889,9 @@ impl<R: RngCore> Node<R> {
     /// its own word moves its replicator: vectors relayed by others may predate the loss and
     /// would stop this DC from sending the lost ops again.
     fn learn_durable(&mut self, dc: &DcId, seen: &VersionVector, direct: bool) {
+        if direct && self.regressed.contains(dc) && self.acked.get(dc).is_none_or(|a| seen.dominates(a)) {
+            self.regressed.remove(dc);
+        }
         let trusted = direct || !self.regressed.contains(dc);
         if let Some(r) = self.replicators.get_mut(dc).filter(|_| trusted) {
             r.handle_peer_seen(seen);

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub replicated_ops: Counter<u64>,
     /// Frame bytes sent, by peer and kind (`wire` after compression, `raw` before).
     pub bytes_sent: Counter<u64>,
+    /// Peers that came back holding less than they had acknowledged, by peer.
+    pub peer_regressions: Counter<u64>,
+    /// Batches or snapshot chunks from a peer that could not be applied, by peer.
+    pub apply_failures: Counter<u64>,
     /// Per peer counters for `/v1/status` (OpenTelemetry counters cannot be read back).
     pub links: LinkCounters,
 }
@@ -106,6 +110,14 @@ impl Metrics {
             bytes_sent: counter(
                 "mesh_bytes_sent",
                 "Frame bytes sent to peers (wire: compressed; raw: before compression)",
+            ),
+            peer_regressions: counter(
+                "mesh_peer_regressions",
+                "Peers that came back holding less than they had acknowledged (a lost disk)",
+            ),
+            apply_failures: counter(
+                "mesh_apply_failures",
+                "Batches or snapshot chunks from a peer that could not be applied (its stream is stalled)",
             ),
             links: LinkCounters::default(),
             registry,

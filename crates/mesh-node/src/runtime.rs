@@ -65,6 +65,11 @@ pub struct PeerReport {
     pub link: ReplicatorStats,
     /// Ops this DC still has to get to the peer ([`Node::queued_ops`]).
     pub queued_ops: u64,
+    /// It came back with less than it had acknowledged ([`Node::peer_regressed`]).
+    pub regressed: bool,
+    /// What it sent that could not be applied: count and last reason
+    /// ([`Node::apply_failures`]).
+    pub apply_failures: Option<(u64, String)>,
     /// Frame bytes sent, before compression.
     pub raw_bytes: u64,
     /// Frame bytes sent, as on the wire.
@@ -311,17 +316,28 @@ impl DcActor {
                     });
                 }
                 Effect::Alarm(alarm) => {
-                    if let mesh_engine::node::Alarm::LinkRefused { peer, refusal } = &alarm {
-                        use mesh_engine::hello::HelloRefusal as R;
-                        let reason = match refusal {
-                            R::IdentityMismatch { .. } => "identity",
-                            R::UnknownDc(_) => "unknown_dc",
-                            R::SelfConnection(_) => "self",
-                            R::FingerprintMismatch { .. } => "fingerprint",
-                        };
-                        let labels =
-                            [KeyValue::new("peer", peer.to_string()), KeyValue::new("reason", reason)];
-                        state.args.metrics.links_refused.add(1, &labels);
+                    use mesh_engine::node::Alarm;
+                    let metrics = &state.args.metrics;
+                    match &alarm {
+                        Alarm::LinkRefused { peer, refusal } => {
+                            use mesh_engine::hello::HelloRefusal as R;
+                            let reason = match refusal {
+                                R::IdentityMismatch { .. } => "identity",
+                                R::UnknownDc(_) => "unknown_dc",
+                                R::SelfConnection(_) => "self",
+                                R::FingerprintMismatch { .. } => "fingerprint",
+                            };
+                            let labels =
+                                [KeyValue::new("peer", peer.to_string()), KeyValue::new("reason", reason)];
+                            metrics.links_refused.add(1, &labels);
+                        }
+                        Alarm::PeerRegressed { peer, .. } => {
+                            metrics.peer_regressions.add(1, &[KeyValue::new("peer", peer.to_string())]);
+                        }
+                        Alarm::ApplyFailed { peer, .. } => {
+                            metrics.apply_failures.add(1, &[KeyValue::new("peer", peer.to_string())]);
+                        }
+                        Alarm::StateTransferNeeded { .. } | Alarm::StoreFailed(_) => {}
                     }
                     eprintln!("[{}] alarm: {alarm:?}", state.args.local);
                 }
@@ -546,6 +562,8 @@ impl Actor for DcActor {
                             connected: state.links.contains_key(&d.id),
                             status: state.node.peer_status(&d.id, now),
                             queued_ops: state.node.queued_ops(&d.id),
+                            regressed: state.node.peer_regressed(&d.id),
+                            apply_failures: state.node.apply_failures(&d.id).cloned(),
                             raw_bytes: counters.raw_bytes.load(Ordering::Relaxed),
                             wire_bytes: counters.wire_bytes.load(Ordering::Relaxed),
                             dials_failed: counters.dials_failed.load(Ordering::Relaxed),
