@@ -50,7 +50,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/{keyspace}/{key}", get(get_kv).put(put_kv).delete(delete_kv))
         .route("/v1/counter/{keyspace}/{key}", axum::routing::post(counter_add))
         .route("/v1/set/{keyspace}/{key}", axum::routing::post(set_change))
-        .route("/v1/batch", axum::routing::post(batch))
+        .route(
+            "/v1/batch",
+            axum::routing::post(batch).layer(axum::extract::DefaultBodyLimit::max(BATCH_BODY_BYTES_MAX)),
+        )
         .route("/v1/status", get(status))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -207,7 +210,7 @@ async fn put_kv(
     State(state): State<ApiState>,
     Path((keyspace, key)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let (ks, k) = ids(&keyspace, &key)?;
     write(&state, &headers, ks, k, OpKind::Put(body.to_vec())).await
@@ -358,7 +361,7 @@ async fn counter_add(
     State(state): State<ApiState>,
     Path((keyspace, key)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let (ks, k) = ids(&keyspace, &key)?;
     let body: CounterBody = json_body(&body)?;
@@ -392,7 +395,7 @@ async fn set_change(
     State(state): State<ApiState>,
     Path((keyspace, key)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let (ks, k) = ids(&keyspace, &key)?;
     let body: SetBody = json_body(&body)?;
@@ -406,6 +409,30 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 
 /// Most ops in one `POST /v1/batch`.
 pub const BATCH_OPS_MAX: usize = 10_000;
+
+/// Most bytes in one `POST /v1/batch` body (other routes keep axum's 2 MB, room for a value of
+/// [`mesh_core::VALUE_BYTES_MAX`]).
+pub const BATCH_BODY_BYTES_MAX: usize = 64 << 20;
+
+/// A request body, read under the route's body limit; a body over it (or one that fails to
+/// arrive) is answered with the API's JSON error, not axum's plain text.
+struct Body(axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::body::Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is over this route's limit ({e})"),
+            )),
+            Err(e) => Err(ApiError(e.status(), "bad_body", e.body_text())),
+        }
+    }
+}
 
 /// One op of a batch.
 #[derive(Deserialize)]
@@ -488,7 +515,7 @@ fn put_value(value: Option<String>, value_base64: Option<String>) -> Result<Vec<
 async fn batch(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let body: BatchBody = json_body(&body)?;
     if body.ops.is_empty() || body.ops.len() > BATCH_OPS_MAX {
