@@ -238,7 +238,9 @@ pub struct NodeStats {
     pub gaps: u64,
     /// Keys that had tombstones collected.
     pub keys_collected: u64,
-    /// State transfers this DC sent (snapshots cut for a peer behind the retained log).
+    /// State transfers to a peer behind the retained log that the peer took up: it asked for a
+    /// chunk after the first, or came to hold the snapshot's vector. A snapshot cut for a peer
+    /// that never answered is not counted.
     pub transfers_sent: u64,
     /// State transfers this DC received and applied.
     pub transfers_received: u64,
@@ -263,6 +265,8 @@ struct Outgoing {
     deadline_ms: u64,
     /// Dropped once the last chunk is sent; the entry stays until the peer holds `vector`.
     snapshot: Option<Box<dyn crate::commit::SnapshotRead>>,
+    /// The peer answered: it asked for a later chunk, or holds `vector` (counted once).
+    taken: bool,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -805,6 +809,10 @@ impl<R: RngCore> Node<R> {
         let retransmit_ms = self.config.replicator.retransmit_ms;
         let Some(out) = self.outgoing.get_mut(peer).filter(|o| o.id == id) else { return };
         out.deadline_ms = now_ms + retransmit_ms;
+        if after.is_some() && !out.taken {
+            out.taken = true;
+            self.stats.transfers_sent += 1;
+        }
         let Some(snapshot) = out.snapshot.as_ref() else { return };
         let entries_max = entries_max.clamp(1, self.config.snapshot_entries);
         match snapshot.chunk(after.as_ref(), entries_max) {
@@ -830,15 +838,22 @@ impl<R: RngCore> Node<R> {
         }
     }
 
-    /// Starts a state transfer to `peer` if it needs one and none is under way; forgets a
-    /// finished one once the peer holds its vector.
+    /// Starts a state transfer to `peer` if it needs one, none is under way and the peer looks
+    /// alive (a snapshot cut for a silent peer would be for nobody); forgets a finished one once
+    /// the peer holds its vector, and an abandoned one at its deadline.
     fn transfer(&mut self, now_ms: u64, peer: &DcId, store: &(impl StateRead + OpLog)) {
         let peer_seen = self.replicators[peer].peer_seen().clone();
         let done = |o: &Outgoing| o.snapshot.is_none() && peer_seen.dominates(&o.vector);
-        if self.outgoing.get(peer).is_some_and(|o| done(o) || now_ms >= o.deadline_ms) {
+        if let Some(out) = self.outgoing.get(peer).filter(|o| done(o) || now_ms >= o.deadline_ms) {
+            if done(out) && !out.taken {
+                self.stats.transfers_sent += 1;
+            }
             self.outgoing.remove(peer);
         }
-        if self.replicators[peer].compacted().is_empty() || self.outgoing.contains_key(peer) {
+        if self.replicators[peer].compacted().is_empty()
+            || self.outgoing.contains_key(peer)
+            || self.health.suspected(peer)
+        {
             return;
         }
         let snapshot = match store.snapshot() {
@@ -847,10 +862,10 @@ impl<R: RngCore> Node<R> {
         };
         let id = self.next_transfer;
         self.next_transfer += 1;
-        self.stats.transfers_sent += 1;
         let vector = snapshot.vector().clone();
         let deadline_ms = now_ms + self.config.replicator.retransmit_ms;
-        self.outgoing.insert(peer.clone(), Outgoing { id, vector, deadline_ms, snapshot: Some(snapshot) });
+        let out = Outgoing { id, vector, deadline_ms, snapshot: Some(snapshot), taken: false };
+        self.outgoing.insert(peer.clone(), out);
         self.send_chunk(now_ms, peer, id, None, self.config.snapshot_entries);
     }
 

@@ -64,6 +64,8 @@ pub struct RunStats {
     pub ops: u64,
     /// State transfers completed (received and applied).
     pub transfers: u64,
+    /// State transfers senders counted as started (the peer took them up).
+    pub transfers_sent: u64,
 }
 
 /// The outcome of one seed.
@@ -291,12 +293,10 @@ impl World {
         let mut checkers = std::mem::replace(&mut self.checkers, Checkers::new(&self.scenario));
         checkers.finish(&mut self);
         self.stats.ops = self.history.ops.len() as u64;
-        self.stats.transfers += self
-            .dcs
-            .iter()
-            .filter_map(|d| d.node.as_ref())
-            .map(|n| n.stats().transfers_received)
-            .sum::<u64>();
+        for node in self.dcs.iter().filter_map(|d| d.node.as_ref()) {
+            self.stats.transfers += node.stats().transfers_received;
+            self.stats.transfers_sent += node.stats().transfers_sent;
+        }
         let trace_hash = self.hasher.digest();
         let mut violations = std::mem::take(&mut self.history.violations);
         violations.sort_by_key(|v| v.at_ms);
@@ -920,7 +920,10 @@ impl World {
 
     fn crash(&mut self, dc: usize) {
         self.stats.crashes += 1;
-        self.stats.transfers += self.dcs[dc].node.as_ref().map_or(0, |n| n.stats().transfers_received);
+        if let Some(node) = self.dcs[dc].node.as_ref() {
+            self.stats.transfers += node.stats().transfers_received;
+            self.stats.transfers_sent += node.stats().transfers_sent;
+        }
         let d = &mut self.dcs[dc];
         let unsynced = d.store.unsynced();
         let keep = self.rng.random_range(0..=unsynced);

@@ -97,3 +97,19 @@ fn every_regression_scenario_passes() {
         passes(&name);
     }
 }
+
+#[test]
+fn no_state_transfer_is_cut_or_counted_for_a_peer_that_does_not_answer() {
+    // Issue 9, fault 10: a peer behind the retained log on a half-open link got a snapshot cut
+    // every retransmit interval, each counted as sent, while nobody received one.
+    for seed in 1..=seeds() {
+        let result = run_seed(
+            &scenario("regressions/transfer-to-silent-peer"),
+            RunOptions { seed, planted: None, trace: false },
+        );
+        assert!(result.passed(), "seed {seed}: {:?}", result.violations.first());
+        let (sent, received) = (result.stats.transfers_sent, result.stats.transfers);
+        assert!(received >= 1, "seed {seed}: eu-central caught up without a state transfer");
+        assert!(sent <= received + 2, "seed {seed}: {sent} transfers counted as sent, {received} received");
+    }
+}
