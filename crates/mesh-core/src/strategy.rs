@@ -93,6 +93,14 @@ pub trait Resolver: Send + Sync {
     fn name(&self) -> &str;
     /// The index of the winning version in `versions` (never empty, sorted by HLC then dot).
     fn resolve(&self, versions: &[Version]) -> usize;
+
+    /// Whether the winner can depend on the versions' HLCs (beyond breaking exact ties between
+    /// equal values). A DC whose clock is off refuses writes to keyspaces whose resolution
+    /// orders by time (DESIGN.md, "Clock skew"), since a skewed HLC would decide who wins. The
+    /// default is `true`: a resolver that ignores time must say so.
+    fn orders_by_time(&self) -> bool {
+        true
+    }
 }
 
 /// Custom resolver `first-writer-wins`: the earliest HLC wins (ties by dot). For keys such as
@@ -118,6 +126,11 @@ impl Resolver for MaxValue {
     fn name(&self) -> &str {
         "max-value"
     }
+    fn orders_by_time(&self) -> bool {
+        // Time only picks among equal values, which read the same.
+        false
+    }
+
     fn resolve(&self, versions: &[Version]) -> usize {
         // `max_by` returns the last of equal elements, so ties go to the higher HLC and dot.
         (0..versions.len()).max_by(|&a, &b| versions[a].value.cmp(&versions[b].value)).expect("never empty")
@@ -217,6 +230,17 @@ impl KeyspaceRules {
     /// the serving DC's versions.
     pub fn contextless_write_is_new_sibling(&self) -> bool {
         self.strategy == Strategy::Siblings
+    }
+
+    /// Whether the winner of concurrent writes can depend on their HLCs: lww, priority (ties
+    /// between equal priorities), and custom resolvers that declare it
+    /// ([`Resolver::orders_by_time`]). A DC with a skewed clock refuses writes to these.
+    pub fn orders_by_time(&self) -> bool {
+        match &self.strategy {
+            Strategy::Lww | Strategy::Priority => true,
+            Strategy::Custom(_) => self.resolver.as_ref().is_none_or(|r| r.orders_by_time()),
+            Strategy::Siblings | Strategy::Counter | Strategy::Set => false,
+        }
     }
 
     fn priority(&self, dc: &DcId) -> u32 {

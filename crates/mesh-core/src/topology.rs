@@ -193,6 +193,11 @@ pub struct KeyspaceConfig {
     /// Overrides `replication.siblings_max` (siblings keyspaces only).
     #[serde(default)]
     pub siblings_max: Option<u32>,
+    /// A put to a key that already has a value is refused at the serving DC (delete it first);
+    /// concurrent first puts at different DCs are resolved by the strategy. Register keyspaces
+    /// only.
+    #[serde(default)]
+    pub write_once: bool,
 }
 
 /// mesh.toml as written.
@@ -319,6 +324,8 @@ pub struct KeyspaceSpec {
     pub critical: bool,
     /// Sibling cap.
     pub siblings_max: usize,
+    /// A put to a key with a value is refused at the serving DC.
+    pub write_once: bool,
 }
 
 /// A validated topology: every DC and keyspace checked, resolvers found.
@@ -470,6 +477,12 @@ impl Topology {
             if ks.siblings_max.is_some() && strategy != Strategy::Siblings {
                 return Err(bad(field("siblings_max"), "only applies to siblings keyspaces"));
             }
+            if ks.write_once && strategy.value_kind() != ValueKind::Register {
+                return Err(bad(
+                    field("write_once"),
+                    "only applies to register keyspaces (not counters or sets)",
+                ));
+            }
             let siblings_max = ks.siblings_max.unwrap_or(r.siblings_max);
             if siblings_max == 0 {
                 return Err(bad(field("siblings_max"), "must be greater than 0"));
@@ -484,6 +497,7 @@ impl Topology {
                     sync_acks,
                     critical: ks.critical,
                     siblings_max: siblings_max as usize,
+                    write_once: ks.write_once,
                 },
             );
         }

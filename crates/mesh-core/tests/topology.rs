@@ -28,6 +28,7 @@ fn the_shipped_mesh_toml_is_valid_and_shows_every_strategy() {
     }
     let reservations = t.keyspace(&Keyspace::new("reservations").unwrap()).unwrap();
     assert!(reservations.critical);
+    assert!(reservations.write_once, "reservations refuse a second PUT to a taken key");
     assert_eq!(reservations.mode, Mode::Hybrid);
     assert_eq!(t.config.replication.sync_acks, Acks::Named(AcksName::Quorum));
     assert_eq!(t.dcs[0].endpoints[0].address, "127.0.0.1:7101", "endpoints default to listen");
@@ -69,6 +70,10 @@ fn bad_config_fails_with_a_message_naming_the_field() {
         (
             with("strategy = \"lww\"", "strategy = \"lww\"\nsiblings_max = 3"),
             "keyspaces.users.siblings_max: only applies to siblings keyspaces",
+        ),
+        (
+            with("strategy = \"counter\"", "strategy = \"counter\"\nwrite_once = true"),
+            "keyspaces.page_views.write_once: only applies to register keyspaces",
         ),
     ];
     for (text, expected) in cases {

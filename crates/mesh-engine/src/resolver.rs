@@ -67,7 +67,12 @@ pub enum WriteError {
     /// overflow).
     #[error(transparent)]
     State(#[from] StateError),
-    /// This DC's clock is off against most peers; lww and priority keyspaces refuse writes.
+    /// A put to a `write_once` keyspace whose key already has a value at this DC. Nothing was
+    /// written.
+    #[error("the key already has a value and its keyspace is write_once; delete it first")]
+    Exists,
+    /// This DC's clock is off against most peers; keyspaces whose resolution orders by time
+    /// (lww, priority, custom resolvers that declare it) refuse writes.
     #[error("this DC's clock is off by more than max_clock_skew_ms against most peers; {strategy} writes are refused")]
     ClockSkewed {
         /// The keyspace's strategy.
@@ -398,14 +403,20 @@ impl Resolver {
             }
         }
         let spec = check_write(&self.topology, &write.keyspace, &write.kind)?;
-        let strategy = spec.rules.strategy();
-        if self.skewed && matches!(strategy, Strategy::Lww | Strategy::Priority) {
-            return Err(WriteError::ClockSkewed { strategy: strategy.to_string() });
+        if self.skewed && spec.rules.orders_by_time() {
+            return Err(WriteError::ClockSkewed { strategy: spec.rules.strategy().to_string() });
         }
         let state = self
             .current(&write.keyspace, &write.key, store)
             .map_err(WriteError::Read)?
             .unwrap_or_else(|| KeyState::new(spec.kind));
+        if spec.write_once && matches!(write.kind, OpKind::Put(_)) {
+            let read = spec.rules.read(&state);
+            if matches!(&read.value, mesh_core::ReadValue::Register(vs) if vs.iter().any(|v| v.value.is_some()))
+            {
+                return Err(WriteError::Exists);
+            }
+        }
         let context = state.write_context(
             &write.kind,
             write.context.as_ref(),

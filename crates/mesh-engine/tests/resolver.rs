@@ -267,8 +267,39 @@ fn a_skewed_clock_refuses_lww_and_priority_writes_but_not_crdts() {
     ));
     h.write(3, "page_views", "home", OpKind::CounterAdd(1)).unwrap();
     h.write(4, "carts", "cart", OpKind::Put(b"v".to_vec())).unwrap();
+    // Issue 9, fault 7: a custom resolver that orders by time is covered too (first-writer-wins
+    // picks the earliest HLC); one that does not (max-value) is not.
+    assert!(matches!(
+        h.write(5, "reservations", "seat", OpKind::Put(b"v".to_vec())),
+        Err(WriteError::ClockSkewed { .. })
+    ));
+    h.write(6, "versions", "v", OpKind::Put(b"7".to_vec())).unwrap();
     let ops: Vec<Op> = h.commit_all().into_iter().flat_map(|b| b.ops).collect();
-    assert_eq!(ops.iter().map(|o| o.dot.seq).collect::<Vec<_>>(), [1, 2], "refused writes used no seq");
+    assert_eq!(ops.iter().map(|o| o.dot.seq).collect::<Vec<_>>(), [1, 2, 3], "refused writes used no seq");
+}
+
+#[test]
+fn a_write_once_keyspace_refuses_to_overwrite_a_value_but_takes_one_after_a_delete() {
+    let mut h = Harness::new("us-east");
+    h.write(1, "reservations", "seat-a1", OpKind::Put(b"east".to_vec())).unwrap();
+    h.commit_all();
+    assert!(matches!(
+        h.write(2, "reservations", "seat-a1", OpKind::Put(b"west".to_vec())),
+        Err(WriteError::Exists)
+    ));
+    // Also before the first write's commit: the check reads what this DC has named.
+    h.write(3, "reservations", "seat-b2", OpKind::Put(b"east".to_vec())).unwrap();
+    assert!(matches!(
+        h.write(4, "reservations", "seat-b2", OpKind::Put(b"x".to_vec())),
+        Err(WriteError::Exists)
+    ));
+    h.write(5, "reservations", "seat-a1", OpKind::Delete).unwrap();
+    h.write(6, "reservations", "seat-a1", OpKind::Put(b"west".to_vec())).unwrap();
+    let ops: Vec<Op> = h.commit_all().into_iter().flat_map(|b| b.ops).collect();
+    assert_eq!(ops.iter().map(|o| o.dot.seq).collect::<Vec<_>>(), [2, 3, 4], "refused writes used no seq");
+    // Keyspaces without write_once overwrite as before.
+    h.write(7, "users", "u", OpKind::Put(b"a".to_vec())).unwrap();
+    h.write(8, "users", "u", OpKind::Put(b"b".to_vec())).unwrap();
 }
 
 #[test]

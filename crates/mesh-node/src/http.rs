@@ -151,6 +151,7 @@ fn write_error(e: NodeWriteError) -> ApiError {
         NodeWriteError::Write(w) => match w {
             WriteError::UnknownKeyspace(_) => ApiError(S::NOT_FOUND, "unknown_keyspace", w.to_string()),
             WriteError::TooLarge { .. } => ApiError(S::PAYLOAD_TOO_LARGE, "too_large", w.to_string()),
+            WriteError::Exists => ApiError(S::CONFLICT, "exists", w.to_string()),
             WriteError::State(StateError::TooManySiblings { .. }) => {
                 ApiError(S::CONFLICT, "too_many_siblings", w.to_string())
             }
