@@ -4,7 +4,8 @@
 //! due (it asks for a heartbeat to be sent and re-judges every peer), then drain
 //! [`HealthMonitor::poll_event`]. Feed every heartbeat received to
 //! [`HealthMonitor::handle_heartbeat`] and every change of this DC's applied vector to
-//! [`HealthMonitor::handle_local_seen`]. Read [`HealthMonitor::status`] for `/v1/status`.
+//! [`HealthMonitor::handle_local_seen`]; each heartbeat sent to a peer carries
+//! [`HealthMonitor::echo`] of that peer, for the clock offset. Read [`HealthMonitor::status`] for `/v1/status`.
 //!
 //! The failure detector is phi accrual (Hayashibara et al.): from the recent heartbeat
 //! inter-arrival times it estimates how unlikely the current silence is, as
@@ -12,6 +13,7 @@
 //! phi ≥ `phi_down` down. It adapts to each link's own jitter instead of one fixed timeout.
 
 use mesh_core::{DcId, VersionVector};
+use mesh_wire::{Heartbeat, HeartbeatEcho};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Tuning of a [`HealthMonitor`].
@@ -105,9 +107,12 @@ pub struct PeerStatus {
     pub phi: f64,
     /// Its lag; `None` before its first heartbeat.
     pub lag: Option<Lag>,
-    /// Its clock minus ours, in ms (median of recent heartbeats, network delay not removed);
-    /// `None` before its first heartbeat.
+    /// Its clock minus ours, in ms, from the heartbeat round trip with the least delay among
+    /// the recent ones (NTP's clock filter); `None` before a round trip was measured.
     pub clock_offset_ms: Option<i64>,
+    /// How far off `clock_offset_ms` may be, in ms: half that round trip's delay (a path
+    /// slower one way than the other shifts the estimate by at most this much).
+    pub clock_offset_error_ms: Option<u64>,
     /// When its last heartbeat arrived (runtime clock, ms).
     pub last_heartbeat_ms: Option<u64>,
     /// Its applied vector, as it last reported.
@@ -160,11 +165,21 @@ struct Peer {
     health: Health,
     seen: VersionVector,
     known: BTreeMap<DcId, VersionVector>,
-    offsets_ms: VecDeque<i64>,
+    /// Its last heartbeat: its `wall_ms`, and when it arrived (runtime clock), to echo back.
+    last_heard: Option<(u64, u64)>,
+    /// Recent round trips, oldest first.
+    clock_samples: VecDeque<ClockSample>,
 }
 
-/// Offsets kept per peer for the median.
-const OFFSET_SAMPLES_MAX: usize = 9;
+/// One heartbeat round trip: the offset it implies and its delay.
+#[derive(Debug, Clone, Copy)]
+struct ClockSample {
+    offset_ms: i64,
+    delay_ms: u64,
+}
+
+/// Round trips kept per peer; the one with the least delay gives the offset (RFC 5905 keeps 8).
+const CLOCK_SAMPLES_MAX: usize = 8;
 
 /// The health monitor of one DC. See the module docs for the call order.
 #[derive(Debug, Clone)]
@@ -193,7 +208,8 @@ impl HealthMonitor {
                     health: Health::Down,
                     seen: VersionVector::new(),
                     known: BTreeMap::new(),
-                    offsets_ms: VecDeque::new(),
+                    last_heard: None,
+                    clock_samples: VecDeque::new(),
                 };
                 (dc, peer)
             })
@@ -256,17 +272,20 @@ impl HealthMonitor {
     }
 
     /// A heartbeat from `from` arrived at `now_ms` (runtime clock), when this DC's wall clock
-    /// read `local_wall_ms`; the peer reported its applied vector `seen`, the vectors it knows of
-    /// the others `known`, and its wall clock `peer_wall_ms`. Returns false, changing nothing,
-    /// when `from` is not a peer.
+    /// read `local_wall_ms`. Returns false, changing nothing, when `from` is not a peer.
+    ///
+    /// Clock offset, after NTP (RFC 5905, section 8): the heartbeat echoes this DC's last one
+    /// (sent at `t1` by our clock), held `held` ms at the peer, and was sent at `t3` by the peer's
+    /// clock; it arrives at `t4` by ours. The round trip's delay is `(t4 − t1) − held` and the
+    /// offset `((t3 − held − t1) + (t3 − t4)) / 2`, off by at most half the delay. Time a
+    /// heartbeat spends queued (a busy or paused process, a full link) adds to the delay, so the
+    /// sample with the least delay of the recent ones is the one believed.
     pub fn handle_heartbeat(
         &mut self,
         now_ms: u64,
         local_wall_ms: u64,
         from: &DcId,
-        seen: &VersionVector,
-        known: &BTreeMap<DcId, VersionVector>,
-        peer_wall_ms: u64,
+        heartbeat: &Heartbeat,
     ) -> bool {
         let Some(peer) = self.peers.get_mut(from) else { return false };
         if peer.detector.phi(now_ms, &self.config) >= self.config.phi_down {
@@ -275,17 +294,29 @@ impl HealthMonitor {
             peer.detector = PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None };
         }
         peer.detector.heartbeat(now_ms, &self.config);
-        peer.seen.join(seen);
-        for (dc, vv) in known {
+        peer.seen.join(&heartbeat.seen);
+        for (dc, vv) in &heartbeat.known {
             peer.known.entry(dc.clone()).or_default().join(vv);
         }
-        let offset = i64::try_from(peer_wall_ms).unwrap_or(i64::MAX)
-            - i64::try_from(local_wall_ms).unwrap_or(i64::MAX);
-        peer.offsets_ms.push_back(offset);
-        while peer.offsets_ms.len() > OFFSET_SAMPLES_MAX {
-            peer.offsets_ms.pop_front();
+        peer.last_heard = Some((heartbeat.wall_ms, now_ms));
+        if let Some(echo) = heartbeat.echo {
+            let [t1, t3, t4, held] = [echo.wall_ms, heartbeat.wall_ms, local_wall_ms, echo.held_ms]
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+            let delay_ms = u64::try_from(t4.saturating_sub(t1).saturating_sub(held)).unwrap_or(0);
+            let offset_ms = (t3.saturating_sub(held).saturating_sub(t1) + t3.saturating_sub(t4)) / 2;
+            peer.clock_samples.push_back(ClockSample { offset_ms, delay_ms });
+            while peer.clock_samples.len() > CLOCK_SAMPLES_MAX {
+                peer.clock_samples.pop_front();
+            }
         }
         true
+    }
+
+    /// The echo for the next heartbeat to `peer` at `now_ms`: its last heartbeat and how long
+    /// this DC has held it. `None` before one arrived.
+    pub fn echo(&self, peer: &DcId, now_ms: u64) -> Option<HeartbeatEcho> {
+        let (wall_ms, heard_ms) = self.peers.get(peer)?.last_heard?;
+        Some(HeartbeatEcho { wall_ms, held_ms: now_ms.saturating_sub(heard_ms) })
     }
 
     /// The vectors this DC knows of every DC (its peers' reports and what they relayed), for the
@@ -322,7 +353,8 @@ impl HealthMonitor {
             health: p.health,
             phi: p.detector.phi(now_ms, &self.config),
             lag: heard.then(|| self.lag(&p.seen, now_ms)),
-            clock_offset_ms: median(&p.offsets_ms),
+            clock_offset_ms: best_sample(p).map(|c| c.offset_ms),
+            clock_offset_error_ms: best_sample(p).map(|c| c.delay_ms / 2),
             last_heartbeat_ms: p.detector.last_ms,
             seen: p.seen.clone(),
         })
@@ -347,16 +379,22 @@ impl HealthMonitor {
     }
 
     /// Whether this DC's clock is off by more than `max_clock_skew_ms` against most peers that
-    /// have reported one: it must then refuse lww and priority writes (DESIGN.md, "Clock skew").
+    /// have a measured offset: it must then refuse writes whose resolution orders by time
+    /// (DESIGN.md, "Clock skew"). A peer counts against this DC only with evidence: its offset
+    /// is beyond the bound even after allowing for the measurement's error.
     pub fn clock_skewed(&self) -> bool {
-        let offsets: Vec<i64> = self.peers.values().filter_map(|p| median(&p.offsets_ms)).collect();
-        let beyond = offsets.iter().filter(|o| o.unsigned_abs() > self.config.max_clock_skew_ms).count();
-        !offsets.is_empty() && beyond * 2 > offsets.len()
+        let samples: Vec<ClockSample> = self.peers.values().filter_map(best_sample).collect();
+        let beyond = samples
+            .iter()
+            .filter(|c| {
+                c.offset_ms.unsigned_abs().saturating_sub(c.delay_ms / 2) > self.config.max_clock_skew_ms
+            })
+            .count();
+        !samples.is_empty() && beyond * 2 > samples.len()
     }
 }
 
-fn median(samples: &VecDeque<i64>) -> Option<i64> {
-    let mut sorted: Vec<i64> = samples.iter().copied().collect();
-    sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied()
+/// The recent round trip with the least delay (the earliest of equals), NTP's clock filter.
+fn best_sample(peer: &Peer) -> Option<ClockSample> {
+    peer.clock_samples.iter().copied().min_by_key(|c| c.delay_ms)
 }

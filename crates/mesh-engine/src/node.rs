@@ -717,8 +717,9 @@ impl<R: RngCore> Node<R> {
                 self.acked_pending.entry(peer.clone()).or_default().join(&seen);
                 self.report(peer, seen);
             }
-            Message::Heartbeat(Heartbeat { seen, known, wall_ms: peer_wall_ms }) => {
-                self.health.handle_heartbeat(now_ms, wall_ms, peer, &seen, &known, peer_wall_ms);
+            Message::Heartbeat(heartbeat) => {
+                self.health.handle_heartbeat(now_ms, wall_ms, peer, &heartbeat);
+                let Heartbeat { seen, known, .. } = heartbeat;
                 self.learn_durable(peer, &seen, true);
                 self.report(peer, seen);
                 for (dc, vv) in known {
@@ -965,11 +966,13 @@ impl<R: RngCore> Node<R> {
             self.health.handle_timeout(now_ms);
             while let Some(event) = self.health.poll_event() {
                 if event == HealthEvent::SendHeartbeat {
-                    let heartbeat =
-                        Heartbeat { seen: self.durable.clone(), known: self.health.known(), wall_ms };
+                    let known = self.health.known();
                     for (peer, r) in &self.replicators {
                         if r.is_open() {
-                            let message = Message::Heartbeat(heartbeat.clone());
+                            let echo = self.health.echo(peer, now_ms);
+                            let heartbeat =
+                                Heartbeat { seen: self.durable.clone(), known: known.clone(), wall_ms, echo };
+                            let message = Message::Heartbeat(heartbeat);
                             self.effects.push_back(Effect::Send { to: peer.clone(), message });
                         }
                     }

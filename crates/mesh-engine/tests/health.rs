@@ -3,6 +3,7 @@
 
 use mesh_core::{DcId, VersionVector};
 use mesh_engine::health::{Health, HealthConfig, HealthEvent, HealthMonitor, Lag};
+use mesh_wire::{Heartbeat, HeartbeatEcho};
 use std::collections::BTreeMap;
 
 fn dc(s: &str) -> DcId {
@@ -18,15 +19,13 @@ fn monitor() -> HealthMonitor {
     HealthMonitor::new([dc("b"), dc("c")], HealthConfig::new(100, 500), 0)
 }
 
+/// A heartbeat reporting `seen`, sent at the peer's wall clock `wall_ms`, without an echo.
+fn heartbeat(seen: VersionVector, wall_ms: u64) -> Heartbeat {
+    Heartbeat { seen, known: BTreeMap::new(), wall_ms, echo: None }
+}
+
 fn beat(m: &mut HealthMonitor, now_ms: u64, from: &str) {
-    assert!(m.handle_heartbeat(
-        now_ms,
-        1_000_000 + now_ms,
-        &dc(from),
-        &VersionVector::new(),
-        &BTreeMap::new(),
-        1_000_000 + now_ms
-    ));
+    assert!(m.handle_heartbeat(now_ms, 1_000_000 + now_ms, &dc(from), &heartbeat(VersionVector::new(), 0)));
 }
 
 /// Runs ticks up to `until_ms`, returning the health changes of `peer` with their times.
@@ -108,14 +107,14 @@ fn lag_is_measured_in_ops_and_in_time_since_the_oldest_data_the_peer_lacks_arriv
     // b has applied what this DC had at 600 ms (a:60), and reports it at 1,000 ms: the ops it
     // lacks arrived by the 700 ms tick.
     assert!(m.status(&dc("b"), 1_000).unwrap().lag.is_none(), "no lag before b is heard from");
-    m.handle_heartbeat(1_000, 0, &dc("b"), &vv(&[("a", 60)]), &BTreeMap::new(), 0);
+    m.handle_heartbeat(1_000, 0, &dc("b"), &heartbeat(vv(&[("a", 60)]), 0));
     let lag = m.status(&dc("b"), 1_000).unwrap().lag.unwrap();
     assert_eq!(lag, Lag { ops: 40, ms: 300, at_least: false });
     // Caught up: no lag.
-    m.handle_heartbeat(1_050, 0, &dc("b"), &vv(&[("a", 100)]), &BTreeMap::new(), 0);
+    m.handle_heartbeat(1_050, 0, &dc("b"), &heartbeat(vv(&[("a", 100)]), 0));
     assert_eq!(m.status(&dc("b"), 1_050).unwrap().lag.unwrap(), Lag { ops: 0, ms: 0, at_least: false });
     // c reports nothing applied: it lacks everything since the first write, sampled at 100 ms.
-    m.handle_heartbeat(1_000, 0, &dc("c"), &VersionVector::new(), &BTreeMap::new(), 0);
+    m.handle_heartbeat(1_000, 0, &dc("c"), &heartbeat(VersionVector::new(), 0));
     assert_eq!(m.status(&dc("c"), 1_000).unwrap().lag.unwrap(), Lag { ops: 100, ms: 900, at_least: false });
     // With only 3 samples kept, that lag is known only as a lower bound.
     let mut short =
@@ -124,32 +123,82 @@ fn lag_is_measured_in_ops_and_in_time_since_the_oldest_data_the_peer_lacks_arriv
         short.handle_local_seen(&vv(&[("a", tick * 10)]));
         short.handle_timeout(tick * 100);
     }
-    short.handle_heartbeat(1_000, 0, &dc("c"), &VersionVector::new(), &BTreeMap::new(), 0);
+    short.handle_heartbeat(1_000, 0, &dc("c"), &heartbeat(VersionVector::new(), 0));
     assert_eq!(
         short.status(&dc("c"), 1_000).unwrap().lag.unwrap(),
         Lag { ops: 100, ms: 200, at_least: true }
     );
 }
 
+/// A round trip with peer `from`: our heartbeat left at our wall `t1`, the peer held it `held`
+/// ms and answered at its wall `t3`, which reached us at our wall `t4`.
+fn round_trip(m: &mut HealthMonitor, from: &str, t1: u64, held: u64, t3: u64, t4: u64) {
+    let echo = Some(HeartbeatEcho { wall_ms: t1, held_ms: held });
+    assert!(m.handle_heartbeat(0, t4, &dc(from), &Heartbeat { echo, ..heartbeat(VersionVector::new(), t3) }));
+}
+
 #[test]
 fn the_clock_is_skewed_only_against_most_peers() {
     let mut m = monitor();
-    let hb = |m: &mut HealthMonitor, from: &str, local: u64, peer: u64| {
-        m.handle_heartbeat(0, local, &dc(from), &VersionVector::new(), &BTreeMap::new(), peer)
-    };
-    // b's clock is 2 s ahead of ours, c agrees with us: one peer of two is not most.
+    // b's clock is 2 s ahead of ours, c agrees with us (10 ms): one peer of two is not most.
+    // Each round trip takes 20 ms, 10 ms each way, and the peer holds our heartbeat 50 ms.
     for i in 0..5 {
-        hb(&mut m, "b", 10_000 + i, 12_000 + i);
-        hb(&mut m, "c", 10_000 + i, 10_010 + i);
+        let t1 = 10_000 + 100 * i;
+        round_trip(&mut m, "b", t1, 50, t1 + 10 + 2_000 + 50, t1 + 70);
+        round_trip(&mut m, "c", t1, 50, t1 + 10 + 10 + 50, t1 + 70);
     }
-    assert_eq!(m.status(&dc("b"), 0).unwrap().clock_offset_ms, Some(2_000));
+    let b = m.status(&dc("b"), 0).unwrap();
+    assert_eq!((b.clock_offset_ms, b.clock_offset_error_ms), (Some(2_000), Some(10)));
     assert_eq!(m.status(&dc("c"), 0).unwrap().clock_offset_ms, Some(10));
     assert!(!m.clock_skewed());
     // Now c too sees our clock 900 ms behind: both peers disagree with us, so we are skewed.
-    for i in 0..9 {
-        hb(&mut m, "c", 10_000 + i, 10_900 + i);
+    for i in 0..8 {
+        let t1 = 20_000 + 100 * i;
+        round_trip(&mut m, "c", t1, 50, t1 + 10 + 900 + 50, t1 + 70);
     }
+    assert_eq!(m.status(&dc("c"), 0).unwrap().clock_offset_ms, Some(900));
     assert!(m.clock_skewed());
+}
+
+#[test]
+fn queueing_and_pauses_are_not_read_as_clock_offset() {
+    // Issue 9, fault 3: one machine, one clock; heartbeats delayed in a queue or a SIGSTOP were
+    // read as a 2 s offset and writes refused.
+    let mut m = monitor();
+    for i in 0..4 {
+        let t1 = 10_000 + 100 * i;
+        round_trip(&mut m, "b", t1, 50, t1 + 10 + 50, t1 + 70);
+        round_trip(&mut m, "c", t1, 50, t1 + 10 + 50, t1 + 70);
+    }
+    // This DC is paused for 5 s: the peers' heartbeats wait in its queue and are read late, all
+    // echoing its last heartbeat before the pause.
+    let t1 = 10_400;
+    for k in 0..20 {
+        let t3 = t1 + 10 + 250 * k; // Sent every 250 ms, holding our heartbeat ever longer.
+        round_trip(&mut m, "b", t1, t3 - t1 - 10, t3, 15_400 + k);
+        round_trip(&mut m, "c", t1, t3 - t1 - 10, t3, 15_400 + k);
+    }
+    let b = m.status(&dc("b"), 0).unwrap();
+    assert!(b.clock_offset_ms.unwrap().abs() <= 500, "{b:?}");
+    assert!(!m.clock_skewed(), "a pause is not a skewed clock");
+    // Every recent sample delayed 3 s in a queue: an offset measured that badly is no evidence.
+    for i in 0..8 {
+        let t1 = 30_000 + 100 * i;
+        round_trip(&mut m, "b", t1, 0, t1 + 10, t1 + 3_020);
+        round_trip(&mut m, "c", t1, 0, t1 + 10, t1 + 3_020);
+    }
+    let b = m.status(&dc("b"), 0).unwrap();
+    assert_eq!((b.clock_offset_ms, b.clock_offset_error_ms), (Some(-1_500), Some(1_510)));
+    assert!(!m.clock_skewed(), "an offset within its error bound is no evidence of skew");
+}
+
+#[test]
+fn a_heartbeat_echoes_the_peers_last_one_with_the_time_it_was_held() {
+    let mut m = monitor();
+    assert_eq!(m.echo(&dc("b"), 0), None, "nothing to echo before b is heard from");
+    m.handle_heartbeat(1_000, 5, &dc("b"), &heartbeat(VersionVector::new(), 777));
+    assert_eq!(m.echo(&dc("b"), 1_040), Some(HeartbeatEcho { wall_ms: 777, held_ms: 40 }));
+    assert_eq!(m.status(&dc("b"), 0).unwrap().clock_offset_ms, None, "one-way readings are not offsets");
 }
 
 #[test]
@@ -157,8 +206,9 @@ fn known_vectors_relay_what_peers_reported_about_others_and_strangers_are_ignore
     let mut m = monitor();
     let mut known = BTreeMap::new();
     known.insert(dc("c"), vv(&[("c", 7)]));
-    assert!(m.handle_heartbeat(0, 0, &dc("b"), &vv(&[("b", 3)]), &known, 0));
-    assert!(!m.handle_heartbeat(0, 0, &dc("zz"), &vv(&[("zz", 1)]), &BTreeMap::new(), 0));
+    let with_known = Heartbeat { known, ..heartbeat(vv(&[("b", 3)]), 0) };
+    assert!(m.handle_heartbeat(0, 0, &dc("b"), &with_known));
+    assert!(!m.handle_heartbeat(0, 0, &dc("zz"), &heartbeat(vv(&[("zz", 1)]), 0)));
     let k = m.known();
     assert_eq!(k.get(&dc("b")), Some(&vv(&[("b", 3)])));
     assert_eq!(k.get(&dc("c")), Some(&vv(&[("c", 7)])), "c's vector learned through b");
@@ -186,7 +236,7 @@ fn lag_after_an_idle_period_counts_from_when_the_missing_data_arrived() {
     let mut m = monitor();
     m.handle_local_seen(&vv(&[("a", 1)]));
     m.handle_timeout(0);
-    m.handle_heartbeat(0, 0, &dc("b"), &vv(&[("a", 1)]), &BTreeMap::new(), 0);
+    m.handle_heartbeat(0, 0, &dc("b"), &heartbeat(vv(&[("a", 1)]), 0));
     // An hour of nothing, then a write; b is 100 ms behind it.
     let mut t = 0;
     while t < 3_600_000 {

@@ -312,6 +312,7 @@ fn status_json(s: &DcStatus) -> Value {
                 "health": status.map(|p| format!("{:?}", p.health).to_lowercase()),
                 "phi": status.map(|p| if p.phi.is_finite() { p.phi } else { -1.0 }),
                 "clock_offset_ms": status.and_then(|p| p.clock_offset_ms),
+                "clock_offset_error_ms": status.and_then(|p| p.clock_offset_error_ms),
                 "lag_ops": status.and_then(|p| p.lag).map(|l| l.ops),
                 "lag_ms": lag_ms,
                 "lag_alert": lag_ms.is_some_and(|ms| ms > s.lag_alert_ms),

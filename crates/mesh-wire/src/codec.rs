@@ -306,7 +306,13 @@ fn trim(scratch: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Ack, Batch, Heartbeat, Hello, SnapshotChunk, SnapshotRequest, TraceContext};
+    use crate::message::{
+        Ack, Batch, Heartbeat, HeartbeatEcho, Hello, SnapshotChunk, SnapshotRequest, TraceContext,
+    };
+
+    fn mesh_wire_echo() -> HeartbeatEcho {
+        HeartbeatEcho { wall_ms: 1_732_000_000_001, held_ms: 37 }
+    }
     use crate::{ProtocolVersion, RAW_BYTES_MIN};
     use mesh_core::{
         DcId, Dot, Hlc, Key, KeyState, Keyspace, Op, OpKind, ValueKind, VersionVector, VALUE_BYTES_MAX,
@@ -388,6 +394,7 @@ mod tests {
                 seen: vv(&[("us-east", 1)]),
                 known: BTreeMap::from([(dc("us-west"), vv(&[("us-west", 4)])), (dc("eu-central"), vv(&[]))]),
                 wall_ms: 1_732_000_000_123,
+                echo: Some(mesh_wire_echo()),
             }),
             Message::SnapshotRequest(SnapshotRequest {
                 request_id: 7,

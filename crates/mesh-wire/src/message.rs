@@ -90,6 +90,21 @@ pub struct Heartbeat {
     /// The sender's wall clock when it sent this, in ms since the Unix epoch, for skew
     /// measurement.
     pub wall_ms: u64,
+    /// The last heartbeat the sender received from the receiver, echoed back so the receiver
+    /// can measure the round trip and the clock offset as NTP does (RFC 5905, section 8);
+    /// `None` before the sender heard one on this link.
+    #[serde(default)]
+    pub echo: Option<HeartbeatEcho>,
+}
+
+/// The echo of a heartbeat ([`Heartbeat::echo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatEcho {
+    /// The echoed heartbeat's `wall_ms` (the receiver's own clock when it sent it).
+    pub wall_ms: u64,
+    /// How long the sender held it before sending this heartbeat, in ms of the sender's
+    /// monotonic clock.
+    pub held_ms: u64,
 }
 
 /// Asks a peer for the next chunk of a snapshot (state transfer). The first request of a

@@ -7,8 +7,8 @@
 
 use mesh_core::{DcId, Dot, Hlc, Key, KeyState, Keyspace, Op, OpKind, ValueKind, VersionVector};
 use mesh_wire::{
-    Ack, Batch, Codec, CodecConfig, Decoded, FrameHeader, Heartbeat, Hello, Message, ProtocolVersion,
-    SnapshotChunk, SnapshotRequest, TraceContext, FLAG_ZSTD, PROTOCOL_VERSION,
+    Ack, Batch, Codec, CodecConfig, Decoded, FrameHeader, Heartbeat, HeartbeatEcho, Hello, Message,
+    ProtocolVersion, SnapshotChunk, SnapshotRequest, TraceContext, FLAG_ZSTD, PROTOCOL_VERSION,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -177,8 +177,11 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         batch().prop_map(Message::Batch),
         vector().prop_map(|seen| Message::Ack(Ack { seen })),
-        (vector(), btree_map(dc_id(), vector(), 0..4), any::<u64>())
-            .prop_map(|(seen, known, wall_ms)| Message::Heartbeat(Heartbeat { seen, known, wall_ms })),
+        (vector(), btree_map(dc_id(), vector(), 0..4), any::<u64>(), prop::option::of(any::<(u64, u64)>()))
+            .prop_map(|(seen, known, wall_ms, echo)| {
+                let echo = echo.map(|(wall_ms, held_ms)| HeartbeatEcho { wall_ms, held_ms });
+                Message::Heartbeat(Heartbeat { seen, known, wall_ms, echo })
+            }),
         (any::<u64>(), prop::option::of((keyspace(), key())), 1u32..=10_000).prop_map(
             |(request_id, after, entries_max)| {
                 Message::SnapshotRequest(SnapshotRequest { request_id, after, entries_max })
