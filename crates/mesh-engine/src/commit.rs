@@ -81,10 +81,13 @@ pub trait StateRead {
     /// resolver after a restart.
     fn idempotency_records(&self, since_wall_ms: u64) -> Result<Vec<IdempotencyRecord>, Self::Error>;
 
-    /// Walks the durable keys for tombstone GC: examines up to `max` keys after `after`
-    /// (exclusive), in (keyspace, key) order, and returns those whose state holds a tombstone
-    /// ([`KeyState::has_tombstones`]), with the last key examined (`None`: the walk reached the
-    /// end).
+    /// Walks the durable keys for tombstone GC: up to `max` keys after `after` (exclusive), in
+    /// (keyspace, key) order, whose state holds a tombstone ([`KeyState::has_tombstones`]),
+    /// with the last key returned when there were `max` (`None`: the walk reached the end).
+    /// Implementations MUST keep an index of those keys rather than examine every key: GC must
+    /// reach a stable tombstone within a few rounds however many keys the store holds, or DCs
+    /// whose walks stand at different points hold different tombstones long after every DC
+    /// could collect them (deleted keys stay, with their context, so the keys only grow).
     fn scan_tombstoned(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Result<Scan, Self::Error>;
 
     /// Cuts a consistent snapshot of every key state and the vector it reflects, for state

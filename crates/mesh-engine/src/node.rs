@@ -46,7 +46,7 @@ pub struct NodeConfig {
     pub startup_wait_ms: u64,
     /// How often tombstones are collected.
     pub gc_interval_ms: u64,
-    /// Keys examined per collection round.
+    /// Keys holding tombstones visited per collection round (the store walks an index of them).
     pub gc_scan_keys: usize,
     /// How often the log is compacted below what every DC acked.
     pub compact_interval_ms: u64,

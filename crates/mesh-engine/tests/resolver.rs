@@ -55,9 +55,14 @@ impl StateRead for Store {
     ) -> Result<mesh_engine::Scan, Self::Error> {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.clone()));
-        let page: Vec<_> = self.0.range((start, Bound::Unbounded)).take(max).collect();
-        let last = if page.len() == max { page.last().map(|(k, _)| (*k).clone()) } else { None };
-        let keys = page.into_iter().filter(|(_, s)| s.has_tombstones()).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<_> = self
+            .0
+            .range((start, Bound::Unbounded))
+            .filter(|(_, s)| s.has_tombstones())
+            .take(max)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let last = if keys.len() == max { keys.last().cloned() } else { None };
         Ok(mesh_engine::Scan { keys, last })
     }
 }

@@ -20,6 +20,8 @@
 //! per group costs a leaf per key per commit; checkpointing writes each hot key once and touches
 //! each leaf once per checkpoint. Until then the states live in memory (the overlay), which reads
 //! consult first; on open the write-ahead records after the last checkpoint are replayed into it.
+//! The same checkpoint keeps `tombstoned`, the index of the keys whose state in `kv` holds a
+//! tombstone, so tombstone GC's walk visits those keys only, however many keys the store holds.
 //! Nothing here changes what is durable when: a group is acknowledged only after the transaction
 //! holding its ops, states and vectors is on disk.
 
@@ -33,7 +35,7 @@ use redb::{
     StorageBackend, TableDefinition,
 };
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +59,9 @@ type KvReader = Arc<ReadOnlyTable<(&'static str, &'static str), &'static [u8]>>;
 fn kv_reader(db: &Database) -> Result<KvReader, StoreError> {
     Ok(Arc::new(db.begin_read().map_err(db_err)?.open_table(KV).map_err(db_err)?))
 }
+/// (keyspace, key) → (): the keys whose state in `kv` holds a tombstone (tombstone GC's walk).
+/// Written with `kv`, in checkpoints.
+const TOMBSTONED: TableDefinition<(&str, &str), ()> = TableDefinition::new("tombstoned");
 /// (origin, seq of the chunk's last op) → msgpack `Vec<Op>`: consecutive ops of that origin.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 /// Group number → msgpack `Vec<(Keyspace, Key, Option<KeyState>)>`: the states a group wrote.
@@ -83,6 +88,8 @@ const ACKED_PREFIX: &str = "acked/";
 const WAL_POSITION: &str = "wal";
 /// The store's identity record (`Option<StoreIdentity>`).
 const IDENTITY: &str = "identity";
+/// Whether `tombstoned` indexes `kv` (a store written before the index has it built on open).
+const TOMBSTONED_INDEXED: &str = "tombstoned_indexed";
 
 /// Tuning of a [`DurableStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +124,20 @@ impl Default for Options {
 #[derive(Debug, Default)]
 struct Overlay {
     states: BTreeMap<(Keyspace, Key), Option<KeyState>>,
+    /// The keys of `states` whose state holds a tombstone.
+    tombstoned: BTreeSet<(Keyspace, Key)>,
     group: u64,
+}
+
+impl Overlay {
+    fn insert(&mut self, k: (Keyspace, Key), state: Option<KeyState>) {
+        if state.as_ref().is_some_and(KeyState::has_tombstones) {
+            self.tombstoned.insert(k.clone());
+        } else {
+            self.tombstoned.remove(&k);
+        }
+        self.states.insert(k, state);
+    }
 }
 
 /// The newest durable ops of each origin, in seq order without gaps, about
@@ -330,6 +350,7 @@ impl DurableStore {
         let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         txn.open_table(KV).map_err(db_err)?;
+        txn.open_table(TOMBSTONED).map_err(db_err)?;
         let log_is_empty = txn.open_table(LOG).map_err(db_err)?.is_empty().map_err(db_err)?;
         txn.open_table(WAL).map_err(db_err)?;
         txn.open_table(IDEMPOTENCY).map_err(db_err)?;
@@ -346,6 +367,21 @@ impl DurableStore {
                 return Err(StoreError::Corrupt { what: "store format", detail });
             }
             meta.insert(FORMAT, encode(&FORMAT_VERSION).as_slice()).map_err(db_err)?;
+            // A store written before the tombstone index: build it once from `kv` (the states
+            // replayed into the overlay below are indexed there).
+            let indexed: bool = read_meta(&meta, TOMBSTONED_INDEXED)?;
+            if !indexed {
+                let kv = txn.open_table(KV).map_err(db_err)?;
+                let mut index = txn.open_table(TOMBSTONED).map_err(db_err)?;
+                for entry in kv.iter().map_err(db_err)? {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let state: KeyState = decode("key state", v.value())?;
+                    if state.has_tombstones() {
+                        index.insert(k.value(), ()).map_err(db_err)?;
+                    }
+                }
+                meta.insert(TOMBSTONED_INDEXED, encode(&true).as_slice()).map_err(db_err)?;
+            }
         }
         txn.commit().map_err(db_err)?;
         // Replay the write-ahead records after the last checkpoint into the overlay.
@@ -362,7 +398,7 @@ impl DurableStore {
                     unpack("write-ahead record", record.value())?;
                 wal_bytes += record.value().len() as u64;
                 for (keyspace, key, state) in states {
-                    overlay.states.insert((keyspace, key), state);
+                    overlay.insert((keyspace, key), state);
                 }
                 overlay.group = group.value();
             }
@@ -550,7 +586,7 @@ impl Committer {
         }
         let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
         for (keyspace, key, state) in states.into_iter().flatten() {
-            overlay.states.insert((keyspace, key), state);
+            overlay.insert((keyspace, key), state);
         }
         overlay.group = number;
         drop(overlay);
@@ -572,6 +608,7 @@ impl Committer {
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         {
             let mut kv = txn.open_table(KV).map_err(db_err)?;
+            let mut index = txn.open_table(TOMBSTONED).map_err(db_err)?;
             for ((keyspace, key), state) in &overlay.states {
                 let k = (keyspace.as_str(), key.as_str());
                 match state {
@@ -579,6 +616,11 @@ impl Committer {
                     None => kv.remove(k).map(drop),
                 }
                 .map_err(db_err)?;
+                if state.as_ref().is_some_and(KeyState::has_tombstones) {
+                    index.insert(k, ()).map_err(db_err)?;
+                } else {
+                    index.remove(k).map_err(db_err)?;
+                }
             }
             let mut wal = txn.open_table(WAL).map_err(db_err)?;
             wal.retain_in(..=overlay.group, |_, _| false).map_err(db_err)?;
@@ -591,7 +633,10 @@ impl Committer {
         let reader = kv_reader(&self.db)?;
         *self.kv.write().unwrap_or_else(|e| e.into_inner()) = reader;
         // Only this thread adds to the overlay, so nothing arrived since the read above.
-        self.overlay.write().unwrap_or_else(|e| e.into_inner()).states.clear();
+        let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
+        overlay.states.clear();
+        overlay.tombstoned.clear();
+        drop(overlay);
         self.wal_bytes = 0;
         Ok(())
     }
@@ -744,17 +789,36 @@ impl Store for DurableStore {
         max: usize,
     ) -> Result<mesh_engine::Scan, StoreError> {
         self.check_usable()?;
-        // Merges kv and the overlay in place (a snapshot would copy the whole overlay); holding
-        // the overlay's read lock keeps a checkpoint from moving states between the two meanwhile.
+        // The index of `kv` merged with the overlay's tombstoned keys: an overlay state is newer
+        // than `kv`, so a key the overlay holds is taken from the overlay only. Holding the
+        // overlay's read lock keeps a checkpoint from moving states between the two meanwhile.
         let overlay = self.overlay();
         let txn = self.db.begin_read().map_err(db_err)?;
-        let kv = txn.open_table(KV).map_err(db_err)?;
-        let mut keys = Vec::new();
-        let last = walk_states(&kv, &overlay.states, after, max, |ks, k, state| {
-            if state.has_tombstones() {
-                keys.push((ks, k));
+        let index = txn.open_table(TOMBSTONED).map_err(db_err)?;
+        let start = match after {
+            Some((ks, k)) => Bound::Excluded((ks.as_str(), k.as_str())),
+            None => Bound::Unbounded,
+        };
+        let corrupt = |e: mesh_core::IdError| StoreError::Corrupt { what: "key", detail: e.to_string() };
+        // The first `max` keys of the merge are among the first `max` of each side.
+        let mut stored = Vec::new();
+        for entry in index.range::<(&str, &str)>((start, Bound::Unbounded)).map_err(db_err)? {
+            if stored.len() == max {
+                break;
             }
-        })?;
+            let (k, _) = entry.map_err(db_err)?;
+            let (ks, key) = k.value();
+            let k = (Keyspace::new(ks).map_err(corrupt)?, Key::new(key).map_err(corrupt)?);
+            if !overlay.states.contains_key(&k) {
+                stored.push(k);
+            }
+        }
+        let after_newer = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let newer = overlay.tombstoned.range::<(Keyspace, Key), _>((after_newer, Bound::Unbounded)).take(max);
+        let mut keys: Vec<(Keyspace, Key)> = stored.into_iter().chain(newer.cloned()).collect();
+        keys.sort();
+        keys.truncate(max);
+        let last = if keys.len() == max { keys.last().cloned() } else { None };
         Ok(mesh_engine::Scan { keys, last })
     }
 

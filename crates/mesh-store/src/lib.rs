@@ -196,9 +196,10 @@ pub trait Store: LogRead + Send + Sync {
     /// Cuts a consistent snapshot.
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError>;
 
-    /// Tombstone GC's walk: examines up to `max` durable keys after `after`, in key order, and
-    /// returns those holding tombstones, without copying the store's states. A candidate list:
-    /// the caller re-reads each key before acting on it.
+    /// Tombstone GC's walk: up to `max` durable keys holding tombstones after `after`, in key
+    /// order, from an index of those keys: the walk never examines a key without tombstones, so
+    /// a pass takes as many rounds as there are tombstoned keys, not keys. A candidate list: the
+    /// caller re-reads each key before acting on it.
     fn scan_tombstoned(
         &self,
         after: Option<&(Keyspace, Key)>,

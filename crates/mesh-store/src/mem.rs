@@ -15,13 +15,16 @@ use crate::{
     StoreIdentity,
 };
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 
 /// Everything a DC stores, as plain maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct MemState {
     kv: BTreeMap<(Keyspace, Key), KeyState>,
+    /// The keys of `kv` whose state holds a tombstone (tombstone GC's walk), as the durable
+    /// store indexes them.
+    tombstoned: BTreeSet<(Keyspace, Key)>,
     /// Ops by (origin, seq), with their encoded size.
     log: BTreeMap<(DcId, u64), (Op, usize)>,
     /// Per origin, the highest seq logged; as in the durable store, an op at or below it is a
@@ -50,6 +53,11 @@ impl MemState {
         }
         for (keyspace, key, state) in &batch.states {
             let k = (keyspace.clone(), key.clone());
+            if state.as_ref().is_some_and(KeyState::has_tombstones) {
+                self.tombstoned.insert(k.clone());
+            } else {
+                self.tombstoned.remove(&k);
+            }
             match state {
                 Some(state) => self.kv.insert(k, state.clone()),
                 None => self.kv.remove(&k),
@@ -169,20 +177,15 @@ impl Store for MemStore {
         use std::ops::Bound;
         let inner = self.lock();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut scan = mesh_engine::Scan::default();
-        let mut examined = 0;
-        for ((ks, k), state) in
-            inner.durable.kv.range::<(Keyspace, Key), _>((start, Bound::Unbounded)).take(max)
-        {
-            examined += 1;
-            if state.has_tombstones() {
-                scan.keys.push((ks.clone(), k.clone()));
-            }
-            if examined == max {
-                scan.last = Some((ks.clone(), k.clone()));
-            }
-        }
-        Ok(scan)
+        let keys: Vec<(Keyspace, Key)> = inner
+            .durable
+            .tombstoned
+            .range::<(Keyspace, Key), _>((start, Bound::Unbounded))
+            .take(max)
+            .cloned()
+            .collect();
+        let last = if keys.len() == max { keys.last().cloned() } else { None };
+        Ok(mesh_engine::Scan { keys, last })
     }
 
     fn submit(&self, batch: CommitBatch, done: CommitDone) {
