@@ -305,8 +305,9 @@ pub struct Node<R> {
     sync: SyncTracker,
     health: HealthMonitor,
     replicators: BTreeMap<DcId, Replicator>,
-    /// Dial policies of the peers this DC dials: of each pair, the DC with the lower id dials,
-    /// so a pair has one connection.
+    /// Dial policies, one per peer: either DC of a pair dials while it has no link, so a DC that
+    /// restarted (or lost its link) re-establishes it at once; two links at once are settled by
+    /// [`crate::pool::keep_existing_link`].
     dialers: BTreeMap<DcId, DialPolicy>,
     /// Durable here: the vector every emitted vector comes from.
     durable: VersionVector,
@@ -409,7 +410,7 @@ impl<R: RngCore> Node<R> {
         let dialers = topology
             .dcs
             .iter()
-            .filter(|d| d.active && d.id > local)
+            .filter(|d| d.active && d.id != local)
             .map(|d| {
                 let endpoints = d.endpoints.iter().map(|e| e.address.clone()).collect();
                 let policy = DialPolicy::new(
@@ -660,6 +661,14 @@ impl<R: RngCore> Node<R> {
             seen: self.durable.clone(),
         };
         self.effects.push_back(Effect::Send { to: peer.clone(), message: Message::Hello(hello) });
+    }
+
+    /// A dial of `peer` connected, but the link already up was kept instead
+    /// ([`crate::pool::keep_existing_link`]): the dial is over and the new link closed.
+    pub fn handle_dial_superseded(&mut self, now_ms: u64, peer: &DcId) {
+        if let Some(dialer) = self.dialers.get_mut(peer) {
+            dialer.handle_connected(now_ms);
+        }
     }
 
     /// A dial of `peer` failed. Ignored if a link came up meanwhile (the peer dialed in).
@@ -965,6 +974,18 @@ impl<R: RngCore> Node<R> {
         if self.health.poll_timeout() <= now_ms {
             self.health.handle_timeout(now_ms);
             while let Some(event) = self.health.poll_event() {
+                if let HealthEvent::Changed { peer, to: crate::health::Health::Down, .. } = &event {
+                    // Link liveness follows the failure detector: a link whose peer went silent
+                    // is closed and dialed again, rather than held until the transport's idle
+                    // timeout (a dead process, a one-way cut, a half-open connection).
+                    if self.replicators.get(peer).is_some_and(|r| r.is_open())
+                        || self.awaiting_hello.contains_key(peer)
+                    {
+                        self.effects.push_back(Effect::Close { peer: peer.clone() });
+                        self.handle_disconnected(now_ms, peer);
+                    }
+                    continue;
+                }
                 if event == HealthEvent::SendHeartbeat {
                     let known = self.health.known();
                     for (peer, r) in &self.replicators {

@@ -150,6 +150,20 @@ impl DialPolicy {
     }
 }
 
+/// Two links to one peer at once (both DCs dialed while neither had a link, or a peer that
+/// restarted dialed in while this DC still holds its old, now dead, connection): whether to keep
+/// the link already up (`true`) or replace it with the new one. A live link dialed by the DC
+/// with the lower id wins, so both ends of a simultaneous dial keep the same connection; a link
+/// that is no longer `alive` (nothing heard on it lately, and not just opened) is replaced.
+/// `existing_dialed_by` and `new_dialed_by` name the DC that dialed each link.
+pub fn keep_existing_link(
+    existing_dialed_by: &mesh_core::DcId,
+    new_dialed_by: &mesh_core::DcId,
+    alive: bool,
+) -> bool {
+    alive && existing_dialed_by <= new_dialed_by
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,11 @@ struct LinkHandle {
     id: u64,
     tx: mpsc::UnboundedSender<Message>,
     connection: quinn::Connection,
+    /// Whether this DC dialed it.
+    dialed: bool,
+    /// When it opened, and when a message last came on it.
+    opened: Instant,
+    last_heard: Instant,
 }
 
 /// The DC actor's state.
@@ -383,8 +388,26 @@ impl DcActor {
 
     fn connected(myself: &ActorRef<DcMsg>, state: &mut DcState, link: Link) {
         let now = Self::now_ms(state);
-        let Link { peer, connection, mut writer, mut reader } = link;
-        if let Some(old) = state.links.remove(&peer) {
+        let Link { peer, connection, mut writer, mut reader, dialed } = link;
+        if let Some(old) = state.links.get(&peer) {
+            // Two links at once: both DCs dialed, or the peer restarted and dialed in while the
+            // old connection is still open here. A link heard from (or opened) within two
+            // heartbeats is alive.
+            let window =
+                Duration::from_millis(2 * state.args.topology.config.replication.heartbeat_interval_ms);
+            let alive = old.last_heard.elapsed() < window || old.opened.elapsed() < window;
+            let local = &state.args.local;
+            let dialer = |dialed: bool| if dialed { local.clone() } else { peer.clone() };
+            if mesh_engine::pool::keep_existing_link(&dialer(old.dialed), &dialer(dialed), alive) {
+                connection.close(3u32.into(), b"duplicate");
+                let labels = [KeyValue::new("peer", peer.to_string()), KeyValue::new("reason", "duplicate")];
+                state.args.metrics.links_refused.add(1, &labels);
+                if dialed {
+                    state.node.handle_dial_superseded(now, &peer);
+                }
+                return;
+            }
+            let old = state.links.remove(&peer).expect("checked");
             old.connection.close(3u32.into(), b"replaced");
             state.node.handle_disconnected(now, &peer);
         }
@@ -423,7 +446,10 @@ impl DcActor {
             }
             let _ = me.cast(DcMsg::LinkDown { peer: reader_peer, link: id });
         });
-        state.links.insert(peer.clone(), LinkHandle { id, tx, connection });
+        let opened = Instant::now();
+        state
+            .links
+            .insert(peer.clone(), LinkHandle { id, tx, connection, dialed, opened, last_heard: opened });
         state.node.handle_connected(now, &peer);
     }
 }
@@ -593,7 +619,8 @@ impl Actor for DcActor {
                 }
             }
             DcMsg::Peer { peer, link, message } => {
-                if state.links.get(&peer).is_some_and(|l| l.id == link) {
+                if let Some(handle) = state.links.get_mut(&peer).filter(|l| l.id == link) {
+                    handle.last_heard = Instant::now();
                     state.node.handle_message(now, wall_ms(), &peer, message, &*state.store);
                 }
             }

@@ -6,6 +6,8 @@ use crate::tls::{self, Material, TlsError};
 use mesh_core::DcId;
 use mesh_wire::{Codec, CodecConfig, Decoded, Message};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A link could not be set up, or broke. The connection is closed when one is returned.
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +32,43 @@ pub enum LinkError {
     Tls(#[from] TlsError),
 }
 
-/// Binds the node's QUIC endpoint at `listen`: it accepts peers presenting a certificate of the
-/// mesh CA, and dials with this DC's certificate.
+/// Binds the node's QUIC endpoint at `listen` for the default heartbeat interval (250 ms); see
+/// [`endpoint_for`].
 pub fn endpoint(listen: SocketAddr, material: &Material) -> Result<quinn::Endpoint, LinkError> {
-    let mut endpoint = quinn::Endpoint::server(material.server_config()?, listen)
+    endpoint_for(listen, material, 250)
+}
+
+/// Binds the node's QUIC endpoint at `listen`: it accepts peers presenting a certificate of the
+/// mesh CA, and dials with this DC's certificate. Connections follow the heartbeat: a keep-alive
+/// every `heartbeat_interval_ms` and an idle timeout of [`idle_timeout_ms`], so a peer that
+/// died, or a path that stopped carrying packets, ends its connection within seconds (quinn's
+/// default is 30 s without keep-alives) and the link is dialed again.
+pub fn endpoint_for(
+    listen: SocketAddr,
+    material: &Material,
+    heartbeat_interval_ms: u64,
+) -> Result<quinn::Endpoint, LinkError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(heartbeat_interval_ms.max(1))));
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(idle_timeout_ms(heartbeat_interval_ms)))
+        .map_err(|e| LinkError::Connection(format!("idle timeout: {e}")))?;
+    transport.max_idle_timeout(Some(idle));
+    let transport = Arc::new(transport);
+    let mut server = material.server_config()?;
+    server.transport_config(transport.clone());
+    let mut client = material.client_config()?;
+    client.transport_config(transport);
+    let mut endpoint = quinn::Endpoint::server(server, listen)
         .map_err(|e| LinkError::Connection(format!("binding {listen}: {e}")))?;
-    endpoint.set_default_client_config(material.client_config()?);
+    endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// The QUIC idle timeout for a heartbeat interval, in ms: eight intervals, at least one second.
+/// The failure detector usually closes a silent link first (a peer judged down); this bounds
+/// what it cannot see, such as a handshake that never completes.
+pub fn idle_timeout_ms(heartbeat_interval_ms: u64) -> u64 {
+    heartbeat_interval_ms.saturating_mul(8).max(1_000)
 }
 
 /// An open link to a peer DC.
@@ -50,6 +82,8 @@ pub struct Link {
     pub writer: FrameWriter,
     /// Frames in.
     pub reader: FrameReader,
+    /// Whether this DC dialed it (rather than accepted it).
+    pub dialed: bool,
 }
 
 /// Dials `peer` at `address`; its certificate must name `peer`.
@@ -69,7 +103,7 @@ pub async fn dial(
         return Err(LinkError::UnknownPeer);
     }
     let stream = connection.open_bi().await.map_err(|e| LinkError::Stream(e.to_string()))?;
-    Link::new(peer.clone(), connection, stream, codec)
+    Link::new(peer.clone(), connection, stream, codec, true)
 }
 
 /// Accepts the next incoming connection whose certificate names one of `candidates`.
@@ -84,7 +118,7 @@ pub async fn accept<'a>(
         return Err(LinkError::UnknownPeer);
     };
     let stream = connection.accept_bi().await.map_err(|e| LinkError::Stream(e.to_string()))?;
-    Link::new(peer, connection, stream, codec)
+    Link::new(peer, connection, stream, codec, false)
 }
 
 impl Link {
@@ -94,12 +128,14 @@ impl Link {
         connection: quinn::Connection,
         (send, recv): (quinn::SendStream, quinn::RecvStream),
         codec: &CodecConfig,
+        dialed: bool,
     ) -> Result<Self, LinkError> {
         Ok(Link {
             peer,
             connection,
             writer: FrameWriter::new(send, codec)?,
             reader: FrameReader::new(recv, codec)?,
+            dialed,
         })
     }
 }

@@ -167,6 +167,9 @@ pub struct World {
     cuts: BTreeMap<(usize, usize), u32>,
     /// Open connections by (lower, higher) DC index.
     conns: BTreeMap<(usize, usize), u64>,
+    /// Per connection, the process incarnations of its (lower, higher) ends when it opened: a
+    /// restarted process does not own its old connections, which stay half-open at the peer.
+    conn_ends: BTreeMap<u64, [u32; 2]>,
     next_conn: u64,
     /// Per directed link, the latest delivery time scheduled (FIFO links).
     last_delivery: BTreeMap<(usize, usize), u64>,
@@ -225,6 +228,7 @@ impl World {
             dcs,
             cuts: BTreeMap::new(),
             conns: BTreeMap::new(),
+            conn_ends: BTreeMap::new(),
             next_conn: 1,
             last_delivery: BTreeMap::new(),
             active_faults: BTreeSet::new(),
@@ -338,7 +342,7 @@ impl World {
             Event::DialDone { dc, peer, incarnation } => self.dial_done(dc, peer, incarnation),
             Event::IdleClose { a, b, conn } => {
                 let cut = self.cut(a, b) || self.cut(b, a);
-                let dead = !self.dcs[a].alive() || !self.dcs[b].alive();
+                let dead = !self.owns(a, conn) || !self.owns(b, conn);
                 if (cut || dead) && self.conns.get(&(a.min(b), a.max(b))) == Some(&conn) {
                     self.close(a, b);
                 }
@@ -674,9 +678,32 @@ impl World {
         }
     }
 
+    /// Whether `dc`'s current process owns connection `conn` (is alive and opened it or
+    /// accepted it, rather than inheriting it from a crashed process).
+    fn owns(&self, dc: usize, conn: u64) -> bool {
+        let Some(ends) = self.conn_ends.get(&conn) else { return false };
+        let (lo, hi) = self.conn_key(conn).unwrap_or((usize::MAX, usize::MAX));
+        let end = if dc == lo {
+            ends[0]
+        } else if dc == hi {
+            ends[1]
+        } else {
+            return false;
+        };
+        self.dcs[dc].alive() && self.dcs[dc].incarnation == end
+    }
+
+    /// The DC pair of an open connection.
+    fn conn_key(&self, conn: u64) -> Option<(usize, usize)> {
+        self.conns.iter().find(|(_, c)| **c == conn).map(|(k, _)| *k)
+    }
+
     fn deliver(&mut self, from: usize, to: usize, conn: u64, message: Message) {
         if self.conns.get(&(from.min(to), from.max(to))) != Some(&conn) || self.cut(from, to) {
             return;
+        }
+        if !self.owns(to, conn) {
+            return; // A process that restarted knows nothing of its old connections.
         }
         let kind = match &message {
             Message::Hello(_) => 10,
@@ -743,6 +770,14 @@ impl World {
         let key = (dc.min(peer), dc.max(peer));
         let peer_id = self.dcs[peer].id.clone();
         let dc_id = self.dcs[dc].id.clone();
+        if let Some(&old) = self.conns.get(&key).filter(|_| up) {
+            // A connection one end's process no longer owns (it restarted) is half-open: the new
+            // dial replaces it, as the node's runtime replaces a link it no longer hears from
+            // (mesh_engine::pool::keep_existing_link).
+            if !self.owns(dc, old) || !self.owns(peer, old) {
+                self.close(dc, peer);
+            }
+        }
         if !up || self.conns.contains_key(&key) {
             let now = self.now_ms;
             if let Some(node) = self.dcs[dc].node.as_mut() {
@@ -754,6 +789,7 @@ impl World {
         let conn = self.next_conn;
         self.next_conn += 1;
         self.conns.insert(key, conn);
+        self.conn_ends.insert(conn, [self.dcs[key.0].incarnation, self.dcs[key.1].incarnation]);
         self.hash(&[7, dc as u64, peer as u64, conn]);
         if self.options.trace {
             self.note(format!("connect {dc_id} {peer_id}"));
@@ -767,14 +803,21 @@ impl World {
         }
     }
 
+    /// Closes the connection between `a` and `b`; each end whose process owns it hears so.
     fn close(&mut self, a: usize, b: usize) {
+        let Some(conn) = self.conns.get(&(a.min(b), a.max(b))).copied() else { return };
+        let owners = [self.owns(a, conn), self.owns(b, conn)];
         self.conns.remove(&(a.min(b), a.max(b)));
+        self.conn_ends.remove(&conn);
         self.hash(&[8, a as u64, b as u64]);
         if self.options.trace {
             self.note(format!("disconnect {} {}", self.dcs[a].id, self.dcs[b].id));
         }
         let now = self.now_ms;
-        for (x, y) in [(a, b), (b, a)] {
+        for ((x, y), owner) in [(a, b), (b, a)].into_iter().zip(owners) {
+            if !owner {
+                continue;
+            }
             let other = self.dcs[y].id.clone();
             if let Some(node) = self.dcs[x].node.as_mut() {
                 node.handle_disconnected(now, &other);
@@ -878,13 +921,8 @@ impl World {
                     if disk_lost {
                         self.forget_lost_with_disk(dc);
                     }
-                    // The old process's connections die with it (a QUIC stateless reset); the
-                    // peers learn it now if their idle timeout has not told them yet.
-                    let old: Vec<(usize, usize)> =
-                        self.conns.keys().filter(|(a, b)| *a == dc || *b == dc).copied().collect();
-                    for (a, b) in old {
-                        self.close(a, b);
-                    }
+                    // The old process's connections stay half-open at its peers until their idle
+                    // timeout, or until a new dial (by either end) replaces them.
                     self.dcs[dc].incarnation += 1;
                     self.dcs[dc].timer_at = None;
                     self.start_node(dc);

@@ -141,7 +141,8 @@ async fn serve(
         &loaded.path_for(&settings.tls.key, &local),
     )
     .map_err(|e| format!("{e} (run `meshd up` once to generate development certificates)"))?;
-    let endpoint = transport::endpoint(me.listen, &material).map_err(|e| e.to_string())?;
+    let heartbeat_ms = topology.config.replication.heartbeat_interval_ms;
+    let endpoint = transport::endpoint_for(me.listen, &material, heartbeat_ms).map_err(|e| e.to_string())?;
     let data_dir = loaded.path_for(&settings.data_dir, &local);
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let codec = CodecConfig::from_replication(&topology.config.replication).map_err(|e| e.to_string())?;
