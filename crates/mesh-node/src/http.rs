@@ -81,8 +81,9 @@ async fn auth(State(state): State<ApiState>, request: Request, next: Next) -> Re
 fn actor(state: &ApiState) -> Result<ActorRef<DcMsg>, ApiError> {
     state.dc.borrow().clone().ok_or(ApiError(
         StatusCode::SERVICE_UNAVAILABLE,
-        "restarting",
-        "the DC is restarting".into(),
+        "starting",
+        "the DC is opening its store (after a start or a restart) and serves nothing yet; retry shortly"
+            .into(),
     ))
 }
 

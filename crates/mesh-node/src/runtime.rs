@@ -473,7 +473,22 @@ impl Actor for DcActor {
     async fn pre_start(&self, myself: ActorRef<DcMsg>, args: DcArgs) -> Result<DcState, ActorProcessingErr> {
         let window_ms = args.topology.config.replication.idempotency_window_s.saturating_mul(1_000);
         let options = mesh_store::Options { idempotency_window_ms: window_ms, ..Default::default() };
-        let store = Arc::new(DurableStore::open_with(&args.store_path, options)?);
+        // Replaying the write-ahead records can take seconds: off the async threads, so the API
+        // answers `503 starting` meanwhile, and logged, so an operator sees why.
+        eprintln!("[{}] opening the store at {}", args.local, args.store_path.display());
+        let opening = std::time::Instant::now();
+        let path = args.store_path.clone();
+        let store = tokio::task::spawn_blocking(move || DurableStore::open_with(&path, options)).await??;
+        let r = store.recovered();
+        eprintln!(
+            "[{}] store open in {} ms: replayed {} write-ahead records ({} bytes, {} keys) since the last checkpoint",
+            args.local,
+            opening.elapsed().as_millis(),
+            r.wal_groups,
+            r.wal_bytes,
+            r.keys
+        );
+        let store = Arc::new(store);
         let mut acked = BTreeMap::new();
         for dc in &args.topology.dcs {
             if dc.id != args.local {

@@ -318,6 +318,19 @@ pub struct DurableStore {
     poisoned: Arc<AtomicBool>,
     queue: Option<SyncSender<Submission>>,
     committer: Option<JoinHandle<()>>,
+    recovered: Recovered,
+}
+
+/// What opening the store replayed: the write-ahead records written after the last checkpoint,
+/// whose key states were rebuilt in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Write-ahead records (one per group commit) replayed.
+    pub wal_groups: u64,
+    /// Their encoded bytes.
+    pub wal_bytes: u64,
+    /// Distinct keys whose states they held.
+    pub keys: usize,
 }
 
 impl std::fmt::Debug for DurableStore {
@@ -387,6 +400,7 @@ impl DurableStore {
         // Replay the write-ahead records after the last checkpoint into the overlay.
         let mut overlay = Overlay::default();
         let mut wal_bytes = 0u64;
+        let mut wal_groups = 0u64;
         {
             let txn = db.begin_read().map_err(db_err)?;
             let meta = txn.open_table(META).map_err(db_err)?;
@@ -397,6 +411,7 @@ impl DurableStore {
                 let states: Vec<(Keyspace, Key, Option<KeyState>)> =
                     unpack("write-ahead record", record.value())?;
                 wal_bytes += record.value().len() as u64;
+                wal_groups += 1;
                 for (keyspace, key, state) in states {
                     overlay.insert((keyspace, key), state);
                 }
@@ -409,6 +424,7 @@ impl DurableStore {
             );
             overlay.group = committed;
         }
+        let recovered = Recovered { wal_groups, wal_bytes, keys: overlay.states.len() };
         let db = Arc::new(db);
         let overlay = Arc::new(RwLock::new(overlay));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
@@ -432,7 +448,21 @@ impl DurableStore {
             .name("mesh-store-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(db_err)?;
-        Ok(Self { db, overlay, kv, tail, poisoned, queue: Some(queue), committer: Some(committer) })
+        Ok(Self {
+            db,
+            overlay,
+            kv,
+            tail,
+            poisoned,
+            queue: Some(queue),
+            committer: Some(committer),
+            recovered,
+        })
+    }
+
+    /// What opening the store replayed.
+    pub fn recovered(&self) -> Recovered {
+        self.recovered
     }
 
     /// Fails once the store is poisoned, so nothing is read or written past an unknown outcome.

@@ -18,7 +18,9 @@ mod durable;
 mod mem;
 pub mod testing;
 
-pub use durable::{DurableStore, Options, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX, LOG_CHUNK_PAYLOAD_BYTES_MAX};
+pub use durable::{
+    DurableStore, Options, Recovered, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX, LOG_CHUNK_PAYLOAD_BYTES_MAX,
+};
 pub use mem::MemStore;
 
 use mesh_core::{DcId, Key, KeyState, Keyspace, Op, VersionVector};

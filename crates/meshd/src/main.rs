@@ -157,22 +157,25 @@ async fn serve(
         adopt_topology,
     };
     let (current_tx, current_rx) = tokio::sync::watch::channel(None);
-    let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx))
-        .await
-        .map_err(|e| format!("starting {local}: {e}"))?;
-    let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
-    runtime::spawn_accept_loop(endpoint.clone(), candidates, codec, current_rx.clone(), metrics.clone());
+    // The API serves first (`503 starting` until the DC actor is live), so a restart that
+    // replays a long write-ahead log keeps the port open and says why.
     let api = tokio::net::TcpListener::bind(me.api)
         .await
         .map_err(|e| format!("binding the API at {}: {e}", me.api))?;
     let app = http::router(ApiState {
-        dc: current_rx,
+        dc: current_rx.clone(),
         token: settings.api_token.clone(),
-        metrics,
+        metrics: metrics.clone(),
         topology: topology.clone(),
     });
     println!("{local}: serving the API at http://{} and replication at {}", me.api, me.listen);
-    axum::serve(api, app).with_graceful_shutdown(stopped()).await.map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped()).await });
+    let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx))
+        .await
+        .map_err(|e| format!("starting {local}: {e}"))?;
+    let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
+    runtime::spawn_accept_loop(endpoint.clone(), candidates, codec, current_rx, metrics);
+    server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     supervisor.stop(Some("shutdown".into()));
     let _ = supervisor_done.await;
     endpoint.close(0u32.into(), b"shutdown");
