@@ -13,6 +13,12 @@ pub struct CommitBatch {
     pub ops: Vec<Op>,
     /// Key states to write; `None` removes the key (tombstone GC).
     pub states: Vec<(Keyspace, Key, Option<KeyState>)>,
+    /// Per entry of `states` (missing entries count as `false`): whether that state is the
+    /// key's state before this batch (as the earlier batches leave it) with this batch's ops of
+    /// the key applied in order by [`KeyState::apply`]. A store may then persist those ops
+    /// instead of the state, and rebuild the state from them on recovery: a set add then writes
+    /// the add, not the whole set.
+    pub states_from_ops: Vec<bool>,
     /// Joined into the stored `seen` vector (the ops this DC has applied).
     pub seen: VersionVector,
     /// Per peer, joined into the stored acked vector (what the peer confirmed durable).

@@ -452,7 +452,7 @@ impl Resolver {
             records.push(IdempotencyRecord { key, dot: op.dot.clone(), fingerprint, wall_ms });
         }
         let k = (op.keyspace.clone(), op.key.clone());
-        self.persist(vec![op], vec![(k, Some(next))], records, held);
+        self.persist(vec![op], vec![(k, Some(next))], true, records, held);
         Ok(())
     }
 
@@ -526,7 +526,7 @@ impl Resolver {
             }
             let held: Vec<Output> = self.conflict(&op, &next, concurrent).into_iter().collect();
             let k = (op.keyspace.clone(), op.key.clone());
-            self.persist(vec![op], vec![(k, Some(next))], vec![], held);
+            self.persist(vec![op], vec![(k, Some(next))], true, vec![], held);
         }
         // The ack follows the commit of everything applied so far (this batch's ops, or, for a
         // resend that brought nothing new, the newest persist awaiting its commit).
@@ -566,7 +566,7 @@ impl Resolver {
         }
         let n = removed.len();
         if n > 0 {
-            self.persist(vec![], removed, vec![], vec![]);
+            self.persist(vec![], removed, false, vec![], vec![]);
         }
         Ok(n)
     }
@@ -612,7 +612,7 @@ impl Resolver {
                 None => self.outputs.push_back(merged),
             }
         } else {
-            self.persist(vec![], states, vec![], vec![merged]);
+            self.persist(vec![], states, false, vec![], vec![merged]);
         }
         Ok(())
     }
@@ -659,11 +659,14 @@ impl Resolver {
     }
 
     /// Adds to the open persist `ops`, the key `states` they produced and the `idempotency`
-    /// records of their client writes, and holds `held` until it commits.
+    /// records of their client writes, and holds `held` until it commits. `from_ops`: each state
+    /// is the key's newest state with `ops` applied ([`CommitBatch::states_from_ops`]), not a
+    /// merge or a collection.
     fn persist(
         &mut self,
         ops: Vec<Op>,
         states: Vec<((Keyspace, Key), Option<KeyState>)>,
+        from_ops: bool,
         idempotency: Vec<IdempotencyRecord>,
         held: Vec<Output>,
     ) {
@@ -676,11 +679,16 @@ impl Resolver {
         open.batch.idempotency.extend(idempotency);
         for (k, state) in states {
             self.pending.insert(k.clone(), (state.clone(), id));
-            // A key changed twice in one persist is stored once, as it ends.
+            // A key changed twice in one persist is stored once, as it ends; it is derived from
+            // the persist's ops only if every change to it was an op's.
             match open.states.get(&k) {
-                Some(&i) => open.batch.states[i].2 = state,
+                Some(&i) => {
+                    open.batch.states[i].2 = state;
+                    open.batch.states_from_ops[i] &= from_ops;
+                }
                 None => {
                     open.batch.states.push((k.0.clone(), k.1.clone(), state));
+                    open.batch.states_from_ops.push(from_ops);
                     open.states.insert(k, open.batch.states.len() - 1);
                 }
             }

@@ -74,7 +74,49 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SEEN: &str = "seen";
 /// The on-disk format of this store's records. 2: log chunks start with their op count.
 const FORMAT: &str = "format";
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
+/// The format before write-ahead records carried ops: its records hold whole key states. Such a
+/// store is read, its records checkpointed at once, and it is then format 3.
+const FORMAT_STATES_WAL: u32 = 2;
+
+/// One change in a write-ahead record, in commit order.
+#[derive(serde::Deserialize)]
+enum WalEntry {
+    /// A key's whole new state (`None`: removed): a merge, a collection, or a batch that did not
+    /// say its states came from its ops.
+    State(Keyspace, Key, Option<KeyState>),
+    /// Ops whose keys' new states are their previous states with these ops applied in order
+    /// ([`CommitBatch::states_from_ops`]): replay applies them again.
+    Ops(Vec<Op>),
+}
+
+/// [`WalEntry`] as written, borrowing the batch (same variants, same encoding).
+#[derive(serde::Serialize)]
+enum WalEntryRef<'a> {
+    State(&'a Keyspace, &'a Key, &'a Option<KeyState>),
+    Ops(Vec<&'a Op>),
+}
+
+/// The write-ahead entries of a group: per batch, the whole states it did not derive from its
+/// ops, then the ops of the keys it did. A set add thus costs the add, not the set.
+fn wal_entries(group: &[CommitBatch]) -> Vec<WalEntryRef<'_>> {
+    let mut entries = Vec::new();
+    for batch in group {
+        let mut derived: std::collections::HashSet<(&Keyspace, &Key)> = std::collections::HashSet::new();
+        for (i, (keyspace, key, state)) in batch.states.iter().enumerate() {
+            if state.is_some() && batch.states_from_ops.get(i).copied().unwrap_or(false) {
+                derived.insert((keyspace, key));
+            } else {
+                entries.push(WalEntryRef::State(keyspace, key, state));
+            }
+        }
+        if !derived.is_empty() {
+            let ops = batch.ops.iter().filter(|op| derived.contains(&(&op.keyspace, &op.key))).collect();
+            entries.push(WalEntryRef::Ops(ops));
+        }
+    }
+    entries
+}
 /// Per origin, the highest seq in the log; an op at or below it is already logged.
 const LOG_LAST: &str = "log_last";
 /// Most ops in one log chunk.
@@ -359,6 +401,7 @@ impl DurableStore {
     }
 
     fn start(db: Database, options: Options) -> Result<Self, StoreError> {
+        let states_wal;
         // Create the tables up front so that reads never meet a missing table.
         let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
@@ -372,14 +415,17 @@ impl DurableStore {
             // format was recorded has format 0; one with an empty log has nothing to misread).
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let format: u32 = read_meta(&meta, FORMAT)?;
-            if format != FORMAT_VERSION && !(format == 0 && log_is_empty) {
+            states_wal = format == FORMAT_STATES_WAL;
+            if format != FORMAT_VERSION && !states_wal && !(format == 0 && log_is_empty) {
                 let detail = format!(
                     "store format {format}, this meshd reads {FORMAT_VERSION}: move the data directory aside \
                      and restart the DC (it starts empty and is refilled from its peers)"
                 );
                 return Err(StoreError::Corrupt { what: "store format", detail });
             }
-            meta.insert(FORMAT, encode(&FORMAT_VERSION).as_slice()).map_err(db_err)?;
+            if !states_wal {
+                meta.insert(FORMAT, encode(&FORMAT_VERSION).as_slice()).map_err(db_err)?;
+            }
             // A store written before the tombstone index: build it once from `kv` (the states
             // replayed into the overlay below are indexed there).
             let indexed: bool = read_meta(&meta, TOMBSTONED_INDEXED)?;
@@ -406,14 +452,27 @@ impl DurableStore {
             let meta = txn.open_table(META).map_err(db_err)?;
             let (committed, checkpointed): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
             let wal = txn.open_table(WAL).map_err(db_err)?;
+            let kv = txn.open_table(KV).map_err(db_err)?;
             for entry in wal.range(checkpointed.saturating_add(1)..).map_err(db_err)? {
                 let (group, record) = entry.map_err(db_err)?;
-                let states: Vec<(Keyspace, Key, Option<KeyState>)> =
-                    unpack("write-ahead record", record.value())?;
+                let entries: Vec<WalEntry> = if states_wal {
+                    let states: Vec<(Keyspace, Key, Option<KeyState>)> =
+                        unpack("write-ahead record", record.value())?;
+                    states.into_iter().map(|(ks, k, state)| WalEntry::State(ks, k, state)).collect()
+                } else {
+                    unpack("write-ahead record", record.value())?
+                };
                 wal_bytes += record.value().len() as u64;
                 wal_groups += 1;
-                for (keyspace, key, state) in states {
-                    overlay.insert((keyspace, key), state);
+                for entry in entries {
+                    match entry {
+                        WalEntry::State(keyspace, key, state) => overlay.insert((keyspace, key), state),
+                        WalEntry::Ops(ops) => {
+                            for op in ops {
+                                replay_op(&mut overlay, &kv, op)?;
+                            }
+                        }
+                    }
                 }
                 overlay.group = group.value();
             }
@@ -435,7 +494,7 @@ impl DurableStore {
         };
         let tail = Arc::new(Mutex::new(LogTail::new(options.log_tail_bytes_max, logged)));
         let kv = Arc::new(RwLock::new(kv_reader(&db)?));
-        let committer = Committer {
+        let mut committer = Committer {
             db: db.clone(),
             overlay: overlay.clone(),
             kv: kv.clone(),
@@ -444,6 +503,18 @@ impl DurableStore {
             options,
             wal_bytes,
         };
+        if states_wal {
+            // Whole-state records were replayed above: checkpoint them, so every record from
+            // here on is of the current format, then say so.
+            committer.checkpoint()?;
+            let mut txn = db.begin_write().map_err(db_err)?;
+            txn.set_durability(Durability::Immediate).map_err(db_err)?;
+            txn.open_table(META)
+                .map_err(db_err)?
+                .insert(FORMAT, encode(&FORMAT_VERSION).as_slice())
+                .map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
+        }
         let committer = std::thread::Builder::new()
             .name("mesh-store-commit".into())
             .spawn(move || committer.run(rx))
@@ -541,6 +612,29 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// Replays `op` onto its key's newest state: the overlay's, else `kv`'s, else a new key's.
+fn replay_op(
+    overlay: &mut Overlay,
+    kv: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    op: Op,
+) -> Result<(), StoreError> {
+    let k = (op.keyspace.clone(), op.key.clone());
+    let base = match overlay.states.get(&k) {
+        Some(state) => state.clone(),
+        None => match kv.get((op.keyspace.as_str(), op.key.as_str())).map_err(db_err)? {
+            Some(bytes) => Some(decode::<KeyState>("key state", bytes.value())?),
+            None => None,
+        },
+    };
+    let mut state = base.unwrap_or_else(|| KeyState::new(op.kind.value_kind()));
+    state.apply(&op).map_err(|e| StoreError::Corrupt {
+        what: "write-ahead record",
+        detail: format!("{:?} does not apply to {}/{} on replay: {e}", op.dot, op.keyspace, op.key),
+    })?;
+    overlay.insert(k, Some(state));
+    Ok(())
+}
+
 /// The committer thread: the only writer of groups and checkpoints.
 struct Committer {
     db: Arc<Database>,
@@ -600,8 +694,7 @@ impl Committer {
     /// then shows the group's states to readers.
     fn commit_group(&mut self, group: Vec<CommitBatch>) -> Result<(), StoreError> {
         let number = self.overlay.read().unwrap_or_else(|e| e.into_inner()).group + 1;
-        let states: Vec<&(Keyspace, Key, Option<KeyState>)> = group.iter().flat_map(|b| &b.states).collect();
-        let record = pack(&states);
+        let record = pack(&wal_entries(&group));
         write_group(&self.db, group.iter(), number, &record, self.options.idempotency_window_ms)?;
         self.wal_bytes += record.len() as u64;
         // The batches are no longer needed: their ops move into the log's tail and their states
@@ -1015,4 +1108,50 @@ fn walk_states(
         visit(ks, k, state);
     }
     Ok(last.filter(|_| visited == entries_max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::{Dot, Hlc, OpKind, ValueKind};
+
+    #[test]
+    fn a_format_2_store_replays_its_whole_state_records_then_checkpoints_them_as_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        drop(DurableStore::open(&path).unwrap());
+        let (users, key) = (Keyspace::new("users").unwrap(), Key::new("k").unwrap());
+        let mut state = KeyState::new(ValueKind::Register);
+        let op = Op {
+            dot: Dot::new(DcId::new("us-east").unwrap(), 1),
+            hlc: Hlc::new(1, 0),
+            keyspace: users.clone(),
+            key: key.clone(),
+            kind: OpKind::Put(b"v".to_vec()),
+            context: VersionVector::new(),
+        };
+        state.apply(&op).unwrap();
+        // What a format-2 meshd left: one write-ahead record of whole states, not checkpointed.
+        {
+            let db = Database::builder().create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let old: Vec<(Keyspace, Key, Option<KeyState>)> =
+                    vec![(users.clone(), key.clone(), Some(state.clone()))];
+                txn.open_table(WAL).unwrap().insert(1, pack(&old).as_slice()).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(WAL_POSITION, encode(&(1u64, 0u64)).as_slice()).unwrap();
+                meta.insert(FORMAT, encode(&FORMAT_STATES_WAL).as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = DurableStore::open(&path).unwrap();
+        assert_eq!(store.recovered().wal_groups, 1);
+        assert_eq!(store.get(&users, &key).unwrap(), Some(state.clone()));
+        drop(store);
+        let store = DurableStore::open(&path).unwrap();
+        assert_eq!(store.recovered().wal_groups, 0, "the old records were checkpointed");
+        assert_eq!(store.read_meta::<u32>(FORMAT).unwrap(), FORMAT_VERSION);
+        assert_eq!(store.get(&users, &key).unwrap(), Some(state));
+    }
 }

@@ -210,5 +210,6 @@ pub fn put_commit(origin: &DcId, seq: u64, key: &str, value: Vec<u8>) -> CommitB
         acked: vec![],
         idempotency: vec![],
         identity: None,
+        states_from_ops: vec![],
     }
 }

@@ -62,7 +62,11 @@ fn write_until_failure(
                         let done = Box::new(move |r| {
                             let _ = tx.send(r);
                         });
-                        store.submit(put_commit("us-east", *s, &key), done);
+                        // Every other write says its state came from its op, so power loss is
+                        // tried on both kinds of write-ahead entry (whole state, op replay).
+                        let mut batch = put_commit("us-east", *s, &key);
+                        batch.states_from_ops = vec![*s % 2 == 1];
+                        store.submit(batch, done);
                         (*s, key)
                     };
                     match rx.recv() {

@@ -78,6 +78,56 @@ fn acked_vectors_persist_and_only_move_forward() {
 }
 
 #[test]
+fn a_set_add_writes_the_add_not_the_set_and_a_reopen_rebuilds_the_set_from_the_ops() {
+    // Issue 9, fault 4: every set add wrote the whole set (~11 KB per add on a big set).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let never =
+        Options { checkpoint_keys_max: usize::MAX, checkpoint_wal_bytes_max: u64::MAX, ..Options::default() };
+    let (tags, key) = (Keyspace::new("tags").unwrap(), Key::new("big").unwrap());
+    let mut state = mesh_core::KeyState::new(mesh_core::ValueKind::Set);
+    {
+        let store = DurableStore::open_with(&path, never).unwrap();
+        for seq in 1..=2_000u64 {
+            let op = mesh_core::Op {
+                dot: mesh_core::Dot::new(dc("us-east"), seq),
+                hlc: mesh_core::Hlc::new(seq, 0),
+                keyspace: tags.clone(),
+                key: key.clone(),
+                kind: mesh_core::OpKind::SetAdd(vec![serde_bytes::ByteBuf::from(
+                    format!("member-{seq:05}").into_bytes(),
+                )]),
+                context: VersionVector::new(),
+            };
+            state.apply(&op).unwrap();
+            let mut seen = VersionVector::new();
+            seen.observe(&op.dot);
+            // Halfway, one whole state (as a merge or a collection would write), then ops again.
+            let from_ops = seq != 1_000;
+            store
+                .commit(CommitBatch {
+                    ops: vec![op],
+                    states: vec![(tags.clone(), key.clone(), Some(state.clone()))],
+                    states_from_ops: vec![from_ops],
+                    seen,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+    let store = DurableStore::open_with(&path, never).unwrap();
+    let r = store.recovered();
+    assert_eq!(r.wal_groups, 2_000, "nothing was checkpointed: every group is replayed");
+    let per_add = (r.wal_bytes - r.wal_bytes.min(40_000)) / 2_000;
+    assert!(
+        per_add < 200,
+        "{} write-ahead bytes for 2,000 adds ({per_add} per add beyond the one whole set)",
+        r.wal_bytes
+    );
+    assert_eq!(store.get(&tags, &key).unwrap(), Some(state), "replaying the adds rebuilt the set");
+}
+
+#[test]
 fn the_identity_record_starts_empty_and_the_last_batch_carrying_one_wins() {
     both(|store| {
         assert_eq!(store.identity().unwrap(), None, "a new store has no identity");
