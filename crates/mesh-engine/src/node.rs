@@ -26,7 +26,7 @@ use crate::replicator::{targets, RelayClock, Replicator, ReplicatorConfig, Repli
 use crate::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest};
 use crate::sync::{resolve_mode, RequestId, SyncOutcome, SyncTracker};
 use mesh_core::topology::{Acks, Mode};
-use mesh_core::{Conflict, DcId, Dot, Hlc, Key, Keyspace, ReadResult, Topology, VersionVector};
+use mesh_core::{Conflict, DcId, Dot, Hlc, Key, Keyspace, Op, ReadResult, Topology, VersionVector};
 use mesh_wire::{Ack, Batch, Heartbeat, Hello, Message, SnapshotChunk, SnapshotRequest, PROTOCOL_VERSION};
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -354,6 +354,8 @@ pub struct Node<R> {
     /// Per peer, batches or snapshot chunks from it that could not be applied, and the last
     /// reason: a stream stalled on an op (an operator must see it).
     apply_failures: BTreeMap<DcId, (u64, String)>,
+    /// Per peer, batches that arrived past a gap, oldest first (see `on_batch`).
+    held_back: BTreeMap<DcId, VecDeque<Vec<Op>>>,
     /// Links up whose Hello has not come yet, with the time by which it must: a link that never
     /// says Hello is closed and redialed rather than left silent.
     awaiting_hello: BTreeMap<DcId, u64>,
@@ -467,6 +469,7 @@ impl<R: RngCore> Node<R> {
             uncommitted_ops: 0,
             regressed: BTreeSet::new(),
             apply_failures: BTreeMap::new(),
+            held_back: BTreeMap::new(),
             awaiting_hello: BTreeMap::new(),
             next_transfer: 1,
             retention_samples: VecDeque::new(),
@@ -683,8 +686,10 @@ impl<R: RngCore> Node<R> {
         if let Some(r) = self.replicators.get_mut(peer) {
             r.handle_close();
         }
-        // A transfer restarts from a fresh snapshot on the next link.
+        // A transfer restarts from a fresh snapshot on the next link, and the next link resends
+        // what was held back.
         self.outgoing.remove(peer);
+        self.held_back.remove(peer);
         self.incoming.remove(peer);
         self.awaiting_hello.remove(peer);
         if let Some(dialer) = self.dialers.get_mut(peer) {
@@ -714,11 +719,7 @@ impl<R: RngCore> Node<R> {
                 if !self.replicators[peer].is_open() {
                     return; // Before the Hello: the link is not accepted yet.
                 }
-                match self.resolver.handle_batch(wall_ms, peer, batch.ops, store) {
-                    Ok(()) => {}
-                    Err(ApplyError::Gap { .. }) => self.stats.gaps += 1,
-                    Err(error) => self.apply_failed(peer, error),
-                }
+                self.on_batch(wall_ms, peer, batch.ops, store);
             }
             Message::Ack(Ack { seen }) => {
                 self.learn_durable(peer, &seen, true);
@@ -784,6 +785,49 @@ impl<R: RngCore> Node<R> {
             let entries_max = u32::try_from(self.config.snapshot_entries).unwrap_or(u32::MAX);
             let next = SnapshotRequest { request_id, after, entries_max };
             self.incoming.get_mut(peer).expect("inserted above").next = Some(next);
+        }
+    }
+
+    /// A batch of ops from `peer`. One that starts past a gap (a batch before it was lost or
+    /// overtaken) is held back rather than dropped, and applied as soon as the gap fills, so a
+    /// reordered or lost batch costs one resend, not the window behind it. At most
+    /// `inflight_max` batches are held per peer (the oldest goes first: the sender resends it).
+    fn on_batch(&mut self, wall_ms: u64, peer: &DcId, ops: Vec<Op>, store: &(impl StateRead + OpLog)) {
+        if !self.applies_now(&ops) {
+            self.stats.gaps += 1;
+            let held = self.held_back.entry(peer.clone()).or_default();
+            held.push_back(ops);
+            while held.len() > self.config.replicator.inflight_max {
+                held.pop_front();
+            }
+            return;
+        }
+        self.apply_batch(wall_ms, peer, ops, store);
+        // What was held back may apply now (a gap can be filled by any peer's batch).
+        while let Some((from, i)) = self.held_back.iter().find_map(|(from, held)| {
+            held.iter().position(|ops| self.applies_now(ops)).map(|i| (from.clone(), i))
+        }) {
+            let ops = self.held_back.get_mut(&from).and_then(|h| h.remove(i)).expect("found");
+            self.apply_batch(wall_ms, &from, ops, store);
+        }
+        for held in self.held_back.values_mut() {
+            let applied = self.resolver.applied();
+            held.retain(|ops| !ops.iter().all(|op| applied.covers(&op.dot)));
+        }
+    }
+
+    /// Whether the first op of each origin in `ops` is at most one past what was applied.
+    fn applies_now(&self, ops: &[Op]) -> bool {
+        let applied = self.resolver.applied();
+        let mut checked = BTreeSet::new();
+        ops.iter().all(|op| !checked.insert(&op.dot.origin) || op.dot.seq <= applied.get(&op.dot.origin) + 1)
+    }
+
+    fn apply_batch(&mut self, wall_ms: u64, peer: &DcId, ops: Vec<Op>, store: &(impl StateRead + OpLog)) {
+        match self.resolver.handle_batch(wall_ms, peer, ops, store) {
+            Ok(()) => {}
+            Err(ApplyError::Gap { .. }) => self.stats.gaps += 1,
+            Err(error) => self.apply_failed(peer, error),
         }
     }
 
