@@ -12,10 +12,11 @@
 //! The replicator keeps no op in memory: it reads each batch through [`OpLog`] from the durable
 //! log, at a cursor per origin, so a dead or slow peer's backlog stays on disk and never slows
 //! writers. A batch leaves when `batch_size` ops are waiting or the oldest waiting op has waited
-//! `max_delay_ms`, at most `inflight_max` batches are unacknowledged, and a window that is not
-//! acknowledged within `retransmit_ms` is sent again from what the peer confirmed (go-back-N:
-//! the receiver applies each origin in order, so a lost or reordered batch stops the ones after
-//! it, and duplicates are harmless).
+//! `max_delay_ms`, at most `inflight_max` batches are unacknowledged, and a window whose oldest
+//! batch is not acknowledged within `retransmit_ms` of its sending or of the last ack that freed a
+//! batch is sent again from what the
+//! peer confirmed (go-back-N: the receiver applies each origin in order, holding back a batch
+//! that arrives past a gap until the gap fills, and duplicates are harmless).
 
 use crate::commit::OpLog;
 use mesh_core::{DcId, Op, VersionVector};
@@ -69,6 +70,27 @@ struct Link {
     compacted: BTreeSet<DcId>,
     /// Round-robin start among origins, so one busy origin cannot crowd the others out.
     turn: usize,
+    /// An ack freed a batch since the last call that knew the time.
+    progressed: bool,
+    /// When an ack last freed a batch: the resend timer counts from there, so a slow link that
+    /// keeps acknowledging (large values, a long window) is not resent to.
+    progress_ms: Option<u64>,
+}
+
+impl Link {
+    /// Dates the progress made since the last call at `now_ms`.
+    fn stamp(&mut self, now_ms: u64) {
+        if std::mem::take(&mut self.progressed) {
+            self.progress_ms = Some(now_ms);
+        }
+    }
+
+    /// When the oldest unacknowledged batch is to be resent: `retransmit_ms` after it was sent
+    /// or after the last ack that freed a batch, whichever is later.
+    fn resend_at(&self, retransmit_ms: u64) -> Option<u64> {
+        let front = self.inflight.front()?;
+        Some(front.sent_ms.max(self.progress_ms.unwrap_or(0)) + retransmit_ms)
+    }
 }
 
 /// The replicator of one peer. See the module docs.
@@ -178,6 +200,8 @@ impl Replicator {
             waiting_since_ms: None,
             compacted: BTreeSet::new(),
             turn: 0,
+            progressed: false,
+            progress_ms: None,
         });
     }
 
@@ -195,6 +219,7 @@ impl Replicator {
             link.compacted.retain(|origin| self.peer_seen.get(origin) == before.get(origin));
             while link.inflight.front().is_some_and(|b| self.peer_seen.dominates(&b.upto)) {
                 link.inflight.pop_front();
+                link.progressed = true;
             }
         }
     }
@@ -202,17 +227,19 @@ impl Replicator {
     /// When [`Replicator::handle_timeout`] or [`Replicator::poll_batch`] next has work.
     pub fn poll_timeout(&self) -> Option<u64> {
         let link = self.link.as_ref()?;
-        let retransmit = link.inflight.front().map(|b| b.sent_ms + self.config.retransmit_ms);
+        let retransmit = link.resend_at(self.config.retransmit_ms);
         // A full window sends nothing until an ack (which the node acts on at once) frees it.
         let window_open = link.inflight.len() < self.config.inflight_max;
         let flush = link.waiting_since_ms.filter(|_| window_open).map(|t| t + self.config.max_delay_ms);
         retransmit.into_iter().chain(flush).min()
     }
 
-    /// Sends the window again if its oldest batch has waited `retransmit_ms` for its ack.
+    /// Sends the window again if its oldest batch has waited for its ack `retransmit_ms` since
+    /// it was sent or since the last ack that freed a batch, whichever is later.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         let Some(link) = &mut self.link else { return };
-        if link.inflight.front().is_some_and(|b| b.sent_ms + self.config.retransmit_ms <= now_ms) {
+        link.stamp(now_ms);
+        if link.resend_at(self.config.retransmit_ms).is_some_and(|t| t <= now_ms) {
             link.inflight.clear();
             link.sent = self.peer_seen.clone();
             self.stats.retransmits += 1;
@@ -229,6 +256,7 @@ impl Replicator {
         log: &impl OpLog,
     ) -> Result<Option<Vec<Op>>, LogReadFailed> {
         let Some(link) = &mut self.link else { return Ok(None) };
+        link.stamp(now_ms);
         if link.inflight.len() >= self.config.inflight_max {
             return Ok(None);
         }

@@ -146,6 +146,30 @@ fn an_unacknowledged_window_is_resent_from_what_the_peer_confirmed() {
 }
 
 #[test]
+fn a_slow_link_that_keeps_acknowledging_is_not_resent_to() {
+    // Issue 9, fault 9: 1 MiB values on a slow link were resent 23 times, since the timer ran
+    // from when the oldest batch left, however steadily acks came.
+    let mut log = Log::default();
+    for seq in 1..=9 {
+        log.append("a", seq);
+    }
+    let want = log.durable();
+    let mut r = opened();
+    r.poll_batch(0, &want, &log).unwrap().unwrap();
+    r.poll_batch(0, &want, &log).unwrap().unwrap();
+    // The first batch is acknowledged 90 ms later: the second, sent at 0, is not due at 100.
+    r.handle_peer_seen(&vv(&[("a", 3)]));
+    r.poll_batch(90, &want, &log).unwrap().unwrap();
+    r.handle_timeout(100);
+    assert_eq!(r.stats().retransmits, 0, "a link making progress is not resent to");
+    let due = r.poll_timeout().unwrap();
+    assert_eq!(due, 190, "the timer counts from the last progress");
+    // Silence from then on: the window is resent once that timer runs out.
+    r.handle_timeout(due);
+    assert_eq!(r.stats().retransmits, 1);
+}
+
+#[test]
 fn a_reopened_link_resumes_from_the_hello_even_below_what_was_acknowledged() {
     let mut log = Log::default();
     for seq in 1..=3 {
