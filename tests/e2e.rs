@@ -801,6 +801,7 @@ fn a_dc_killed_and_restarted_at_once_has_its_links_back_within_heartbeats() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let linked = start.elapsed();
+        assert_eq!(http(mesh.apis[victim], "GET", "/readyz", b"").0, 200, "a DC taking writes is ready");
         eprintln!(
             "dc{victim}: process serving after {restarted:?}, acks=all writes at it and at dc1 after {linked:?} ({attempts} tries; heartbeat 100 ms)"
         );

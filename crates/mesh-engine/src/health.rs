@@ -312,6 +312,16 @@ impl HealthMonitor {
         true
     }
 
+    /// A link to `peer` came up at `now_ms`. A completed handshake is a sign of life, and the
+    /// silence before it says nothing of the new link's rhythm: a peer heard from before starts
+    /// afresh from now, so a link just re-established is not judged down on the old silence.
+    pub fn handle_link_up(&mut self, peer: &DcId, now_ms: u64) {
+        if let Some(p) = self.peers.get_mut(peer).filter(|p| p.detector.last_ms.is_some()) {
+            p.detector = PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None };
+            p.detector.heartbeat(now_ms, &self.config);
+        }
+    }
+
     /// The echo for the next heartbeat to `peer` at `now_ms`: its last heartbeat and how long
     /// this DC has held it. `None` before one arrived.
     pub fn echo(&self, peer: &DcId, now_ms: u64) -> Option<HeartbeatEcho> {

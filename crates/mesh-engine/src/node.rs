@@ -656,6 +656,7 @@ impl<R: RngCore> Node<R> {
         if let Some(dialer) = self.dialers.get_mut(peer) {
             dialer.handle_connected(now_ms);
         }
+        self.health.handle_link_up(peer, now_ms);
         self.awaiting_hello.insert(peer.clone(), now_ms + self.config.replicator.retransmit_ms);
         let hello = Hello {
             dc: self.local.clone(),

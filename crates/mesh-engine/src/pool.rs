@@ -154,14 +154,15 @@ impl DialPolicy {
 /// restarted dialed in while this DC still holds its old, now dead, connection): whether to keep
 /// the link already up (`true`) or replace it with the new one. A live link dialed by the DC
 /// with the lower id wins, so both ends of a simultaneous dial keep the same connection; a link
-/// that is no longer `alive` (nothing heard on it lately, and not just opened) is replaced.
-/// `existing_dialed_by` and `new_dialed_by` name the DC that dialed each link.
+/// that is no longer `alive` (nothing heard on it lately, and not just opened) is replaced, and
+/// so is one dialed by the same DC as the new one (that DC dialed again: it restarted or lost
+/// its end). `existing_dialed_by` and `new_dialed_by` name the DC that dialed each link.
 pub fn keep_existing_link(
     existing_dialed_by: &mesh_core::DcId,
     new_dialed_by: &mesh_core::DcId,
     alive: bool,
 ) -> bool {
-    alive && existing_dialed_by <= new_dialed_by
+    alive && existing_dialed_by < new_dialed_by
 }
 
 #[cfg(test)]
@@ -277,5 +278,19 @@ mod tests {
         };
         assert_eq!(schedule(3), schedule(3));
         assert_ne!(schedule(3), schedule(4));
+    }
+
+    #[test]
+    fn of_two_live_links_both_ends_keep_the_one_the_lower_dc_dialed_and_a_dead_or_redialed_one_goes() {
+        let (a, b) = (mesh_core::DcId::new("a").unwrap(), mesh_core::DcId::new("b").unwrap());
+        // A simultaneous dial: a keeps its own (existing a-dialed, new b-dialed), b replaces its
+        // own with a's (existing b-dialed, new a-dialed): both end on the link a dialed.
+        assert!(super::keep_existing_link(&a, &b, true));
+        assert!(!super::keep_existing_link(&b, &a, true));
+        // The existing link is silent: replaced whoever dialed it.
+        assert!(!super::keep_existing_link(&a, &b, false));
+        // The same DC dialed again (it restarted, or lost its end): replaced.
+        assert!(!super::keep_existing_link(&b, &b, true));
+        assert!(!super::keep_existing_link(&a, &a, true));
     }
 }

@@ -67,6 +67,11 @@ pub enum WriteError {
     /// overflow).
     #[error(transparent)]
     State(#[from] StateError),
+    /// The write's context (the client's, or the key's here) already names the dot this write
+    /// would get: a context made up, or one from before this DC lost its disk. Nothing was
+    /// written; writes to other keys move the seq on.
+    #[error("the context names {0:?}, a write this DC has not issued; read the key again and retry")]
+    UnissuedDot(Dot),
     /// A put to a `write_once` keyspace whose key already has a value at this DC. Nothing was
     /// written.
     #[error("the key already has a value and its keyspace is write_once; delete it first")]
@@ -423,8 +428,15 @@ impl Resolver {
             spec.rules.contextless_write_is_new_sibling(),
             spec.siblings_max,
         )?;
+        // A context naming a write of this DC it has not issued yet: a client's made-up context,
+        // or a write from before this DC lost its disk that no peer held (DESIGN.md's new
+        // incarnation would free the seq; until then the write is refused, not misnamed).
+        let dot = Dot::new(self.local.clone(), self.next_seq);
+        if context.covers(&dot) || state.context().covers(&dot) {
+            return Err(WriteError::UnissuedDot(dot));
+        }
         let op = Op {
-            dot: Dot::new(self.local.clone(), self.next_seq),
+            dot,
             hlc: self.clock.tick(wall_ms),
             keyspace: write.keyspace.clone(),
             key: write.key.clone(),
@@ -434,7 +446,7 @@ impl Resolver {
         let mut next = state;
         let concurrent = match next.apply(&op)? {
             Applied::Applied { concurrent } => concurrent,
-            Applied::Covered => unreachable!("a new dot of this DC is never covered"),
+            Applied::Covered => unreachable!("a dot neither context covers applies"),
         };
         self.next_seq += 1;
         self.applied.observe(&op.dot);

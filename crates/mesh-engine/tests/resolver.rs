@@ -336,6 +336,19 @@ fn a_delete_without_context_in_a_siblings_keyspace_removes_every_value_the_servi
 }
 
 #[test]
+fn a_context_naming_a_write_this_dc_has_not_issued_is_refused_not_misnamed() {
+    // A made-up context, or one from before this DC lost its disk: the write would get a dot the
+    // context already covers (it used to panic the DC actor).
+    let mut h = Harness::new("us-east");
+    let mut write = write_request(1, "users", "u", OpKind::Put(b"v".to_vec()));
+    write.context = Some([(dc("us-east"), 5)].into_iter().collect());
+    let refused = h.resolver.handle_write(1, 1_001, write, &h.store);
+    assert!(matches!(refused, Err(WriteError::UnissuedDot(_))), "{refused:?}");
+    h.write(2, "users", "u", OpKind::Put(b"w".to_vec())).unwrap();
+    assert_eq!(h.commit_all()[0].ops[0].dot.seq, 1, "the refused write used no seq");
+}
+
+#[test]
 fn bad_writes_are_refused_without_using_a_seq() {
     let mut h = Harness::new("us-east");
     assert!(matches!(h.write(1, "nope", "k", OpKind::Delete), Err(WriteError::UnknownKeyspace(_))));

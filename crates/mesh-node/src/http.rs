@@ -58,9 +58,25 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
         .with_state(state)
+}
+
+/// Readiness, no token: `200 ready` once the DC serves and accepts writes; `503` with the API's
+/// JSON error while it opens its store or waits for its peers (`/healthz` is liveness: the
+/// process answers).
+async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
+    let s = ask(&state, DcMsg::Status, Duration::from_secs(10)).await?;
+    if !s.ready {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "this DC waits for its peers before it accepts writes".into(),
+        ));
+    }
+    Ok("ready")
 }
 
 /// Prometheus text format; open like `/healthz`, so a scraper needs no token.
@@ -153,6 +169,7 @@ fn write_error(e: NodeWriteError) -> ApiError {
             WriteError::UnknownKeyspace(_) => ApiError(S::NOT_FOUND, "unknown_keyspace", w.to_string()),
             WriteError::TooLarge { .. } => ApiError(S::PAYLOAD_TOO_LARGE, "too_large", w.to_string()),
             WriteError::Exists => ApiError(S::CONFLICT, "exists", w.to_string()),
+            WriteError::UnissuedDot(_) => ApiError(S::CONFLICT, "unissued_dot", w.to_string()),
             WriteError::State(StateError::TooManySiblings { .. }) => {
                 ApiError(S::CONFLICT, "too_many_siblings", w.to_string())
             }

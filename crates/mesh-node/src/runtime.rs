@@ -179,7 +179,10 @@ pub struct DcArgs {
 pub fn check_store_identity(store: &DurableStore, topology: &Topology, adopt: bool) -> Result<bool, String> {
     let fingerprint = topology.fingerprint();
     let identity = store.identity().map_err(|e| e.to_string())?;
-    let settled = identity.is_some_and(|i| i.settled);
+    // A store written before identities were recorded that holds data has run before: it keeps
+    // the bounded start it had (an upgrade must not make a DC wait for a peer that is away).
+    let ran_before = !store.seen().map_err(|e| e.to_string())?.is_empty();
+    let settled = identity.map_or(ran_before, |i| i.settled);
     match identity {
         Some(i) if i.topology_fingerprint == fingerprint => return Ok(settled),
         Some(i) if !adopt => {
@@ -478,7 +481,13 @@ impl Actor for DcActor {
         eprintln!("[{}] opening the store at {}", args.local, args.store_path.display());
         let opening = std::time::Instant::now();
         let path = args.store_path.clone();
-        let store = tokio::task::spawn_blocking(move || DurableStore::open_with(&path, options)).await??;
+        let (topology, adopt) = (args.topology.clone(), args.adopt_topology);
+        let (store, settled) = tokio::task::spawn_blocking(move || -> Result<_, ActorProcessingErr> {
+            let store = DurableStore::open_with(&path, options)?;
+            let settled = check_store_identity(&store, &topology, adopt)?;
+            Ok((store, settled))
+        })
+        .await??;
         let r = store.recovered();
         eprintln!(
             "[{}] store open in {} ms: replayed {} write-ahead records ({} bytes, {} keys) since the last checkpoint",
@@ -495,7 +504,6 @@ impl Actor for DcActor {
                 acked.insert(dc.id.clone(), store.acked(&dc.id)?);
             }
         }
-        let settled = check_store_identity(&store, &args.topology, args.adopt_topology)?;
         let now_ms = args.started.elapsed().as_millis() as u64;
         let startup = Startup { now_ms, wall_ms: wall_ms(), seen: store.seen()?, acked, settled };
         let config = NodeConfig::new(&args.topology);

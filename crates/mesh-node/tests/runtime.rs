@@ -138,3 +138,17 @@ fn a_store_written_under_another_topology_is_refused_unless_adopted() {
     assert!(check_store_identity(&store, &set, false).is_ok(), "the adopted topology is recorded");
     assert!(check_store_identity(&store, &lww, false).is_err());
 }
+
+#[test]
+fn a_store_from_before_identities_that_holds_data_keeps_its_bounded_start() {
+    // An upgrade must not make a DC that has run before wait for a peer that is away.
+    let dir = tempfile::tempdir().unwrap();
+    let store = mesh_store::DurableStore::open(dir.path().join("store.redb")).unwrap();
+    let topology = Topology::new(toml::from_str(ONE_DC).unwrap(), &builtin_resolvers()).unwrap();
+    mesh_store::Store::commit(
+        &store,
+        mesh_store::testing::put_commit(&DcId::new("solo").unwrap(), 1, "k", b"v".to_vec()),
+    )
+    .unwrap();
+    assert!(check_store_identity(&store, &topology, false).unwrap(), "settled: it ran before");
+}

@@ -136,6 +136,8 @@ pub(crate) struct SimDc {
     incarnation: u32,
     /// What its stores held before each disk loss (`disk-lost` faults), joined.
     seen_before_disk_loss: VersionVector,
+    /// After a disk loss, the highest of its own seqs a peer held: its own seqs above are free.
+    own_held_after_loss: Option<u64>,
     disks_lost: u32,
     offset_ms: i64,
     /// The time the pending timer event is for (`None`: none pending).
@@ -200,6 +202,7 @@ impl World {
                 node: None,
                 incarnation: 0,
                 seen_before_disk_loss: VersionVector::new(),
+                own_held_after_loss: None,
                 disks_lost: 0,
                 offset_ms: 0,
                 timer_at: None,
@@ -604,8 +607,9 @@ impl World {
                     self.note(format!("alarm {} {alarm:?}", self.dcs[dc].id));
                 }
                 match alarm {
-                    // Expected of a peer that lost its disk: the peers send its data again.
-                    Alarm::PeerRegressed { ref peer, .. } if self.disk_lost(peer) => {}
+                    // Expected of a peer that lost its disk, while it recovers what it held.
+                    Alarm::PeerRegressed { ref peer, ref lost }
+                        if self.recovering_from_disk_loss(peer, lost) => {}
                     Alarm::LinkRefused { .. }
                     | Alarm::PeerRegressed { .. }
                     | Alarm::ApplyFailed { .. }
@@ -1010,6 +1014,9 @@ impl World {
             self.history.durable_ms.remove(dot);
             self.history.lost_with_disk.push(op);
         }
+        // Its own seqs past what the peers held are free again: what it held of them before the
+        // loss must not vouch for the new ops named with them (the sync-acks checker).
+        self.dcs[dc].own_held_after_loss = Some(held);
         self.hash(&[11, dc as u64, lost.len() as u64]);
         if self.options.trace {
             self.note(format!("{origin} lost {} ops no peer held with its disk", lost.len()));
@@ -1021,9 +1028,25 @@ impl World {
         self.dcs.iter().map(|d| d.store.seen().expect("the memory store reads")).collect()
     }
 
-    /// Whether `dc` has lost its disk in this run.
-    fn disk_lost(&self, dc: &DcId) -> bool {
-        self.dcs.iter().any(|d| d.id == *dc && d.disks_lost > 0)
+    /// Per DC, what its acks can vouch for: [`World::durable_seen_ever`], but of its own ops
+    /// after a disk loss only those a peer held (its seqs above are named again).
+    pub(crate) fn durable_seen_for_acks(&self) -> Vec<VersionVector> {
+        let mut seen = self.durable_seen();
+        for (s, d) in seen.iter_mut().zip(&self.dcs) {
+            let before = d.seen_before_disk_loss.iter().map(|(o, seq)| {
+                let cap = if *o == d.id { d.own_held_after_loss.unwrap_or(seq) } else { seq };
+                (o.clone(), seq.min(cap))
+            });
+            s.join(&before.collect());
+        }
+        seen
+    }
+
+    /// Whether `dc` lost its disk and `lost` (what a peer says it no longer holds) is within what
+    /// it held before the loss: a regression the disk loss explains. (A later one, of ops it
+    /// acknowledged after, is not excused.)
+    fn recovering_from_disk_loss(&self, dc: &DcId, lost: &VersionVector) -> bool {
+        self.dcs.iter().any(|d| d.id == *dc && d.disks_lost > 0 && d.seen_before_disk_loss.dominates(lost))
     }
 
     /// Per DC, every op it ever held durably: its `seen` joined with what it held before each

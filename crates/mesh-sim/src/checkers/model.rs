@@ -60,6 +60,10 @@ pub(crate) fn finish(world: &mut World) {
     for op in world.history.ops.values() {
         by_key.entry((op.keyspace.clone(), op.key.clone())).or_default().push(op);
     }
+    // A key only ops lost with a disk touched must read as never written.
+    for op in &world.history.lost_with_disk {
+        by_key.entry((op.keyspace.clone(), op.key.clone())).or_default();
+    }
     for ((keyspace, key), ops) in &by_key {
         let Some(spec) = topology.keyspace(keyspace) else { continue };
         let strategy = spec.rules.strategy().to_string();

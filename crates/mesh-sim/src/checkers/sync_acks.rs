@@ -46,7 +46,7 @@ pub(crate) fn check_reply(world: &mut World, dc: usize, dot: &Dot, outcome: &Syn
         must_hold.push(server.clone());
     }
     // What a DC held before it lost its disk counts: its ack was true when it was sent.
-    let held = world.durable_seen_ever();
+    let held = world.durable_seen_for_acks();
     for holder in must_hold {
         let seen = &held[world.index(&holder)];
         if !seen.covers(dot) {
