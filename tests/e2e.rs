@@ -187,6 +187,9 @@ fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Headers of a sync write that waits for every DC.
+const SYNC_ALL: &str = "x-mesh-mode: sync\r\nx-mesh-acks: all\r\n";
+
 /// Writes until the DC accepts (it refuses while it starts), then returns the response body.
 fn put(addr: SocketAddr, path: &str, value: &str) -> String {
     let start = Instant::now();
@@ -395,6 +398,19 @@ fn batch_load(api: SocketAddr, prefix: &str, batches: usize, ops: usize) -> (usi
     (acked, start.elapsed())
 }
 
+/// Waits until every DC of `mesh` reads each acknowledged `(path, value)`.
+fn assert_everywhere(mesh: &Mesh, acked: &[(String, String)]) {
+    for api in &mesh.apis {
+        for (path, value) in acked {
+            let want = format!("\"value\":\"{value}\"");
+            wait_for(Duration::from_secs(30), || {
+                let (status, body) = http(*api, "GET", path, b"");
+                status == 200 && body.contains(&want)
+            });
+        }
+    }
+}
+
 #[test]
 fn after_a_kill_9_under_load_and_a_restart_every_acknowledged_write_is_everywhere() {
     let mut mesh = Mesh::start(3);
@@ -416,15 +432,7 @@ fn after_a_kill_9_under_load_and_a_restart_every_acknowledged_write_is_everywher
     mesh.restart(1);
     let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     assert!(acked.len() > 400, "only {} writes were acknowledged", acked.len());
-    for api in &mesh.apis {
-        for (path, value) in &acked {
-            let want = format!("\"value\":\"{value}\"");
-            wait_for(Duration::from_secs(30), || {
-                let (status, body) = http(*api, "GET", path, b"");
-                status == 200 && body.contains(&want)
-            });
-        }
-    }
+    assert_everywhere(&mesh, &acked);
     eprintln!("{} acknowledged writes present at all 3 DCs", acked.len());
 }
 
@@ -432,7 +440,7 @@ fn after_a_kill_9_under_load_and_a_restart_every_acknowledged_write_is_everywher
 fn with_one_dc_down_async_and_quorum_writes_succeed_and_all_times_out_with_the_partial_result() {
     let mut mesh = Mesh::start(3);
     // Every DC up and linked: a sync write to all of them succeeds.
-    let all = "x-mesh-mode: sync\r\nx-mesh-acks: all\r\n";
+    let all = SYNC_ALL;
     wait_for(Duration::from_secs(30), || {
         http_with(mesh.apis[0], "PUT", "/v1/kv/users/before", b"v", all).0 == 200
     });
@@ -750,15 +758,7 @@ fn a_dc_restarted_from_an_empty_data_directory_under_load_ends_with_every_acknow
     let mut acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     acked.extend(before);
     acked.extend(after);
-    for api in &mesh.apis {
-        for (path, value) in &acked {
-            let want = format!("\"value\":\"{value}\"");
-            wait_for(Duration::from_secs(30), || {
-                let (status, body) = http(*api, "GET", path, b"");
-                status == 200 && body.contains(&want)
-            });
-        }
-    }
+    assert_everywhere(&mesh, &acked);
     // Identical states: every DC holds the same vector, and the peers saw dc1 regress.
     wait_for(Duration::from_secs(30), || {
         let seen: Vec<serde_json::Value> = mesh.apis.iter().map(|a| status_of(*a)["seen"].clone()).collect();
@@ -778,7 +778,7 @@ fn a_dc_killed_and_restarted_at_once_has_its_links_back_within_heartbeats() {
     // Issue 9, fault 2: the peers held the dead connection for 30 s (quinn's default idle
     // timeout), and only the lower DC of a pair dialed, so a sync write with acks=all failed.
     let mut mesh = Mesh::start(3);
-    let all = "x-mesh-mode: sync\r\nx-mesh-acks: all\r\n";
+    let all = SYNC_ALL;
     wait_for(Duration::from_secs(30), || {
         http_with(mesh.apis[2], "PUT", "/v1/kv/users/k", b"v", all).0 == 200
     });
