@@ -244,6 +244,8 @@ pub struct DcState {
     tick: Option<(Instant, u64)>,
     /// The number of the last wake-up armed.
     ticks_armed: u64,
+    /// Whether the DC accepted writes as of the last effects (its start gate is logged once).
+    ready: bool,
 }
 
 fn wall_ms() -> u64 {
@@ -260,6 +262,14 @@ impl DcActor {
 
     /// Carries out the node's effects, then arms the timer.
     fn effects(myself: &ActorRef<DcMsg>, state: &mut DcState) {
+        if !state.ready && state.node.is_ready() {
+            state.ready = true;
+            eprintln!(
+                "[{}] accepting writes (own seq {})",
+                state.args.local,
+                state.node.durable().get(&state.args.local)
+            );
+        }
         while let Some(effect) = state.node.poll_effect() {
             match effect {
                 Effect::Send { to, message } => {
@@ -505,6 +515,13 @@ impl Actor for DcActor {
             }
         }
         let now_ms = args.started.elapsed().as_millis() as u64;
+        if !settled {
+            eprintln!(
+                "[{}] a new (or replaced) data directory: writes wait until every peer has answered and \
+                 returned this DC's own ops, so no seq is named twice (docs/operations.md, Recover)",
+                args.local
+            );
+        }
         let startup = Startup { now_ms, wall_ms: wall_ms(), seen: store.seen()?, acked, settled };
         let config = NodeConfig::new(&args.topology);
         let node = Node::new(
@@ -528,6 +545,7 @@ impl Actor for DcActor {
             conflicts: BTreeMap::new(),
             tick: None,
             ticks_armed: 0,
+            ready: false,
         };
         Self::effects(&myself, &mut state);
         Ok(state)
