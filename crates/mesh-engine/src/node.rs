@@ -356,6 +356,8 @@ pub struct Node<R> {
     apply_failures: BTreeMap<DcId, (u64, String)>,
     /// Per peer, batches that arrived past a gap, oldest first (see `on_batch`).
     held_back: BTreeMap<DcId, VecDeque<Vec<Op>>>,
+    /// The runtime clock at the last input, for views that take no time (`queued_ops`).
+    last_now_ms: u64,
     /// Links up whose Hello has not come yet, with the time by which it must: a link that never
     /// says Hello is closed and redialed rather than left silent.
     awaiting_hello: BTreeMap<DcId, u64>,
@@ -470,6 +472,7 @@ impl<R: RngCore> Node<R> {
             regressed: BTreeSet::new(),
             apply_failures: BTreeMap::new(),
             held_back: BTreeMap::new(),
+            last_now_ms: now_ms,
             awaiting_hello: BTreeMap::new(),
             next_transfer: 1,
             retention_samples: VecDeque::new(),
@@ -516,7 +519,7 @@ impl<R: RngCore> Node<R> {
     /// that `peer` has not reported durable yet: its replication queue.
     pub fn queued_ops(&self, peer: &DcId) -> u64 {
         let Some(r) = self.replicators.get(peer) else { return 0 };
-        let want = self.targets(peer, self.relay.held_long_now(), &self.suspected_peers());
+        let want = self.targets(peer, self.relay.held_long_now(), &self.suspected_peers(), self.last_now_ms);
         want.iter().map(|(origin, upto)| upto.saturating_sub(r.peer_seen().get(origin))).sum()
     }
 
@@ -526,9 +529,31 @@ impl<R: RngCore> Node<R> {
     }
 
     /// Per origin, the last seq to get to `peer` ([`targets`]).
-    fn targets(&self, peer: &DcId, held_long: &VersionVector, suspect: &BTreeSet<DcId>) -> VersionVector {
+    /// A third DC's ops that `peer` is getting from elsewhere (its own link to their origin
+    /// delivers: large values on a slow link take longer than the relay delay) are not relayed
+    /// while that lasts, unless their origin is suspect from here.
+    fn targets(
+        &self,
+        peer: &DcId,
+        held_long: &VersionVector,
+        suspect: &BTreeSet<DcId>,
+        now_ms: u64,
+    ) -> VersionVector {
         let returned = self.returned.get(peer).copied().unwrap_or(0);
-        targets(&self.local, peer, &self.durable, held_long, returned, suspect)
+        let want = targets(&self.local, peer, &self.durable, held_long, returned, suspect);
+        let Some(r) = self.replicators.get(peer) else { return want };
+        let direct = r.direct_progress(now_ms, self.config.relay_delay_ms);
+        let relay_now = |origin: &DcId| *origin == self.local || origin == peer || suspect.contains(origin);
+        want.iter()
+            .map(|(origin, upto)| {
+                let upto = if direct.contains(origin) && !relay_now(origin) {
+                    upto.min(r.peer_seen().get(origin))
+                } else {
+                    upto
+                };
+                (origin.clone(), upto)
+            })
+            .collect()
     }
 
     /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).
@@ -1159,6 +1184,7 @@ impl<R: RngCore> Node<R> {
 
     /// Moves outputs between behaviours until nothing changes.
     fn drive(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
+        self.last_now_ms = now_ms;
         while let Some(output) = self.resolver.poll_output() {
             match output {
                 Output::Persist { id, mut batch } => {
@@ -1233,7 +1259,7 @@ impl<R: RngCore> Node<R> {
         }
         let peers: Vec<DcId> = self.replicators.keys().cloned().collect();
         for peer in peers {
-            let want = self.targets(&peer, &held_long, &suspect);
+            let want = self.targets(&peer, &held_long, &suspect, now_ms);
             loop {
                 let r = self.replicators.get_mut(&peer).expect("listed");
                 match r.poll_batch(now_ms, &want, store) {

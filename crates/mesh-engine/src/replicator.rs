@@ -75,6 +75,11 @@ struct Link {
     /// When an ack last freed a batch: the resend timer counts from there, so a slow link that
     /// keeps acknowledging (large values, a long window) is not resent to.
     progress_ms: Option<u64>,
+    /// Origins the peer came to hold more of than this link sent it, since the last call that
+    /// knew the time: it gets them from elsewhere (their origin, most likely).
+    direct_pending: BTreeSet<DcId>,
+    /// Per origin, when the peer last got its ops from elsewhere than this link.
+    direct_ms: std::collections::BTreeMap<DcId, u64>,
 }
 
 impl Link {
@@ -82,6 +87,9 @@ impl Link {
     fn stamp(&mut self, now_ms: u64) {
         if std::mem::take(&mut self.progressed) {
             self.progress_ms = Some(now_ms);
+        }
+        for origin in std::mem::take(&mut self.direct_pending) {
+            self.direct_ms.insert(origin, now_ms);
         }
     }
 
@@ -184,6 +192,14 @@ impl Replicator {
         self.link.as_ref().map(|l| l.compacted.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// The origins whose ops the peer got from elsewhere than this link within `within_ms`
+    /// before `now_ms` (as of the last call that knew the time): its own link to them works, so
+    /// relaying them would only send what is already on its way.
+    pub fn direct_progress(&self, now_ms: u64, within_ms: u64) -> BTreeSet<DcId> {
+        let Some(link) = &self.link else { return BTreeSet::new() };
+        link.direct_ms.iter().filter(|(_, t)| now_ms < **t + within_ms).map(|(o, _)| o.clone()).collect()
+    }
+
     /// Batches sent and not acknowledged.
     pub fn inflight(&self) -> usize {
         self.link.as_ref().map_or(0, |l| l.inflight.len())
@@ -202,6 +218,8 @@ impl Replicator {
             turn: 0,
             progressed: false,
             progress_ms: None,
+            direct_pending: BTreeSet::new(),
+            direct_ms: std::collections::BTreeMap::new(),
         });
     }
 
@@ -215,6 +233,11 @@ impl Replicator {
         let before = self.peer_seen.clone();
         self.peer_seen.join(seen);
         if let Some(link) = &mut self.link {
+            for (origin, seq) in seen.iter() {
+                if seq > before.get(origin) && seq > link.sent.get(origin) {
+                    link.direct_pending.insert(origin.clone());
+                }
+            }
             // An origin the peer moved on in (a state transfer) is read again from there.
             link.compacted.retain(|origin| self.peer_seen.get(origin) == before.get(origin));
             while link.inflight.front().is_some_and(|b| self.peer_seen.dominates(&b.upto)) {

@@ -170,6 +170,28 @@ fn a_slow_link_that_keeps_acknowledging_is_not_resent_to() {
 }
 
 #[test]
+fn a_peer_getting_a_third_dcs_ops_from_elsewhere_is_seen_as_progressing_directly() {
+    // Issue 9, fault 9: a DC relayed a third DC's 1 MiB values to a peer that was receiving them
+    // from their origin, slowly but steadily; the node now holds back relaying while this lasts.
+    let mut log = Log::default();
+    log.append("c", 1);
+    let mut r = opened();
+    // The peer reports c's ops this link never sent it: it gets them from c.
+    r.handle_peer_seen(&vv(&[("c", 4)]));
+    assert!(r.direct_progress(10, 100).is_empty(), "dated only by a call that knows the time");
+    r.handle_timeout(10);
+    assert_eq!(r.direct_progress(50, 100).into_iter().collect::<Vec<_>>(), [dc("c")]);
+    assert!(r.direct_progress(110, 100).is_empty(), "no progress for the relay delay: relay again");
+    // What the peer holds because this link sent it is not direct progress.
+    let mut r = opened();
+    assert_eq!(r.poll_batch(0, &vv(&[("c", 1)]), &log).unwrap(), None, "a partial batch waits");
+    r.poll_batch(5, &vv(&[("c", 1)]), &log).unwrap().unwrap();
+    r.handle_peer_seen(&vv(&[("c", 1)]));
+    r.handle_timeout(6);
+    assert!(r.direct_progress(6, 100).is_empty());
+}
+
+#[test]
 fn a_reopened_link_resumes_from_the_hello_even_below_what_was_acknowledged() {
     let mut log = Log::default();
     for seq in 1..=3 {
