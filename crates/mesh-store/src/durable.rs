@@ -612,26 +612,32 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-/// Replays `op` onto its key's newest state: the overlay's, else `kv`'s, else a new key's.
+/// Replays `op` onto its key's newest state: the overlay's, else `kv`'s, else a new key's. In
+/// place: a big set or many siblings is not copied per op.
 fn replay_op(
     overlay: &mut Overlay,
     kv: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     op: Op,
 ) -> Result<(), StoreError> {
     let k = (op.keyspace.clone(), op.key.clone());
-    let base = match overlay.states.get(&k) {
-        Some(state) => state.clone(),
-        None => match kv.get((op.keyspace.as_str(), op.key.as_str())).map_err(db_err)? {
+    if !overlay.states.contains_key(&k) {
+        let stored = match kv.get((op.keyspace.as_str(), op.key.as_str())).map_err(db_err)? {
             Some(bytes) => Some(decode::<KeyState>("key state", bytes.value())?),
             None => None,
-        },
-    };
-    let mut state = base.unwrap_or_else(|| KeyState::new(op.kind.value_kind()));
+        };
+        overlay.states.insert(k.clone(), stored);
+    }
+    let slot = overlay.states.get_mut(&k).expect("inserted above");
+    let state = slot.get_or_insert_with(|| KeyState::new(op.kind.value_kind()));
     state.apply(&op).map_err(|e| StoreError::Corrupt {
         what: "write-ahead record",
         detail: format!("{:?} does not apply to {}/{} on replay: {e}", op.dot, op.keyspace, op.key),
     })?;
-    overlay.insert(k, Some(state));
+    if state.has_tombstones() {
+        overlay.tombstoned.insert(k);
+    } else {
+        overlay.tombstoned.remove(&k);
+    }
     Ok(())
 }
 
