@@ -1032,8 +1032,7 @@ impl<R: RngCore> Node<R> {
             t = t.min(t_out);
         }
         let startup_ms = self.started_ms + self.config.startup_wait_ms;
-        let bound_counts = self.settled || self.config.planted == Some(PlantedBug::NewDiskSkipsPeers);
-        if !self.ready && !self.startup_waited && bound_counts {
+        if !self.ready && !self.startup_waited && self.startup_bound_applies() {
             t = t.min(startup_ms);
         }
         t
@@ -1221,6 +1220,12 @@ impl<R: RngCore> Node<R> {
         self.gate(now_ms);
     }
 
+    /// Whether writes may start after `startup_wait_ms` without every peer's Hello: only on a
+    /// settled store (or with the planted bug that drops this rule).
+    fn startup_bound_applies(&self) -> bool {
+        self.settled || self.config.planted == Some(PlantedBug::NewDiskSkipsPeers)
+    }
+
     /// The start gate (DESIGN.md, "Durability rules"): no write is named before this DC knows
     /// which of its seqs are free. Every own op a peer reported holding must be back. And the
     /// peers must have reported: all of them, or, on a settled store (whose log names every dot
@@ -1236,8 +1241,7 @@ impl<R: RngCore> Node<R> {
         let waited = now_ms >= self.started_ms + self.config.startup_wait_ms;
         self.startup_waited = waited;
         let own_back = self.durable.get(&self.local) >= self.own_reported;
-        let settled = self.settled || self.config.planted == Some(PlantedBug::NewDiskSkipsPeers);
-        let reported = heard_all || (waited && settled);
+        let reported = heard_all || (waited && self.startup_bound_applies());
         self.ready = reported && own_back;
         if self.ready && !self.settled {
             self.settled = true;
