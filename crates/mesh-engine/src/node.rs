@@ -529,9 +529,6 @@ impl<R: RngCore> Node<R> {
     }
 
     /// Per origin, the last seq to get to `peer` ([`targets`]).
-    /// A third DC's ops that `peer` is getting from elsewhere (its own link to their origin
-    /// delivers: large values on a slow link take longer than the relay delay) are not relayed
-    /// while that lasts, unless their origin is suspect from here.
     fn targets(
         &self,
         peer: &DcId,
@@ -540,20 +537,12 @@ impl<R: RngCore> Node<R> {
         now_ms: u64,
     ) -> VersionVector {
         let returned = self.returned.get(peer).copied().unwrap_or(0);
-        let want = targets(&self.local, peer, &self.durable, held_long, returned, suspect);
-        let Some(r) = self.replicators.get(peer) else { return want };
-        let direct = r.direct_progress(now_ms, self.config.relay_delay_ms);
-        let relay_now = |origin: &DcId| *origin == self.local || origin == peer || suspect.contains(origin);
-        want.iter()
-            .map(|(origin, upto)| {
-                let upto = if direct.contains(origin) && !relay_now(origin) {
-                    upto.min(r.peer_seen().get(origin))
-                } else {
-                    upto
-                };
-                (origin.clone(), upto)
-            })
-            .collect()
+        let direct = self
+            .replicators
+            .get(peer)
+            .map(|r| r.direct_progress(now_ms, self.config.relay_delay_ms))
+            .unwrap_or_default();
+        targets(&self.local, peer, &self.durable, held_long, returned, suspect, &direct)
     }
 
     /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).

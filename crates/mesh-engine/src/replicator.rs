@@ -128,7 +128,9 @@ pub struct LogReadFailed {
 /// Hello came (`returned`), so a DC that lost ops gets them back. A third DC's ops: only those
 /// this DC has held for the relay delay (`held_long`, see [`RelayClock`]) — the peer normally
 /// has them from their origin by then, and its reports raise `peer_seen` so nothing is sent —
-/// or all of them when that origin is suspect or down from here.
+/// or all of them when that origin is suspect or down from here; none while the peer gets that
+/// origin's ops from elsewhere (`direct`, see [`Replicator::direct_progress`]: large values on a
+/// slow link take longer than the relay delay, and relaying them would send what is on its way).
 pub fn targets(
     local: &DcId,
     peer: &DcId,
@@ -136,6 +138,7 @@ pub fn targets(
     held_long: &VersionVector,
     returned: u64,
     suspect: &BTreeSet<DcId>,
+    direct: &BTreeSet<DcId>,
 ) -> VersionVector {
     durable
         .iter()
@@ -144,6 +147,8 @@ pub fn targets(
                 seq
             } else if origin == peer {
                 returned.min(seq)
+            } else if direct.contains(origin) {
+                0
             } else {
                 held_long.get(origin).min(seq)
             };

@@ -215,18 +215,23 @@ fn a_third_dcs_ops_are_relayed_only_after_the_relay_delay_or_when_their_origin_i
     let durable = vv(&[("a", 5), ("c", 4)]);
     let none = BTreeSet::new();
     // Nothing of c held long yet: only a's own ops go to b.
-    let t = targets(&dc("a"), &dc("b"), &durable, &VersionVector::new(), 0, &none);
+    let t = targets(&dc("a"), &dc("b"), &durable, &VersionVector::new(), 0, &none, &none);
     assert_eq!(t, vv(&[("a", 5)]));
     // c's ops up to 2 were held for the relay delay.
-    let t = targets(&dc("a"), &dc("b"), &durable, &vv(&[("c", 2)]), 0, &none);
+    let t = targets(&dc("a"), &dc("b"), &durable, &vv(&[("c", 2)]), 0, &none, &none);
     assert_eq!(t, vv(&[("a", 5), ("c", 2)]));
     // c is suspect from here: everything of c goes.
     let suspect: BTreeSet<DcId> = [dc("c")].into_iter().collect();
-    let t = targets(&dc("a"), &dc("b"), &durable, &VersionVector::new(), 0, &suspect);
+    let t = targets(&dc("a"), &dc("b"), &durable, &VersionVector::new(), 0, &suspect, &none);
+    assert_eq!(t, vv(&[("a", 5), ("c", 4)]));
+    // b gets c's ops from elsewhere: none relayed, though held long, unless c is suspect.
+    let t = targets(&dc("a"), &dc("b"), &durable, &durable, 0, &none, &suspect);
+    assert_eq!(t, vv(&[("a", 5)]));
+    let t = targets(&dc("a"), &dc("b"), &durable, &durable, 0, &suspect, &suspect);
     assert_eq!(t, vv(&[("a", 5), ("c", 4)]));
     // b's own ops go back to b only up to what it lacked at its Hello.
     let durable = vv(&[("a", 5), ("b", 9)]);
-    let t = targets(&dc("a"), &dc("b"), &durable, &durable, 7, &none);
+    let t = targets(&dc("a"), &dc("b"), &durable, &durable, 7, &none, &none);
     assert_eq!(t, vv(&[("a", 5), ("b", 7)]));
 }
 
