@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "e2e-token";
 
+/// Redis clients against the RESP front end.
+#[path = "e2e/resp.rs"]
+mod resp;
+
 /// A mesh of `meshd run` processes, killed when dropped.
 struct Mesh {
     dir: tempfile::TempDir,
@@ -16,6 +20,8 @@ struct Mesh {
     children: Vec<Child>,
     apis: Vec<SocketAddr>,
     listens: Vec<SocketAddr>,
+    /// Each DC's RESP (Redis protocol) address.
+    resps: Vec<SocketAddr>,
 }
 
 impl Drop for Mesh {
@@ -84,24 +90,28 @@ impl Mesh {
         let mut toml = String::from(
             "[replication]\nheartbeat_interval_ms = 100\nretry_delay_ms = 50\nretry_delay_max_ms = 500\n\n",
         );
-        let (mut apis, mut listens) = (Vec::new(), Vec::new());
+        let (mut apis, mut listens, mut resps) = (Vec::new(), Vec::new(), Vec::new());
         for (i, name) in names.iter().enumerate() {
             let api: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
             let listen: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse().unwrap();
+            let resp: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
             apis.push(api);
             listens.push(listen);
+            resps.push(resp);
             toml += &format!(
-                "[[dcs]]\nid = \"{name}\"\npriority = {}\nlisten = \"{listen}\"\napi = \"{api}\"\n\n",
+                "[[dcs]]\nid = \"{name}\"\npriority = {}\nlisten = \"{listen}\"\napi = \"{api}\"\nresp = \"{resp}\"\n\n",
                 10 * (n - i)
             );
         }
         toml += "[keyspaces.users]\nstrategy = \"lww\"\n\n[keyspaces.carts]\nstrategy = \"siblings\"\n\n";
         toml += "[keyspaces.config]\nstrategy = \"priority\"\n\n";
+        // The keyspaces of redis-benchmark's key patterns (`key:…`, `counter:…`).
+        toml += "[keyspaces.key]\nstrategy = \"lww\"\n\n[keyspaces.counter]\nstrategy = \"counter\"\n\n";
         toml += "[keyspaces.views]\nstrategy = \"counter\"\n\n[keyspaces.tags]\nstrategy = \"set\"\n\n";
         toml += &format!("[node]\napi_token = \"{TOKEN}\"\n{node}\n");
         std::fs::write(dir.path().join("mesh.toml"), toml).unwrap();
         write_certs(dir.path(), &names);
-        let mut mesh = Mesh { dir, names, children: Vec::new(), apis, listens };
+        let mut mesh = Mesh { dir, names, children: Vec::new(), apis, listens, resps };
         for i in 0..n {
             let child = mesh.spawn(i);
             mesh.children.push(child);

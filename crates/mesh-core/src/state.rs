@@ -96,6 +96,11 @@ impl OrSet {
         self.adds.keys().cloned().collect()
     }
 
+    /// Whether `member` is present.
+    pub fn contains(&self, member: &[u8]) -> bool {
+        self.adds.contains_key(serde_bytes::Bytes::new(member))
+    }
+
     /// Number of members present.
     pub fn len(&self) -> usize {
         self.adds.len()
@@ -197,6 +202,18 @@ pub enum ReadValue {
     Counter(i64),
     /// The set's members in byte order.
     Set(Vec<ByteBuf>),
+}
+
+impl ReadValue {
+    /// Whether the key reads as holding something: a register version, a counter (always: it
+    /// reads 0 before any add), a set member.
+    pub fn is_present(&self) -> bool {
+        match self {
+            ReadValue::Register(versions) => !versions.is_empty(),
+            ReadValue::Counter(_) => true,
+            ReadValue::Set(members) => !members.is_empty(),
+        }
+    }
 }
 
 /// A read: the value and the context to send back with a write that should supersede it.

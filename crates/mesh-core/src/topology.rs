@@ -165,6 +165,9 @@ pub struct DcConfig {
     pub listen: String,
     /// Socket address the HTTP API binds.
     pub api: String,
+    /// Socket address the Redis protocol (RESP) front end binds; none: no RESP listener.
+    #[serde(default)]
+    pub resp: Option<String>,
     /// Addresses peers dial, tried by priority. Empty: `listen`. They differ from `listen` behind
     /// NAT, a load balancer or a proxy.
     #[serde(default)]
@@ -214,6 +217,39 @@ pub struct TopologyConfig {
     /// Settings of each node process (paths, secrets); not part of the fingerprint.
     #[serde(default)]
     pub node: NodeSettings,
+    /// The Redis protocol front end; not part of the fingerprint.
+    #[serde(default)]
+    pub resp: RespSettings,
+}
+
+/// `[resp]`: the Redis protocol (RESP2/RESP3) front end each DC with a `resp` address serves
+/// (docs/resp.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RespSettings {
+    /// Keyspace of a key whose part before the first `:` names no keyspace (the whole key is
+    /// then the key); none: such a key is refused with `-ERR unknown keyspace`.
+    pub default_keyspace: Option<String>,
+    /// Most client connections a DC holds at once; one more is told
+    /// `-ERR max number of clients reached` and closed.
+    pub max_connections: usize,
+    /// Most commands of one connection handled as one group (one commit for its writes); a
+    /// deeper pipeline is handled in several groups, in order.
+    pub max_pipeline: usize,
+    /// Most bytes of one command as sent; a longer one is answered `-ERR Protocol error` and the
+    /// connection closed (so a client's buffer here never grows beyond it).
+    pub max_request_bytes: usize,
+}
+
+impl Default for RespSettings {
+    fn default() -> Self {
+        Self {
+            default_keyspace: None,
+            max_connections: 1_024,
+            max_pipeline: 1_024,
+            max_request_bytes: 8 << 20,
+        }
+    }
 }
 
 /// `[node]`: where each `meshd` keeps its data and finds its secrets. Paths may contain `{dc}`,
@@ -303,6 +339,8 @@ pub struct Dc {
     pub listen: SocketAddr,
     /// HTTP API address.
     pub api: SocketAddr,
+    /// Redis protocol (RESP) address, if it serves one.
+    pub resp: Option<SocketAddr>,
     /// Addresses peers dial, sorted by priority (first = preferred).
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -416,6 +454,7 @@ impl Topology {
             };
             let listen = addr("listen", &dc.listen)?;
             let api = addr("api", &dc.api)?;
+            let resp = dc.resp.as_deref().map(|r| addr("resp", r)).transpose()?;
             let mut endpoints = dc.endpoints.clone();
             if endpoints.is_empty() {
                 endpoints.push(EndpointConfig { address: dc.listen.clone(), priority: 0 });
@@ -440,6 +479,7 @@ impl Topology {
                 active: dc.active,
                 listen,
                 api,
+                resp,
                 endpoints,
             });
         }
@@ -500,6 +540,29 @@ impl Topology {
                     write_once: ks.write_once,
                 },
             );
+        }
+        let resp = &config.resp;
+        if let Some(name) = &resp.default_keyspace {
+            let known = Keyspace::new(name.clone()).ok().filter(|ks| keyspaces.contains_key(ks));
+            if known.is_none() {
+                return Err(bad("resp.default_keyspace", format!("{name:?} is not a keyspace of this file")));
+            }
+        }
+        for (name, value) in [
+            ("max_connections", resp.max_connections),
+            ("max_pipeline", resp.max_pipeline),
+            ("max_request_bytes", resp.max_request_bytes),
+        ] {
+            if value == 0 {
+                return Err(bad(format!("resp.{name}"), "must be greater than 0"));
+            }
+        }
+        let request_min = crate::VALUE_BYTES_MAX + crate::KEY_BYTES_MAX + 1024;
+        if resp.max_request_bytes < request_min {
+            return Err(bad(
+                "resp.max_request_bytes",
+                format!("must hold a command with the largest value: at least {request_min}"),
+            ));
         }
         let fingerprint = fingerprint(&dcs, &keyspaces);
         Ok(Self { config, dcs, keyspaces, fingerprint })

@@ -32,6 +32,16 @@ fn the_shipped_mesh_toml_is_valid_and_shows_every_strategy() {
     assert_eq!(reservations.mode, Mode::Hybrid);
     assert_eq!(t.config.replication.sync_acks, Acks::Named(AcksName::Quorum));
     assert_eq!(t.dcs[0].endpoints[0].address, "127.0.0.1:7101", "endpoints default to listen");
+    assert!(t.dcs.iter().all(|d| d.resp.is_some_and(|r| r.ip().is_loopback())), "every DC speaks RESP");
+}
+
+#[test]
+fn the_benchmark_topology_is_valid_and_declares_redis_benchmarks_keyspaces() {
+    let t = topology(include_str!("../../../benches/mesh.toml")).unwrap();
+    for (name, strategy) in [("key", "lww"), ("counter", "counter")] {
+        let ks = t.keyspace(&Keyspace::new(name).unwrap()).unwrap();
+        assert_eq!(ks.rules.strategy().to_string(), strategy);
+    }
 }
 
 fn with(replace: &str, by: &str) -> String {
@@ -51,6 +61,22 @@ fn bad_config_fails_with_a_message_naming_the_field() {
         (
             with("api = \"127.0.0.1:8102\"", "api = \"127.0.0.1:7101\""),
             "dcs[1].api: 127.0.0.1:7101 is already used by dcs[0].listen",
+        ),
+        (
+            with("resp = \"127.0.0.1:6102\"", "resp = \"127.0.0.1:8101\""),
+            "dcs[1].resp: 127.0.0.1:8101 is already used by dcs[0].api",
+        ),
+        (
+            format!("{MESH_TOML}\n[resp]\ndefault_keyspace = \"nope\"\n"),
+            "resp.default_keyspace: \"nope\" is not a keyspace of this file",
+        ),
+        (
+            format!("{MESH_TOML}\n[resp]\nmax_connections = 0\n"),
+            "resp.max_connections: must be greater than 0",
+        ),
+        (
+            format!("{MESH_TOML}\n[resp]\nmax_request_bytes = 1000\n"),
+            "resp.max_request_bytes: must hold a command with the largest value",
         ),
         (with("strategy = \"lww\"", "strategy = \"newest\""), "keyspaces.users.strategy: unknown strategy"),
         (

@@ -23,7 +23,7 @@ use crate::hello::{check_hello, HelloRefusal};
 use crate::planted::PlantedBug;
 use crate::pool::DialPolicy;
 use crate::replicator::{targets, RelayClock, Replicator, ReplicatorConfig, ReplicatorStats};
-use crate::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest};
+use crate::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest, WriteSummary};
 use crate::sync::{resolve_mode, RequestId, SyncOutcome, SyncTracker};
 use mesh_core::topology::{Acks, Mode};
 use mesh_core::{Conflict, DcId, Dot, Hlc, Key, Keyspace, Op, ReadResult, Topology, VersionVector};
@@ -204,6 +204,9 @@ pub enum Effect {
         dot: Dot,
         /// Done, or timed out with the partial result.
         outcome: SyncOutcome,
+        /// What the write changed here (`None`: an idempotent retry, or a
+        /// [`Node::handle_wait`]).
+        summary: Option<WriteSummary>,
     },
     /// Concurrent writes were resolved (record, count).
     Conflict(Conflict),
@@ -315,7 +318,7 @@ pub struct Node<R> {
     persists: VecDeque<(PersistId, VersionVector, usize)>,
     relay: RelayClock,
     requests: BTreeMap<RequestId, PendingWrite>,
-    written: BTreeMap<RequestId, Dot>,
+    written: BTreeMap<RequestId, (Dot, Option<WriteSummary>)>,
     /// Per peer, how far to return its own ops (what this DC held when its Hello came).
     returned: BTreeMap<DcId, u64>,
     hello_from: BTreeSet<DcId>,
@@ -650,6 +653,30 @@ impl<R: RngCore> Node<R> {
             self.requests.remove(&request);
             return Err(e.into());
         }
+        Ok(())
+    }
+
+    /// Redis' `WAIT`: answers `request` with one [`Effect::Reply`] (dot `local:seq`, no summary)
+    /// once `replicas` other DCs durably hold this DC's ops up to `seq` (a connection's last
+    /// write), or at `now_ms + timeout_ms` with those that do. `seq` must be at least 1 and
+    /// durable here (the write was answered). [`NodeWriteError::SyncBusy`] when as many sync waits as allowed are
+    /// pending.
+    pub fn handle_wait(
+        &mut self,
+        now_ms: u64,
+        request: RequestId,
+        seq: u64,
+        replicas: usize,
+        timeout_ms: u64,
+    ) -> Result<(), NodeWriteError> {
+        if !self.sync.has_room() {
+            return Err(NodeWriteError::SyncBusy);
+        }
+        let dot = Dot::new(self.local.clone(), seq);
+        self.written.insert(request, (dot.clone(), None));
+        let acks = Acks::Count(u32::try_from(replicas.saturating_add(1)).unwrap_or(u32::MAX));
+        self.sync.handle_committed(request, dot, Mode::Sync, acks, now_ms.saturating_add(timeout_ms));
+        self.reply();
         Ok(())
     }
 
@@ -1181,13 +1208,13 @@ impl<R: RngCore> Node<R> {
                     batch.acked = std::mem::take(&mut self.acked_pending).into_iter().collect();
                     self.effects.push_back(Effect::Persist { id, batch });
                 }
-                Output::Written { request, dot, keyspace } => {
+                Output::Written { request, dot, keyspace, summary } => {
                     let pending = self.requests.remove(&request).expect("every write was registered");
                     let spec = self.topology.keyspace(&keyspace).expect("the write's keyspace exists");
                     let mode = resolve_mode(spec.mode, spec.critical, pending.options.mode);
                     let acks = pending.options.acks.unwrap_or(spec.sync_acks);
                     let deadline = pending.arrived_ms + self.topology.config.replication.sync_timeout_ms;
-                    self.written.insert(request, dot.clone());
+                    self.written.insert(request, (dot.clone(), summary));
                     self.sync.handle_committed(request, dot, mode, acks, deadline);
                 }
                 Output::Ack { to, seen } => {
@@ -1285,8 +1312,8 @@ impl<R: RngCore> Node<R> {
             let request = match &outcome {
                 SyncOutcome::Done { request, .. } | SyncOutcome::TimedOut { request, .. } => *request,
             };
-            let dot = self.written.remove(&request).expect("an outcome follows the write");
-            self.effects.push_back(Effect::Reply { request, dot, outcome });
+            let (dot, summary) = self.written.remove(&request).expect("an outcome follows the write");
+            self.effects.push_back(Effect::Reply { request, dot, outcome, summary });
         }
     }
 

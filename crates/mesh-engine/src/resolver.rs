@@ -140,6 +140,8 @@ pub enum Output {
         dot: Dot,
         /// Its keyspace (for its mode).
         keyspace: Keyspace,
+        /// What it changed here (`None`: an idempotent retry, which changed nothing).
+        summary: Option<WriteSummary>,
     },
     /// Tell `to` that this DC has durably applied `seen`.
     Ack {
@@ -220,6 +222,36 @@ pub fn check_write<'t>(
         return Err(WriteError::TooLarge { bytes, max: VALUE_BYTES_MAX });
     }
     Ok(spec)
+}
+
+/// What a client write changed at the DC that took it, as Redis' replies report it: INCR's new
+/// value, the members SADD added or SREM removed, whether DEL found a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteSummary {
+    /// A put.
+    Put,
+    /// A delete; whether the key had a value to read before it (by the keyspace's strategy).
+    Delete {
+        /// It had.
+        existed: bool,
+    },
+    /// A counter add; the counter's value here right after it.
+    Counter(i64),
+    /// A set add or remove; how many of its distinct members were absent (add) or present
+    /// (remove) before it.
+    Members(u64),
+}
+
+/// For a set op, how many of its distinct members it changes in `state`; 0 for other ops.
+fn members_changed(state: &KeyState, kind: &OpKind) -> u64 {
+    let mesh_core::Value::Set(set) = state.value() else { return 0 };
+    let (members, present) = match kind {
+        OpKind::SetAdd(m) => (m, false),
+        OpKind::SetRemove(m) => (m, true),
+        _ => return 0,
+    };
+    let distinct: std::collections::BTreeSet<&[u8]> = members.iter().map(|m| m.as_slice()).collect();
+    distinct.into_iter().filter(|m| set.contains(m) == present).count() as u64
 }
 
 /// A persist being filled (see [`Resolver::poll_output`]).
@@ -398,8 +430,12 @@ impl Resolver {
                 if r.fingerprint != fingerprint(&write.keyspace, &write.key, &write.kind) {
                     return Err(WriteError::IdempotencyKeyReused(key.clone()));
                 }
-                let written =
-                    Output::Written { request: write.request, dot: r.dot.clone(), keyspace: write.keyspace };
+                let written = Output::Written {
+                    request: write.request,
+                    dot: r.dot.clone(),
+                    keyspace: write.keyspace,
+                    summary: None,
+                };
                 match r.persist.and_then(|p| self.held.iter_mut().find(|(id, _)| *id == p)) {
                     Some((_, held)) => held.push(written),
                     None => self.outputs.push_back(written),
@@ -415,12 +451,11 @@ impl Resolver {
             .current(&write.keyspace, &write.key, store)
             .map_err(WriteError::Read)?
             .unwrap_or_else(|| KeyState::new(spec.kind));
-        if spec.write_once && matches!(write.kind, OpKind::Put(_)) {
-            let read = spec.rules.read(&state);
-            if matches!(&read.value, mesh_core::ReadValue::Register(vs) if vs.iter().any(|v| v.value.is_some()))
-            {
-                return Err(WriteError::Exists);
-            }
+        if spec.write_once
+            && matches!(write.kind, OpKind::Put(_))
+            && spec.rules.read(&state).value.is_present()
+        {
+            return Err(WriteError::Exists);
         }
         let context = state.write_context(
             &write.kind,
@@ -443,6 +478,8 @@ impl Resolver {
             kind: write.kind,
             context,
         };
+        let changed = members_changed(&state, &op.kind);
+        let existed = matches!(op.kind, OpKind::Delete) && spec.rules.read(&state).value.is_present();
         let mut next = state;
         let concurrent = match next.apply(&op)? {
             Applied::Applied { concurrent } => concurrent,
@@ -450,8 +487,18 @@ impl Resolver {
         };
         self.next_seq += 1;
         self.applied.observe(&op.dot);
-        let mut held =
-            vec![Output::Written { request: write.request, dot: op.dot.clone(), keyspace: write.keyspace }];
+        let summary = match &op.kind {
+            OpKind::Put(_) => WriteSummary::Put,
+            OpKind::Delete => WriteSummary::Delete { existed },
+            OpKind::CounterAdd(_) => WriteSummary::Counter(next.counter_value().expect("a counter key")),
+            OpKind::SetAdd(_) | OpKind::SetRemove(_) => WriteSummary::Members(changed),
+        };
+        let mut held = vec![Output::Written {
+            request: write.request,
+            dot: op.dot.clone(),
+            keyspace: write.keyspace,
+            summary: Some(summary),
+        }];
         held.extend(self.conflict(&op, &next, !concurrent.is_empty()));
         let mut records = Vec::new();
         if let Some(key) = write.idempotency_key {

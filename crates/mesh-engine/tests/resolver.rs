@@ -6,7 +6,9 @@
 use mesh_core::{
     builtin_resolvers, DcId, Dot, Hlc, Key, KeyState, Keyspace, Op, OpKind, Topology, VersionVector,
 };
-use mesh_engine::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest};
+use mesh_engine::resolver::{
+    ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest, WriteSummary,
+};
 use mesh_engine::{CommitBatch, IdempotencyRecord, StateRead};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -156,8 +158,51 @@ fn a_local_write_completes_only_after_its_commit() {
         [Output::Written {
             request: 1,
             dot: Dot::new(dc("us-east"), 1),
-            keyspace: Keyspace::new("users").unwrap()
+            keyspace: Keyspace::new("users").unwrap(),
+            summary: Some(WriteSummary::Put),
         }]
+    );
+}
+
+#[test]
+fn each_write_reports_what_it_changed_here_as_redis_replies_count_it() {
+    let mut h = Harness::new("us-east");
+    let members = |m: &[&str]| m.iter().map(|m| serde_bytes::ByteBuf::from(m.as_bytes().to_vec())).collect();
+    let writes = [
+        ("tags", "t", OpKind::SetAdd(members(&["a", "b", "a"]))),
+        ("tags", "t", OpKind::SetAdd(members(&["b", "c"]))),
+        ("tags", "t", OpKind::SetRemove(members(&["a", "x"]))),
+        ("page_views", "home", OpKind::CounterAdd(5)),
+        ("page_views", "home", OpKind::CounterAdd(-7)),
+        ("users", "u", OpKind::Delete),
+        ("users", "u", OpKind::Put(b"v".to_vec())),
+        ("users", "u", OpKind::Delete),
+    ];
+    for (i, (ks, key, kind)) in writes.into_iter().enumerate() {
+        // Each on the state the ones before left, committed or not.
+        h.write(i as u64 + 1, ks, key, kind).unwrap();
+    }
+    h.commit_all();
+    let summaries: Vec<Option<WriteSummary>> = h
+        .take_released()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Written { summary, .. } => Some(summary),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            Some(WriteSummary::Members(2)),
+            Some(WriteSummary::Members(1)),
+            Some(WriteSummary::Members(1)),
+            Some(WriteSummary::Counter(5)),
+            Some(WriteSummary::Counter(-2)),
+            Some(WriteSummary::Delete { existed: false }),
+            Some(WriteSummary::Put),
+            Some(WriteSummary::Delete { existed: true }),
+        ]
     );
 }
 
@@ -386,12 +431,14 @@ fn a_retry_with_the_same_idempotency_key_writes_nothing_and_gets_the_first_outco
     assert_eq!(h.uncommitted.len(), 1, "the retry wrote nothing");
     assert_eq!(h.take_released(), []);
     h.commit_all();
-    let written = |request| Output::Written { request, dot: first.clone(), keyspace: ks.clone() };
-    assert_eq!(h.take_released(), [written(1), written(2)]);
+    let written =
+        |request, summary| Output::Written { request, dot: first.clone(), keyspace: ks.clone(), summary };
+    // Only the write itself changed something; its retries report no change.
+    assert_eq!(h.take_released(), [written(1, Some(WriteSummary::Counter(5))), written(2, None)]);
     // Retried after: answered at once.
     h.resolver.handle_write(20, 20, w(3, "k1", 5), &h.store).unwrap();
     h.drain();
-    assert_eq!(h.take_released(), [written(3)]);
+    assert_eq!(h.take_released(), [written(3, None)]);
     assert!(h.uncommitted.is_empty());
     // The same key for another write is refused.
     let err = h.resolver.handle_write(30, 30, w(4, "k1", 6), &h.store).unwrap_err();
@@ -482,7 +529,7 @@ fn a_retry_after_a_restart_inside_the_window_still_gets_the_first_outcome() {
     let ks = Keyspace::new("page_views").unwrap();
     assert_eq!(
         restarted.poll_output(),
-        Some(Output::Written { request: 2, dot: Dot::new(dc("us-east"), 1), keyspace: ks })
+        Some(Output::Written { request: 2, dot: Dot::new(dc("us-east"), 1), keyspace: ks, summary: None })
     );
     assert_eq!(restarted.poll_output(), None, "nothing written again");
     // Restored after the window (600 s): forgotten, so the retry is a new write.

@@ -1,7 +1,7 @@
 //! The HTTP API (axum): key-value reads and writes, status, health. Every `/v1` route needs
 //! `Authorization: Bearer TOKEN`; errors are JSON `{"code", "message"}` with a stable code.
 
-use crate::runtime::{DcMsg, DcStatus, WriteResult};
+use crate::runtime::{CallError, DcMsg, DcStatus, WriteDone, WriteResult};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -36,7 +36,7 @@ pub struct ApiState {
 
 /// An API error: status, stable code, message.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, &'static str, String);
+pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -94,27 +94,16 @@ async fn auth(State(state): State<ApiState>, request: Request, next: Next) -> Re
     next.run(request).await
 }
 
-fn actor(state: &ApiState) -> Result<ActorRef<DcMsg>, ApiError> {
-    state.dc.borrow().clone().ok_or(ApiError(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "starting",
-        "the DC is opening its store (after a start or a restart) and serves nothing yet; retry shortly"
-            .into(),
-    ))
-}
-
 /// Asks the live DC actor and waits up to `timeout` for its answer.
 async fn ask<T: Send + 'static>(
     state: &ApiState,
     build: impl FnOnce(ractor::RpcReplyPort<T>) -> DcMsg,
     timeout: Duration,
 ) -> Result<T, ApiError> {
-    let unavailable = |m: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", m);
-    let answer = actor(state)?.call(build, Some(timeout)).await.map_err(|e| unavailable(e.to_string()))?;
-    match answer {
-        ractor::rpc::CallResult::Success(t) => Ok(t),
-        _ => Err(unavailable("the DC did not answer".into())),
-    }
+    crate::runtime::call(&state.dc, build, timeout).await.map_err(|e| match e {
+        CallError::Starting => ApiError(StatusCode::SERVICE_UNAVAILABLE, "starting", e.to_string()),
+        CallError::Unavailable(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "restarting", e.to_string()),
+    })
 }
 
 fn ids(keyspace: &str, key: &str) -> Result<(Keyspace, Key), ApiError> {
@@ -158,7 +147,9 @@ fn context(headers: &HeaderMap) -> Result<Option<VersionVector>, ApiError> {
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_context", format!("x-mesh-context: {e}")))
 }
 
-fn write_error(e: NodeWriteError) -> ApiError {
+/// The API error for a refused write: its status and stable code (the RESP front end reuses the
+/// code).
+pub fn write_error(e: NodeWriteError) -> ApiError {
     use StatusCode as S;
     match e {
         NodeWriteError::Starting => ApiError(S::SERVICE_UNAVAILABLE, "starting", e.to_string()),
@@ -184,7 +175,7 @@ fn write_error(e: NodeWriteError) -> ApiError {
 }
 
 /// A dot as the API writes it: `origin:seq`.
-fn dot_text(dot: &mesh_core::Dot) -> String {
+pub fn dot_text(dot: &mesh_core::Dot) -> String {
     format!("{}:{}", dot.origin, dot.seq)
 }
 
@@ -206,8 +197,8 @@ async fn write(
     let options = options(headers)?;
     let result: WriteResult =
         ask(state, |reply| DcMsg::Write { write: request, options, reply }, Duration::from_secs(60)).await?;
-    let (dot, outcome) = result.map_err(write_error)?;
-    let dot = dot_text(&dot);
+    let done = result.map_err(write_error)?;
+    let (dot, outcome) = (dot_text(&done.dot), done.outcome);
     Ok(match outcome {
         SyncOutcome::Done { confirmed, .. } => (StatusCode::OK, Json(json!({"dot": dot, "confirmed": confirmed}))).into_response(),
         SyncOutcome::TimedOut { confirmed, required, .. } => (
@@ -304,9 +295,9 @@ async fn get_kv(
             return Err(ApiError(StatusCode::BAD_REQUEST, "bad_query", m));
         }
     };
-    let read =
-        ask(&state, |reply| DcMsg::Read { keyspace: ks.clone(), key: k, reply }, Duration::from_secs(10))
-            .await?;
+    let keys = vec![(ks.clone(), k)];
+    let mut reads = ask(&state, |reply| DcMsg::Read { keys, reply }, Duration::from_secs(10)).await?;
+    let read = reads.pop().expect("one answer per key");
     let read = read.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage", e))?;
     let Some(read) = read else {
         return Err(ApiError(StatusCode::NOT_FOUND, "unknown_keyspace", format!("unknown keyspace {ks}")));
@@ -571,10 +562,10 @@ async fn batch(
     let results: Vec<Value> = results
         .into_iter()
         .map(|r| match r {
-            Ok((dot, SyncOutcome::Done { .. })) => {
+            Ok(WriteDone { dot, outcome: SyncOutcome::Done { .. }, .. }) => {
                 json!({"ok": true, "dot": dot_text(&dot)})
             }
-            Ok((dot, SyncOutcome::TimedOut { confirmed, required, .. })) => json!({
+            Ok(WriteDone { dot, outcome: SyncOutcome::TimedOut { confirmed, required, .. }, .. }) => json!({
                 "ok": false, "code": "sync_timeout", "dot": dot_text(&dot),
                 "committed_locally": true, "confirmed": confirmed, "required": required,
             }),

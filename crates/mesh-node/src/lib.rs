@@ -6,6 +6,7 @@
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod resp;
 pub mod runtime;
 pub mod tls;
 pub mod transport;

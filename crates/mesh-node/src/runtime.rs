@@ -14,7 +14,7 @@ use mesh_core::{DcId, Dot, Key, Keyspace, ReadResult, Topology};
 use mesh_engine::health::PeerStatus;
 use mesh_engine::node::{Effect, Node, NodeConfig, NodeStats, NodeWriteError, Startup, WriteOptions};
 use mesh_engine::replicator::ReplicatorStats;
-use mesh_engine::resolver::WriteRequest;
+use mesh_engine::resolver::{WriteRequest, WriteSummary};
 use mesh_engine::sync::SyncOutcome;
 use mesh_store::{CommitBatch, DurableStore, LogRead, Store, StoreError};
 use mesh_wire::{CodecConfig, Message};
@@ -30,8 +30,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
-/// A client write's answer: its dot and how it finished, or why it was refused.
-pub type WriteResult = Result<(Dot, SyncOutcome), NodeWriteError>;
+/// A client write's answer: its dot, how it finished and what it changed, or why it was refused.
+pub type WriteResult = Result<WriteDone, NodeWriteError>;
+
+/// A write this DC took.
+#[derive(Debug, Clone)]
+pub struct WriteDone {
+    /// Its dot.
+    pub dot: Dot,
+    /// Done, or timed out waiting for other DCs (committed here either way).
+    pub outcome: SyncOutcome,
+    /// What it changed here (`None`: an idempotent retry).
+    pub summary: Option<WriteSummary>,
+}
+
+/// A read's answer: `Ok(None)` for an unknown keyspace, `Err` with the store's message.
+pub type ReadAnswer = Result<Option<ReadResult>, String>;
 
 /// What one DC reports in `/v1/status`.
 #[derive(Debug, Clone)]
@@ -84,6 +98,37 @@ pub struct PeerReport {
     pub last_sent_unix_ms: Option<u64>,
 }
 
+/// Why a front end's call to the DC actor got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No DC actor is live yet: the store is opening (a start or a restart).
+    #[error(
+        "the DC is opening its store (after a start or a restart) and serves nothing yet; retry shortly"
+    )]
+    Starting,
+    /// The actor stopped or did not answer in time.
+    #[error("the DC did not answer: {0}")]
+    Unavailable(String),
+}
+
+/// Asks the live DC actor (as published by the supervisor) and waits up to `timeout` for its
+/// answer: how the HTTP API and the RESP front end reach the DC.
+pub async fn call<T: Send + 'static>(
+    dc: &watch::Receiver<Option<ActorRef<DcMsg>>>,
+    build: impl FnOnce(RpcReplyPort<T>) -> DcMsg,
+    timeout: Duration,
+) -> Result<T, CallError> {
+    let actor = dc.borrow().clone().ok_or(CallError::Starting)?;
+    match actor.call(build, Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(t)) => Ok(t),
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            Err(CallError::Unavailable(format!("no answer in {timeout:?}")))
+        }
+        Ok(ractor::rpc::CallResult::SenderError) => Err(CallError::Unavailable("it stopped".into())),
+        Err(e) => Err(CallError::Unavailable(e.to_string())),
+    }
+}
+
 /// Messages of the DC actor.
 pub enum DcMsg {
     /// A client write; answered once done (or refused at once).
@@ -102,15 +147,27 @@ pub enum DcMsg {
         /// Where the answers go, in the writes' order.
         reply: RpcReplyPort<Vec<WriteResult>>,
     },
-    /// A read of durable state.
+    /// Reads of durable state, answered in the keys' order.
     Read {
-        /// The keyspace.
-        keyspace: Keyspace,
-        /// The key.
-        key: Key,
-        /// Where the answer goes (`Ok(None)`: unknown keyspace).
-        reply: RpcReplyPort<Result<Option<ReadResult>, String>>,
+        /// The keys.
+        keys: Vec<(Keyspace, Key)>,
+        /// Where the answers go.
+        reply: RpcReplyPort<Vec<ReadAnswer>>,
     },
+    /// Redis' `WAIT`: answered once `replicas` other DCs durably hold this DC's ops up to `seq`,
+    /// or after `timeout_ms` ([`Node::handle_wait`]).
+    Wait {
+        /// The last own seq the waiting connection wrote.
+        seq: u64,
+        /// Other DCs to wait for.
+        replicas: usize,
+        /// How long at most, in ms.
+        timeout_ms: u64,
+        /// Where the outcome goes (its `confirmed` includes this DC).
+        reply: RpcReplyPort<Result<SyncOutcome, NodeWriteError>>,
+    },
+    /// The number of keys in the store ([`Store::key_count`]).
+    KeyCount(RpcReplyPort<Result<u64, String>>),
     /// The status.
     Status(RpcReplyPort<DcStatus>),
     /// A link to a peer is up.
@@ -214,6 +271,8 @@ enum Waiter {
     One(RpcReplyPort<WriteResult>),
     /// The `index`-th write of batch `batch`.
     Batch { batch: u64, index: usize },
+    /// A `WAIT`.
+    Wait(RpcReplyPort<Result<SyncOutcome, NodeWriteError>>),
 }
 
 struct LinkHandle {
@@ -290,12 +349,15 @@ impl DcActor {
                         }),
                     );
                 }
-                Effect::Reply { request, dot, outcome } => {
-                    let result =
-                        if matches!(outcome, SyncOutcome::Done { .. }) { "done" } else { "sync_timeout" };
-                    state.args.metrics.writes.add(1, &[KeyValue::new("outcome", result)]);
-                    if let Some(waiter) = state.replies.remove(&request) {
-                        Self::answer(state, waiter, Ok((dot, outcome)));
+                Effect::Reply { request, dot, outcome, summary } => {
+                    let waiter = state.replies.remove(&request);
+                    if !matches!(waiter, Some(Waiter::Wait(_))) {
+                        let result =
+                            if matches!(outcome, SyncOutcome::Done { .. }) { "done" } else { "sync_timeout" };
+                        state.args.metrics.writes.add(1, &[KeyValue::new("outcome", result)]);
+                    }
+                    if let Some(waiter) = waiter {
+                        Self::answer(state, waiter, Ok(WriteDone { dot, outcome, summary }));
                     }
                 }
                 Effect::Conflict(c) => {
@@ -381,6 +443,9 @@ impl DcActor {
         match waiter {
             Waiter::One(port) => {
                 let _ = port.send(result);
+            }
+            Waiter::Wait(port) => {
+                let _ = port.send(result.map(|done| done.outcome));
             }
             Waiter::Batch { batch, index } => {
                 let Some((results, missing, _)) = state.batches.get_mut(&batch) else { return };
@@ -608,9 +673,29 @@ impl Actor for DcActor {
                 // An empty batch has nothing to wait for.
                 Self::reply_if_complete(state, batch);
             }
-            DcMsg::Read { keyspace, key, reply } => {
-                let _ =
-                    reply.send(state.node.read(&keyspace, &key, &*state.store).map_err(|e| e.to_string()));
+            DcMsg::Read { keys, reply } => {
+                let answers = keys
+                    .iter()
+                    .map(|(keyspace, key)| {
+                        state.node.read(keyspace, key, &*state.store).map_err(|e| e.to_string())
+                    })
+                    .collect();
+                let _ = reply.send(answers);
+            }
+            DcMsg::Wait { seq, replicas, timeout_ms, reply } => {
+                let request = state.next_request;
+                state.next_request += 1;
+                match state.node.handle_wait(now, request, seq, replicas, timeout_ms) {
+                    Ok(()) => {
+                        state.replies.insert(request, Waiter::Wait(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            DcMsg::KeyCount(reply) => {
+                let _ = reply.send(state.store.key_count().map_err(|e| e.to_string()));
             }
             DcMsg::Status(reply) => {
                 let wall = wall_ms();

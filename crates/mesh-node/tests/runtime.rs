@@ -62,15 +62,15 @@ async fn read(actor: &ActorRef<DcMsg>, key: &str) -> Vec<u8> {
     let answer = actor
         .call(
             |reply| DcMsg::Read {
-                keyspace: Keyspace::new("users").unwrap(),
-                key: Key::new(key).unwrap(),
+                keys: vec![(Keyspace::new("users").unwrap(), Key::new(key).unwrap())],
                 reply,
             },
             Some(Duration::from_secs(10)),
         )
         .await
         .unwrap();
-    let CallResult::Success(Ok(Some(read))) = answer else { panic!("read failed") };
+    let CallResult::Success(mut answers) = answer else { panic!("read failed") };
+    let Some(Ok(Some(read))) = answers.pop() else { panic!("read failed") };
     match read.value {
         ReadValue::Register(versions) => {
             versions.first().and_then(|v| v.value.clone()).map(|b| b.to_vec()).unwrap_or_default()

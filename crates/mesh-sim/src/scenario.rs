@@ -355,6 +355,7 @@ impl Scenario {
                     active: true,
                     listen: format!("127.0.0.1:{port}"),
                     api: format!("127.0.0.1:{}", port + 1_000),
+                    resp: None,
                     endpoints: Vec::new(),
                 }
             })
@@ -364,6 +365,7 @@ impl Scenario {
             dcs,
             keyspaces: file.topology.keyspaces.clone(),
             node: Default::default(),
+            resp: Default::default(),
         };
         let topology = Topology::new(config, &builtin_resolvers())
             .map_err(|e| invalid(&format!("topology.{}", e.field), e.problem))?;

@@ -545,7 +545,7 @@ impl World {
                     self.schedule(self.now_ms + latency.max(1), Event::Sync { dc, incarnation });
                 }
             }
-            Effect::Reply { request, dot, outcome } => {
+            Effect::Reply { request, dot, outcome, .. } => {
                 self.hash(&[4, dc as u64, request, dot.seq]);
                 let op = self.dcs[dc].named.remove(&dot);
                 let Some(op) = op else {

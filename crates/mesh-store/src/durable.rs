@@ -977,6 +977,25 @@ impl Store for DurableStore {
         }
     }
 
+    fn key_count(&self) -> Result<u64, StoreError> {
+        self.check_usable()?;
+        // `kv`'s count, corrected by the overlay's newer states: a key new since the checkpoint
+        // adds one, a key removed since takes one away. Holding the overlay keeps a checkpoint
+        // from moving states between the two meanwhile.
+        let overlay = self.overlay();
+        let kv = self.kv.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut count = kv.len().map_err(db_err)?;
+        for ((keyspace, key), state) in &overlay.states {
+            let stored = kv.get((keyspace.as_str(), key.as_str())).map_err(db_err)?.is_some();
+            match (stored, state.is_some()) {
+                (false, true) => count += 1,
+                (true, false) => count -= 1,
+                _ => {}
+            }
+        }
+        Ok(count)
+    }
+
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError> {
         self.read_meta(&format!("{ACKED_PREFIX}{peer}"))
     }

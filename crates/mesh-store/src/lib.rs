@@ -180,6 +180,10 @@ pub trait Store: LogRead + Send + Sync {
     /// The durable state of a key.
     fn get(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, StoreError>;
 
+    /// Number of keys with a durable state (deleted keys whose tombstones are not collected yet
+    /// included), as Redis' `DBSIZE` reports.
+    fn key_count(&self) -> Result<u64, StoreError>;
+
     /// The vector `peer` last confirmed durable, as persisted.
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError>;
 

@@ -198,6 +198,10 @@ impl Store for MemStore {
         Ok(self.lock().durable.kv.get(&(keyspace.clone(), key.clone())).cloned())
     }
 
+    fn key_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().durable.kv.len() as u64)
+    }
+
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError> {
         Ok(self.lock().durable.acked.get(peer).cloned().unwrap_or_default())
     }

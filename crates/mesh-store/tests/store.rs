@@ -173,6 +173,26 @@ fn compaction_removes_exactly_the_covered_log_entries_and_keeps_the_stats_true()
 }
 
 #[test]
+fn the_key_count_follows_new_rewritten_and_removed_keys_across_checkpoints() {
+    both(|store| {
+        assert_eq!(store.key_count().unwrap(), 0);
+        for seq in 1..=7 {
+            store.commit(put_commit("us-east", seq, &format!("user:{seq}"))).unwrap();
+        }
+        // Rewrites of keys already held count once.
+        store.commit(put_commit("us-east", 8, "user:1")).unwrap();
+        store.commit(put_commit("us-east", 9, "user:7")).unwrap();
+        assert_eq!(store.key_count().unwrap(), 7);
+        for gone in ["user:1", "user:6", "user:nobody"] {
+            let mut remove = CommitBatch::default();
+            remove.states.push((users(), Key::new(gone).unwrap(), None));
+            store.commit(remove).unwrap();
+        }
+        assert_eq!(store.key_count().unwrap(), 5);
+    });
+}
+
+#[test]
 fn a_snapshot_is_a_consistent_cut_that_later_commits_do_not_change() {
     both(|store| {
         for seq in 1..=7 {

@@ -76,7 +76,12 @@ fn up(config_path: &Path) -> Result<(), String> {
             .args(["--dc", dc.id.as_str()])
             .spawn()
             .map_err(|e| format!("starting {}: {e}", dc.id))?;
-        println!("{}: API http://{}  (replication {})", dc.id, dc.api, dc.listen);
+        match dc.resp {
+            Some(resp) => {
+                println!("{}: API http://{}  RESP redis://{resp}  (replication {})", dc.id, dc.api, dc.listen)
+            }
+            None => println!("{}: API http://{}  (replication {})", dc.id, dc.api, dc.listen),
+        }
         children.push((dc.id.clone(), child));
     }
     println!("{} DCs up; Ctrl-C stops them all", children.len());
@@ -169,6 +174,19 @@ async fn serve(
         topology: topology.clone(),
     });
     println!("{local}: serving the API at http://{} and replication at {}", me.api, me.listen);
+    if let Some(address) = me.resp {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("binding the RESP front end at {address}: {e}"))?;
+        let resp = mesh_node::resp::RespServer::new(
+            current_rx.clone(),
+            settings.api_token.clone(),
+            topology.clone(),
+            local.clone(),
+        );
+        println!("{local}: serving RESP (Redis clients) at {address}");
+        tokio::spawn(resp.serve(listener));
+    }
     let server = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped()).await });
     let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx))
         .await
