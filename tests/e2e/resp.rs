@@ -39,7 +39,12 @@ fn redis_clients_write_at_one_dc_and_read_at_another_and_counters_and_sets_conve
     let _: () = redis::cmd("MSET").arg("users:a").arg("1").arg("users:b").arg("2").query(&mut east).unwrap();
     let got: Vec<Option<String>> = east.mget(&["users:a", "users:b", "users:none"]).unwrap();
     assert_eq!(got, vec![Some("1".into()), Some("2".into()), None]);
-    assert_eq!(east.exists::<_, i64>(&["users:a", "users:b", "users:none"]).unwrap(), 2);
+    assert_eq!(east.exists::<_, i64>(&["users:a", "users:b", "users:none", "views:never"]).unwrap(), 2);
+    assert_eq!(
+        east.get::<_, Option<i64>>("views:never").unwrap(),
+        None,
+        "a counter never added to is absent"
+    );
     assert_eq!(
         east.del::<_, i64>(&["users:a", "users:none"]).unwrap(),
         1,

@@ -1004,9 +1004,16 @@ fn single_value(read: &mesh_core::ReadResult, keyspace: &Keyspace, key: &Key) ->
                 ),
             )),
         },
+        ReadValue::Counter(_) if !exists(read) => Ok(Reply::Nil),
         ReadValue::Counter(n) => Ok(Reply::text(n.to_string())),
         ReadValue::Set(_) => Ok(Reply::Nil),
     }
+}
+
+/// Whether a key exists as Redis sees it: it holds a value, and (for a counter, which reads 0
+/// before any add) it was ever written.
+fn exists(read: &mesh_core::ReadResult) -> bool {
+    read.value.is_present() && !read.context.is_empty()
 }
 
 /// The reply of one read command from its keys' answers.
@@ -1028,9 +1035,7 @@ fn read_reply(how: &ReadReply, answers: Vec<(ReadAnswer, (Keyspace, Key))>) -> R
         ReadReply::MGet => {
             reads.iter().map(|(r, ks, k)| single_value(r, ks, k)).collect::<Result<_, _>>().map(Reply::Array)
         }
-        ReadReply::Exists => {
-            Ok(Reply::Int(reads.iter().filter(|(r, _, _)| r.value.is_present()).count() as i64))
-        }
+        ReadReply::Exists => Ok(Reply::Int(reads.iter().filter(|(r, _, _)| exists(r)).count() as i64)),
         ReadReply::SMembers => match &first().0.value {
             ReadValue::Set(members) => {
                 Ok(Reply::Set(members.iter().map(|m| Reply::Bulk(Bytes::copy_from_slice(m))).collect()))
