@@ -186,8 +186,8 @@ fn auth_type_and_keyspace_errors_garbage_and_huge_bulk_lengths_are_refused_and_o
     let _ = raw.read_to_string(&mut answer);
     assert!(answer.starts_with("-ERR Protocol error"), "{answer:?}");
 
-    // A 600 MB bulk length: refused once the unfinished command passes the request limit; the
-    // client is cut off, never buffered whole.
+    // A 600 MB bulk length: refused at its header (over the largest value); the client is cut
+    // off, never buffered.
     let mut raw = TcpStream::connect(mesh.resps[0]).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reader = raw.try_clone().unwrap();
@@ -210,7 +210,15 @@ fn auth_type_and_keyspace_errors_garbage_and_huge_bulk_lengths_are_refused_and_o
     }
     let answer = answer.join().unwrap();
     assert!(sent < 64 << 20, "the node kept reading a command of {sent} bytes");
-    assert!(answer.starts_with("-ERR Protocol error") && answer.contains("max_request_bytes"), "{answer:?}");
+    assert!(answer.starts_with("-ERR Protocol error: invalid bulk length"), "{answer:?}");
+
+    // A nest of arrays (which the decoder would recurse into) is refused before decoding.
+    let mut raw = TcpStream::connect(mesh.resps[0]).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(&b"*1\r\n".repeat(100_000)).unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.starts_with("-ERR Protocol error: a command is an array of bulk strings"), "{answer:?}");
 
     // Everyone else is still served.
     let _: () = conn.set("users:after", "ok").unwrap();

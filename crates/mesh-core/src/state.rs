@@ -205,6 +205,17 @@ pub enum ReadValue {
 }
 
 impl ReadValue {
+    /// Bytes of the values or members it holds (a counter: 8).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            ReadValue::Register(versions) => {
+                versions.iter().map(|v| v.value.as_ref().map_or(0, |b| b.len())).sum()
+            }
+            ReadValue::Counter(_) => 8,
+            ReadValue::Set(members) => members.iter().map(|m| m.len()).sum(),
+        }
+    }
+
     /// Whether the key reads as holding something: a register version, a counter (always: it
     /// reads 0 before any add), a set member.
     pub fn is_present(&self) -> bool {

@@ -41,6 +41,12 @@ const READ_WAIT: Duration = Duration::from_secs(10);
 /// How long, and how many bytes at most, input is discarded after a protocol error ([`linger`]).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES_MAX: usize = 64 << 20;
+/// Replies are written to the socket as soon as this many bytes of them are ready.
+const FLUSH_BYTES: usize = 1 << 20;
+/// Most keys one read of the DC takes (a run of reads is cut there).
+const READ_RUN_KEYS: usize = 64;
+/// Most keys (or key-value pairs) of one MGET, EXISTS, DEL or MSET.
+const KEYS_PER_COMMAND_MAX: usize = 1_024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -132,7 +138,10 @@ impl Reply {
 
     /// An error reply: `code` is its first word (`ERR`, `WRONGTYPE`, …), as Redis writes them.
     fn err(code: &str, message: impl std::fmt::Display) -> Self {
-        Reply::Error(format!("{code} {message}"))
+        // Client bytes end up in messages (keys, commands); a CR or LF would end the error
+        // line early and forge the next reply, so they become spaces, as Redis does.
+        let text = format!("{code} {message}").replace(['\r', '\n'], " ");
+        Reply::Error(text)
     }
 
     fn wrong_type(keyspace: &Keyspace, kind: ValueKind) -> Self {
@@ -351,43 +360,40 @@ impl Connection {
         let settings = self.server.settings.clone();
         let mut input = BytesMut::with_capacity(READ_CHUNK);
         let mut output = BytesMut::new();
+        let mut framer = Framer::default();
         loop {
             // Take the complete commands buffered, up to a pipeline's worth.
             let mut commands = Vec::new();
             let mut broken = None;
             while commands.len() < settings.max_pipeline {
-                match redis_protocol::resp2::decode::decode_bytes_mut(&mut input) {
-                    Ok(Some((frame, _, _))) => commands.push(frame),
+                match framer.next(&input, &settings) {
+                    Ok(Some(len)) => {
+                        let mut command = input.split_to(len);
+                        match redis_protocol::resp2::decode::decode_bytes_mut(&mut command) {
+                            Ok(Some((frame, _, _))) => commands.push(frame),
+                            Ok(None) => unreachable!("the framer found a whole command"),
+                            Err(e) => {
+                                broken = Some(format!("Protocol error: {}", e.details()));
+                                break;
+                            }
+                        }
+                    }
                     Ok(None) => break,
-                    Err(e) => {
-                        broken = Some(format!("Protocol error: {}", e.details()));
+                    Err(message) => {
+                        broken = Some(format!("Protocol error: {message}"));
                         break;
                     }
                 }
             }
-            if broken.is_none() && commands.is_empty() && input.len() > settings.max_request_bytes {
-                broken = Some(format!(
-                    "Protocol error: a command longer than {} bytes (resp.max_request_bytes)",
-                    settings.max_request_bytes
-                ));
-            }
             if !commands.is_empty() {
-                for (proto, reply) in self.handle(commands).await {
-                    encode(&mut output, proto, &reply);
-                }
+                self.handle(commands, &mut socket, &mut output).await?;
             }
-            let broken = broken.map(|message| {
+            if let Some(message) = &broken {
                 // As Redis does: say why, then close (the stream cannot be resynchronised).
                 encode(&mut output, self.proto, &Reply::err("ERR", message));
                 self.quit = true;
-            });
-            if !output.is_empty() {
-                socket.write_all(&output).await?;
-                output.clear();
-                if output.capacity() > READ_CHUNK * 4 {
-                    output = BytesMut::new();
-                }
             }
+            flush(&mut socket, &mut output).await?;
             if self.quit {
                 socket.shutdown().await?;
                 if broken.is_some() {
@@ -396,7 +402,7 @@ impl Connection {
                 return Ok(());
             }
             // More complete commands may be buffered beyond one pipeline's worth.
-            if commands_pending(&input) {
+            if commands_pending(&mut framer, &input, &settings) {
                 continue;
             }
             input.reserve(READ_CHUNK);
@@ -406,56 +412,92 @@ impl Connection {
         }
     }
 
-    /// Runs a pipeline's commands in order; returns each reply with the protocol to encode it
-    /// in (HELLO changes it midway).
-    async fn handle(&mut self, frames: Vec<Frame2>) -> Vec<(Proto, Reply)> {
-        let mut steps: Vec<(Proto, Step)> = Vec::with_capacity(frames.len());
+    /// Runs a pipeline's commands in order, writing their replies into `output` (and to the
+    /// socket whenever it holds more than [`FLUSH_BYTES`], so replies never pile up). Each
+    /// command is planned when its turn comes, so AUTH, HELLO and QUIT act in pipeline order;
+    /// consecutive writes go to the DC as one batch, consecutive reads as one read (at most
+    /// [`READ_RUN_KEYS`] keys).
+    async fn handle(
+        &mut self,
+        frames: Vec<Frame2>,
+        socket: &mut TcpStream,
+        output: &mut BytesMut,
+    ) -> std::io::Result<()> {
+        let mut run: Vec<(Proto, Step)> = Vec::new();
         for frame in frames {
+            // Nothing after QUIT runs.
+            if self.quit {
+                break;
+            }
             let step = self.plan(frame);
-            steps.push((self.proto, step));
-        }
-        let mut replies: Vec<Option<Reply>> = vec![None; steps.len()];
-        let mut i = 0;
-        while i < steps.len() {
-            let end = match &steps[i].1 {
-                Step::Done(reply) => {
-                    replies[i] = Some(reply.clone());
-                    i + 1
-                }
-                Step::Write(..) => {
-                    let end = run_end(&steps, i, |s| matches!(s, Step::Write(..)));
-                    self.run_writes(&mut steps[i..end], &mut replies[i..end]).await;
-                    end
-                }
-                Step::Read(..) => {
-                    let end = run_end(&steps, i, |s| matches!(s, Step::Read(..)));
-                    self.run_reads(&mut steps[i..end], &mut replies[i..end]).await;
-                    end
-                }
-                Step::Wait { replicas, timeout_ms } => {
-                    replies[i] = Some(self.wait(*replicas, *timeout_ms).await);
-                    i + 1
-                }
-                Step::Info(sections) => {
-                    replies[i] = Some(self.info(sections).await);
-                    i + 1
-                }
-                Step::DbSize => {
-                    replies[i] = Some(match self.ask(DcMsg::KeyCount, READ_WAIT).await {
-                        Ok(Ok(n)) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
-                        Ok(Err(e)) => Reply::err("ERR", format!("storage: {e}")),
-                        Err(reply) => reply,
-                    });
-                    i + 1
-                }
+            let keys = |run: &[(Proto, Step)]| {
+                run.iter()
+                    .map(|(_, s)| if let Step::Read(keys, _) = s { keys.len() } else { 0 })
+                    .sum::<usize>()
             };
-            i = end;
+            let joins = run.last().is_some_and(|(_, last)| match (last, &step) {
+                (Step::Write(..), Step::Write(..)) => true,
+                (Step::Read(..), Step::Read(..)) => keys(&run) < READ_RUN_KEYS,
+                _ => false,
+            });
+            if !joins && !run.is_empty() {
+                self.run_steps(std::mem::take(&mut run), socket, output).await?;
+            }
+            run.push((self.proto, step));
         }
-        steps
-            .into_iter()
-            .zip(replies)
-            .map(|((proto, _), r)| (proto, r.expect("every step answered")))
-            .collect()
+        if !run.is_empty() {
+            self.run_steps(run, socket, output).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one run of steps of one kind and encodes their replies.
+    async fn run_steps(
+        &mut self,
+        mut steps: Vec<(Proto, Step)>,
+        socket: &mut TcpStream,
+        output: &mut BytesMut,
+    ) -> std::io::Result<()> {
+        let mut replies: Vec<Option<Reply>> = vec![None; steps.len()];
+        match &steps[0].1 {
+            Step::Write(..) => self.run_writes(&mut steps, &mut replies).await,
+            Step::Read(..) => self.run_reads(&mut steps, &mut replies).await,
+            _ => {
+                for ((_, step), slot) in steps.iter().zip(replies.iter_mut()) {
+                    *slot = Some(self.run_one(step, socket).await);
+                }
+            }
+        }
+        for ((proto, _), reply) in steps.iter().zip(replies) {
+            encode(output, *proto, &reply.expect("every step answered"));
+        }
+        if output.len() >= FLUSH_BYTES {
+            flush(socket, output).await?;
+        }
+        Ok(())
+    }
+
+    /// A step that is neither a write nor a read.
+    async fn run_one(&self, step: &Step, socket: &mut TcpStream) -> Reply {
+        match step {
+            Step::Done(reply) => reply.clone(),
+            Step::Wait { replicas, timeout_ms } => {
+                // A client that goes away stops waiting (and frees its connection slot).
+                tokio::select! {
+                    reply = self.wait(*replicas, *timeout_ms) => reply,
+                    () = closed(socket) => Reply::err("ERR", "the client went away"),
+                }
+            }
+            Step::Info(sections) => self.info(sections).await,
+            Step::DbSize => match self.ask(DcMsg::KeyCount, READ_WAIT).await {
+                Ok(Ok(n)) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+                Ok(Err(e)) => Reply::err("ERR", format!("storage: {e}")),
+                Err(reply) => reply,
+            },
+            Step::Write(..) | Step::Read(..) => {
+                unreachable!("runs of writes and reads go to the DC together")
+            }
+        }
     }
 
     /// Asks the DC actor; an error reply when it cannot answer.
@@ -701,6 +743,13 @@ impl Connection {
         }
         if !self.authenticated && !matches!(name.as_str(), "hello" | "auth" | "ping" | "quit") {
             return Step::Done(Reply::err("NOAUTH", "Authentication required."));
+        }
+        let many = matches!(name.as_str(), "mget" | "exists" | "del" | "mset");
+        if many && args.len() - 1 > KEYS_PER_COMMAND_MAX * if name == "mset" { 2 } else { 1 } {
+            return Step::Done(Reply::err(
+                "ERR",
+                format!("at most {KEYS_PER_COMMAND_MAX} keys per '{name}' command; split it (a pipeline costs no more)"),
+            ));
         }
         match self.plan_command(&name, &args[1..]) {
             Ok(step) => step,
@@ -1161,24 +1210,117 @@ fn config_reply(args: &[Bytes], settings: &RespSettings) -> Reply {
     ];
     let mut pairs = Vec::new();
     for (name, value) in parameters {
-        if args[1..]
-            .iter()
-            .any(|pattern| glob_matches(&String::from_utf8_lossy(pattern).to_ascii_lowercase(), name))
-        {
+        if args[1..].iter().any(|pattern| {
+            wildmatch::WildMatch::new(&String::from_utf8_lossy(pattern).to_ascii_lowercase()).matches(name)
+        }) {
             pairs.push((Reply::text(name), Reply::text(value)));
         }
     }
     Reply::Map(pairs)
 }
 
-/// Whether `name` matches `pattern`, where `*` matches any run of characters (the subset of
-/// Redis' glob CONFIG GET patterns use).
-fn glob_matches(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, tail)) => {
-            name.starts_with(head)
-                && (0..=name.len() - head.len()).any(|i| glob_matches(tail, &name[head.len() + i..]))
+/// Writes what `output` holds to the socket.
+async fn flush(socket: &mut TcpStream, output: &mut BytesMut) -> std::io::Result<()> {
+    if !output.is_empty() {
+        socket.write_all(output).await?;
+        output.clear();
+        if output.capacity() > FLUSH_BYTES * 4 {
+            *output = BytesMut::new();
+        }
+    }
+    Ok(())
+}
+
+/// Resolves once the client closed its side (or the socket failed); never while it only sent
+/// more commands (those wait in the socket for their turn).
+async fn closed(socket: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match socket.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Where each command of the input ends, found without decoding it: Redis' request shape (an
+/// array of bulk strings, what Redis' own request parser accepts and every client sends) and
+/// this front end's limits are checked on the headers as they arrive, and bulk payloads are
+/// skipped by their length. Only a whole command within the limits is handed to
+/// `redis-protocol` to decode. That decoder recurses per nested array without a depth bound
+/// and reparses an unfinished frame from its start on every read; the framer keeps both off
+/// client input (a 4 KB nest of arrays would overflow the stack, a trickled 8 MB command would
+/// cost quadratic time). State carries over between reads.
+#[derive(Debug, Default)]
+struct Framer {
+    /// Bytes of the current command checked so far.
+    at: usize,
+    /// Elements still expected (`None`: the array header is not read yet).
+    left: Option<u64>,
+}
+
+/// Longest header line (`*N` or `$N`), CRLF included.
+const HEADER_BYTES_MAX: usize = 32;
+/// Most arguments of one command.
+const ARGS_MAX: u64 = 1 << 20;
+/// Longest argument: the largest value, and room for the longest key with its keyspace.
+const BULK_BYTES_MAX: u64 = (mesh_core::VALUE_BYTES_MAX + 1024) as u64;
+
+impl Framer {
+    /// `Ok(Some(len))`: the first `len` bytes of `input` are one whole command (the framer is
+    /// then ready for the next one); `Ok(None)`: more input is needed; `Err`: the stream is
+    /// not a Redis request within the limits.
+    fn next(&mut self, input: &[u8], settings: &RespSettings) -> Result<Option<usize>, String> {
+        loop {
+            if self.left == Some(0) {
+                let len = self.at;
+                *self = Framer::default();
+                return Ok(Some(len));
+            }
+            if self.at > settings.max_request_bytes {
+                return Err(format!(
+                    "a command longer than {} bytes (resp.max_request_bytes)",
+                    settings.max_request_bytes
+                ));
+            }
+            let rest = &input[self.at.min(input.len())..];
+            let Some(end) = rest.iter().take(HEADER_BYTES_MAX).position(|b| *b == b'\n') else {
+                if rest.len() >= HEADER_BYTES_MAX {
+                    return Err("a header line longer than 32 bytes".into());
+                }
+                return Ok(None);
+            };
+            let line = &rest[..end];
+            let (kind, number) = match line {
+                [kind, digits @ .., b'\r'] => {
+                    (*kind, std::str::from_utf8(digits).ok().and_then(|d| d.parse::<i64>().ok()))
+                }
+                _ => (0, None),
+            };
+            match (self.left, kind, number) {
+                (None, b'*', Some(n)) if (1..=ARGS_MAX as i64).contains(&n) => {
+                    self.left = Some(n as u64);
+                    self.at += end + 1;
+                }
+                (None, b'*', _) => return Err("invalid multibulk length".into()),
+                (None, _, _) => return Err("a command is an array of bulk strings".into()),
+                (Some(left), b'$', Some(n)) if (0..=BULK_BYTES_MAX as i64).contains(&n) => {
+                    let payload = end + 1 + n as usize + 2;
+                    if rest.len() < payload {
+                        // Wait for the payload; a command that will not fit is refused now.
+                        if self.at + payload > settings.max_request_bytes + HEADER_BYTES_MAX {
+                            self.at += payload;
+                            continue;
+                        }
+                        return Ok(None);
+                    }
+                    if &rest[payload - 2..payload] != b"\r\n" {
+                        return Err("a bulk string not ended by CRLF".into());
+                    }
+                    self.at += payload;
+                    self.left = Some(left - 1);
+                }
+                (Some(_), b'$', _) => return Err("invalid bulk length".into()),
+                (Some(_), _, _) => return Err("a command is an array of bulk strings".into()),
+            }
         }
     }
 }
@@ -1200,14 +1342,16 @@ async fn linger(socket: &mut TcpStream) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// The end of the run of steps from `start` that `same` accepts.
-fn run_end(steps: &[(Proto, Step)], start: usize, same: impl Fn(&Step) -> bool) -> usize {
-    start + steps[start..].iter().take_while(|(_, s)| same(s)).count()
-}
-
-/// Whether `input` starts with a complete command.
-fn commands_pending(input: &BytesMut) -> bool {
-    matches!(redis_protocol::resp2::decode::decode_range(input), Ok(Some(_)))
+/// Whether `input` holds a whole command (or a broken one) the framer has not handed out yet.
+fn commands_pending(framer: &mut Framer, input: &BytesMut, settings: &RespSettings) -> bool {
+    // The framer's progress is kept: the command it finds here is handed out next time.
+    let found = framer.next(input, settings);
+    if let Ok(Some(len)) = found {
+        // Give the command back to the next round's loop, which takes it from the start.
+        framer.at = len;
+        framer.left = Some(0);
+    }
+    !matches!(found, Ok(None))
 }
 
 fn encode(output: &mut BytesMut, proto: Proto, reply: &Reply) {
@@ -1293,12 +1437,35 @@ mod tests {
     }
 
     #[test]
-    fn config_get_matches_star_patterns() {
-        assert!(glob_matches("save", "save"));
-        assert!(glob_matches("*", "appendonly"));
-        assert!(glob_matches("append*", "appendfsync"));
-        assert!(glob_matches("*only", "appendonly"));
-        assert!(!glob_matches("save*x", "save"));
-        assert!(!glob_matches("apps", "appendonly"));
+    fn the_framer_finds_whole_commands_and_refuses_what_is_not_a_flat_request() {
+        let settings = RespSettings::default();
+        let next = |input: &[u8]| Framer::default().next(input, &settings);
+        assert_eq!(next(b"*1\r\n$4\r\nPING\r\n*1\r\n"), Ok(Some(14)));
+        assert_eq!(next(b"*2\r\n$3\r\nGET\r\n$5\r\nusers"), Ok(None));
+        assert!(next(b"*1\r\n*1\r\n*1\r\n").unwrap_err().contains("array of bulk strings"));
+        assert!(next(b"PING\r\n").unwrap_err().contains("array of bulk strings"));
+        assert!(next(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$600000000\r\n").unwrap_err().contains("bulk length"));
+        assert!(next(b"*0\r\n").unwrap_err().contains("multibulk length"));
+        // Progress carries over: the second read resumes where the first stopped.
+        let mut framer = Framer::default();
+        let whole = b"*2\r\n$3\r\nGET\r\n$7\r\nusers:a\r\n";
+        assert_eq!(framer.next(&whole[..12], &settings), Ok(None));
+        assert_eq!(framer.next(whole, &settings), Ok(Some(whole.len())));
+        // Many values that will not fit in max_request_bytes are refused at their header.
+        let small = RespSettings { max_request_bytes: 2 << 20, ..RespSettings::default() };
+        let mut big = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n".to_vec();
+        for _ in 0..2 {
+            big.extend_from_slice(format!("${}\r\n", 1 << 20).as_bytes());
+            big.extend(vec![b'x'; 1 << 20]);
+            big.extend_from_slice(b"\r\n");
+        }
+        big.extend_from_slice(format!("${}\r\n", 1 << 20).as_bytes());
+        assert!(Framer::default().next(&big, &small).unwrap_err().contains("max_request_bytes"));
+    }
+
+    #[test]
+    fn error_replies_cannot_carry_a_line_break_from_client_input() {
+        let Reply::Error(e) = Reply::err("ERR", "unknown keyspace 'x\r\n$3\r\nbad'") else { panic!() };
+        assert!(!e.contains('\r') && !e.contains('\n'), "{e:?}");
     }
 }

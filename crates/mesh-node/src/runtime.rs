@@ -44,6 +44,9 @@ pub struct WriteDone {
     pub summary: Option<WriteSummary>,
 }
 
+/// Most value bytes one [`DcMsg::Read`] returns in full.
+pub const READ_BYTES_MAX: usize = 64 << 20;
+
 /// A read's answer: `Ok(None)` for an unknown keyspace, `Err` with the store's message.
 pub type ReadAnswer = Result<Option<ReadResult>, String>;
 
@@ -147,7 +150,9 @@ pub enum DcMsg {
         /// Where the answers go, in the writes' order.
         reply: RpcReplyPort<Vec<WriteResult>>,
     },
-    /// Reads of durable state, answered in the keys' order.
+    /// Reads of durable state, answered in the keys' order. Once the values read pass
+    /// [`READ_BYTES_MAX`], the keys left are answered with an error (memory stays bounded
+    /// whatever a client asks for).
     Read {
         /// The keys.
         keys: Vec<(Keyspace, Key)>,
@@ -674,10 +679,19 @@ impl Actor for DcActor {
                 Self::reply_if_complete(state, batch);
             }
             DcMsg::Read { keys, reply } => {
+                let mut bytes = 0usize;
                 let answers = keys
                     .iter()
                     .map(|(keyspace, key)| {
-                        state.node.read(keyspace, key, &*state.store).map_err(|e| e.to_string())
+                        if bytes > READ_BYTES_MAX {
+                            return Err(format!(
+                                "the read is over {READ_BYTES_MAX} bytes: ask for fewer keys at once"
+                            ));
+                        }
+                        let read =
+                            state.node.read(keyspace, key, &*state.store).map_err(|e| e.to_string())?;
+                        bytes += read.as_ref().map_or(0, |r| r.value.payload_bytes());
+                        Ok(read)
                     })
                     .collect();
                 let _ = reply.send(answers);
