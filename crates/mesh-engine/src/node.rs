@@ -1289,7 +1289,7 @@ impl<R: RngCore> Node<R> {
                             ops.iter().for_each(|op| sent.observe(&op.dot));
                             self.sync.handle_durable(&peer, &sent);
                         }
-                        let message = Message::Batch(Batch { ops, trace: None });
+                        let message = Message::Batch(Batch { ops, trace: None, commit_times: Vec::new() });
                         self.effects.push_back(Effect::Send { to: peer.clone(), message });
                     }
                     Ok(None) => break,

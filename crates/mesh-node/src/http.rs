@@ -339,6 +339,7 @@ fn status_json(s: &DcStatus) -> Value {
                 "bytes_wire": p.wire_bytes,
                 "last_sent_ms_ago": p.last_sent_ms_ago,
                 "last_sent_unix_ms": p.last_sent_unix_ms,
+                "replication_lag": p.lag_histogram.as_ref().map(lag_json),
             })
         })
         .collect();
@@ -352,6 +353,26 @@ fn status_json(s: &DcStatus) -> Value {
         "state_transfers_sent": s.stats.transfers_sent,
         "state_transfers_received": s.stats.transfers_received,
         "conflicts": s.conflicts,
+    })
+}
+
+/// A lag histogram in status: percentiles in ms, and the whole histogram (HdrHistogram V2,
+/// base64) so a client can subtract two readings and get the percentiles of the time between.
+fn lag_json(h: &hdrhistogram::Histogram<u64>) -> Value {
+    use base64::Engine;
+    use hdrhistogram::serialization::Serializer;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut bytes = Vec::new();
+    let hdr = hdrhistogram::serialization::V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .map(|_| base64::engine::general_purpose::STANDARD.encode(&bytes))
+        .ok();
+    json!({
+        "ops": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.5)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "max_ms": ms(h.max()),
+        "hdr": hdr,
     })
 }
 

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod http;
+pub mod lag;
 pub mod metrics;
 pub mod resp;
 pub mod runtime;

@@ -3,7 +3,7 @@
 //! set, pushed there over OTLP (HTTP with protobuf) every `otlp_interval_ms`. Names are prefixed
 //! `mesh_`.
 
-use opentelemetry::metrics::{Counter, MeterProvider};
+use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use std::collections::BTreeMap;
@@ -32,6 +32,32 @@ pub struct Metrics {
     pub apply_failures: Counter<u64>,
     /// Per peer counters for `/v1/status` (OpenTelemetry counters cannot be read back).
     pub links: LinkCounters,
+    /// Replication lag per op, origin durable commit → durable apply here, in seconds, by
+    /// origin ([`crate::lag`]).
+    pub replication_lag: Histogram<f64>,
+    /// The same lags in µs as HDR histograms by origin, for `/v1/status` (exact percentiles;
+    /// an OpenTelemetry histogram cannot be read back).
+    pub lag_hdr: LagHistograms,
+}
+
+/// HDR histograms of replication lag in µs by origin; they outlive restarts of the DC actor.
+#[derive(Debug, Clone, Default)]
+pub struct LagHistograms(Arc<Mutex<BTreeMap<String, hdrhistogram::Histogram<u64>>>>);
+
+impl LagHistograms {
+    /// Records `count` ops from `origin` that lagged `lag_us`.
+    pub fn record(&self, origin: &str, lag_us: u64, count: u64) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let h = all.entry(origin.to_owned()).or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+        });
+        h.saturating_record_n(lag_us.max(1), count);
+    }
+
+    /// A copy of `origin`'s histogram.
+    pub fn of(&self, origin: &str) -> Option<hdrhistogram::Histogram<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(origin).cloned()
+    }
 }
 
 /// Counters of one peer's links, for `/v1/status`; they outlive restarts of the DC actor.
@@ -120,9 +146,31 @@ impl Metrics {
                 "Batches or snapshot chunks from a peer that could not be applied (its stream is stalled)",
             ),
             links: LinkCounters::default(),
+            replication_lag: meter
+                .f64_histogram("mesh_replication_lag")
+                .with_unit("s")
+                .with_description(
+                    "Per op: its durable commit at its origin to its durable apply here, by origin",
+                )
+                .with_boundaries(vec![
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+                .build(),
+            lag_hdr: LagHistograms::default(),
             registry,
             _provider: Arc::new(provider),
         })
+    }
+
+    /// Records `count` ops from `origin` that lagged `lag_us` in both histograms.
+    pub fn record_lag(&self, origin: &str, lag_us: u64, count: u64) {
+        self.lag_hdr.record(origin, lag_us, count);
+        let attributes = [KeyValue::new("origin", origin.to_owned())];
+        let seconds = lag_us as f64 / 1e6;
+        for _ in 0..count {
+            self.replication_lag.record(seconds, &attributes);
+        }
     }
 
     /// The Prometheus text exposition of every instrument.

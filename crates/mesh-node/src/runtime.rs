@@ -99,6 +99,9 @@ pub struct PeerReport {
     pub last_sent_ms_ago: Option<u64>,
     /// The wall clock (Unix ms) of the last batch sent.
     pub last_sent_unix_ms: Option<u64>,
+    /// Lag of the peer's own ops from their commit there to their commit here, in µs, since
+    /// this process started ([`crate::lag`]).
+    pub lag_histogram: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// Why a front end's call to the DC actor got no answer.
@@ -201,6 +204,8 @@ pub enum DcMsg {
         id: u64,
         /// Its outcome.
         result: Result<(), StoreError>,
+        /// The wall clock when the store reported it, in µs since the Unix epoch.
+        unix_us: u64,
     },
     /// Timers may be due: the wake-up armed with this number (older ones are stale and ignored,
     /// so re-arming never multiplies wake-ups).
@@ -304,6 +309,8 @@ pub struct DcState {
     batches: BTreeMap<u64, PendingBatch>,
     next_batch: u64,
     conflicts: BTreeMap<String, u64>,
+    /// Commit times for the replication-lag histogram.
+    lag: crate::lag::ReplicationLag,
     /// The armed wake-up: when, and its number.
     tick: Option<(Instant, u64)>,
     /// The number of the last wake-up armed.
@@ -314,6 +321,10 @@ pub struct DcState {
 
 fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The DC actor.
@@ -336,10 +347,11 @@ impl DcActor {
         }
         while let Some(effect) = state.node.poll_effect() {
             match effect {
-                Effect::Send { to, message } => {
-                    if let Message::Batch(batch) = &message {
+                Effect::Send { to, mut message } => {
+                    if let Message::Batch(batch) = &mut message {
                         let peer = KeyValue::new("peer", to.to_string());
                         state.args.metrics.replicated_ops.add(batch.ops.len() as u64, &[peer]);
+                        state.lag.annotate(batch);
                     }
                     if let Some(link) = state.links.get(&to) {
                         let _ = link.tx.send(message);
@@ -347,10 +359,11 @@ impl DcActor {
                 }
                 Effect::Persist { id, batch } => {
                     let me = myself.clone();
+                    state.lag.on_persist(id, &batch.ops);
                     state.store.submit(
                         batch,
                         Box::new(move |result| {
-                            let _ = me.cast(DcMsg::Committed { id, result });
+                            let _ = me.cast(DcMsg::Committed { id, result, unix_us: wall_us() });
                         }),
                     );
                 }
@@ -602,6 +615,7 @@ impl Actor for DcActor {
             StdRng::from_os_rng(),
             &*store,
         );
+        let lag = crate::lag::ReplicationLag::new(args.local.clone());
         let mut state = DcState {
             args,
             node,
@@ -613,6 +627,7 @@ impl Actor for DcActor {
             batches: BTreeMap::new(),
             next_batch: 1,
             conflicts: BTreeMap::new(),
+            lag,
             tick: None,
             ticks_armed: 0,
             ready: false,
@@ -736,6 +751,7 @@ impl Actor for DcActor {
                             links_lost: counters.links_lost.load(Ordering::Relaxed),
                             last_sent_ms_ago: ago,
                             last_sent_unix_ms: ago.map(|a| wall.saturating_sub(a)),
+                            lag_histogram: state.args.metrics.lag_hdr.of(d.id.as_str()),
                             link,
                         }
                     })
@@ -761,6 +777,9 @@ impl Actor for DcActor {
             DcMsg::Peer { peer, link, message } => {
                 if let Some(handle) = state.links.get_mut(&peer).filter(|l| l.id == link) {
                     handle.last_heard = Instant::now();
+                    if let Message::Batch(batch) = &message {
+                        state.lag.on_received(&peer, &batch.commit_times);
+                    }
                     state.node.handle_message(now, wall_ms(), &peer, message, &*state.store);
                 }
             }
@@ -768,10 +787,13 @@ impl Actor for DcActor {
                 state.args.metrics.links.peer(peer.as_str()).dials_failed.fetch_add(1, Ordering::Relaxed);
                 state.node.handle_dial_failed(now, &peer);
             }
-            DcMsg::Committed { id, result } => {
+            DcMsg::Committed { id, result, unix_us } => {
                 // A commit of unknown outcome poisons the store: fail, so the supervisor reopens
                 // it and restarts this DC from what is durable.
                 result?;
+                for (origin, lag_us, count) in state.lag.on_committed(id, unix_us) {
+                    state.args.metrics.record_lag(origin.as_str(), lag_us, count);
+                }
                 state.node.handle_committed(now, id, &*state.store);
             }
             DcMsg::Tick(number) => {

@@ -4,8 +4,10 @@
 //! the keyspace's name. Here those are stated once:
 //!
 //! ```text
-//! batch   = [op_count, trace, dcs, keyspaces, runs]
+//! batch   = [op_count, trace, dcs, keyspaces, runs, commit_times]
 //! trace   = nil | [traceparent, tracestate]
+//! commit_times = [[last_seq, unix_us], …]   the sender's group commits its own ops came from
+//!                                         (may be absent: a batch of an older sender)
 //! dcs     = [dc id, …]          every DC the batch names (origins, contexts), first use first
 //! keyspaces = [keyspace, …]     every keyspace the batch names, first use first
 //! runs    = [run, …]
@@ -22,7 +24,7 @@
 //! delete (nil), 2 counter add (int), 3 set add and 4 set remove (array of bin). The layout
 //! decodes to exactly the ops that were encoded, in the same order.
 
-use crate::message::{Batch, TraceContext};
+use crate::message::{Batch, CommitTime, TraceContext};
 use crate::validate::{DCS_MAX, SET_MEMBERS_MAX};
 use mesh_core::{DcId, Dot, Hlc, Key, Keyspace, Op, OpKind, VersionVector};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -113,12 +115,15 @@ impl Serialize for BatchRef<'_> {
                 start = i;
             }
         }
-        let mut out = serializer.serialize_tuple(5)?;
+        let mut out = serializer.serialize_tuple(6)?;
         out.serialize_element(&ops.len())?;
         out.serialize_element(&self.0.trace)?;
         out.serialize_element(&tables.dcs)?;
         out.serialize_element(&tables.keyspaces)?;
         out.serialize_element(&RunsRef { ops, runs: &runs, tables: &tables })?;
+        let commit_times: Vec<(u64, u64)> =
+            self.0.commit_times.iter().map(|c| (c.last_seq, c.unix_us)).collect();
+        out.serialize_element(&commit_times)?;
         out.end()
     }
 }
@@ -257,7 +262,7 @@ impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
     type Value = Batch;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Batch, D::Error> {
-        deserializer.deserialize_tuple(5, self)
+        deserializer.deserialize_tuple(6, self)
     }
 }
 
@@ -269,7 +274,7 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
     type Value = Batch;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a batch [op_count, trace, dcs, keyspaces, runs]")
+        f.write_str("a batch [op_count, trace, dcs, keyspaces, runs, commit_times]")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
@@ -300,7 +305,14 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
                 expand.ops.len()
             )));
         }
-        Ok(Batch { ops: expand.ops, trace })
+        // Each entry covers at least one op, so the op count bounds the list.
+        let commit_times = seq
+            .next_element_seed(BoundedVec::<(u64, u64)>::new(op_count, "commit times"))?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(last_seq, unix_us)| CommitTime { last_seq, unix_us })
+            .collect();
+        Ok(Batch { ops: expand.ops, trace, commit_times })
     }
 }
 

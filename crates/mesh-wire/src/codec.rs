@@ -345,7 +345,7 @@ mod tests {
     }
 
     fn batch(ops: Vec<Op>) -> Message {
-        Message::Batch(Batch { ops, trace: None })
+        Message::Batch(Batch { ops, trace: None, commit_times: Vec::new() })
     }
 
     /// A batch mixing origins, kinds, keyspaces, contexts, multi-byte keys and a clock that
@@ -370,6 +370,10 @@ mod tests {
                 traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
                 tracestate: "congo=t61rcWkgMzE".into(),
             }),
+            commit_times: vec![
+                crate::CommitTime { last_seq: 2, unix_us: 1_764_547_200_000_000 },
+                crate::CommitTime { last_seq: 9, unix_us: u64::MAX },
+            ],
         })
     }
 

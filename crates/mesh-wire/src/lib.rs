@@ -32,7 +32,7 @@ pub use config::{CodecConfig, ConfigError, RAW_BYTES_MIN};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{FrameHeader, FLAG_ZSTD, HEADER_BYTES, MAGIC};
 pub use message::{
-    Ack, Batch, Heartbeat, HeartbeatEcho, Hello, Message, MessageKind, ProtocolVersion, SnapshotChunk,
-    SnapshotEntry, SnapshotRequest, TraceContext, PROTOCOL_VERSION,
+    Ack, Batch, CommitTime, Heartbeat, HeartbeatEcho, Hello, Message, MessageKind, ProtocolVersion,
+    SnapshotChunk, SnapshotEntry, SnapshotRequest, TraceContext, PROTOCOL_VERSION,
 };
 pub use validate::{ValidationError, DCS_MAX, SET_MEMBERS_MAX, TRACEPARENT_BYTES_MAX, TRACESTATE_BYTES_MAX};

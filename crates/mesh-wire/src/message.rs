@@ -70,6 +70,20 @@ pub struct Batch {
     pub ops: Vec<Op>,
     /// The trace the batch belongs to, if sampled.
     pub trace: Option<TraceContext>,
+    /// When the sender's own ops in this batch became durable at the sender, for the
+    /// receiver's replication-lag histogram: ascending by seq, each entry covers the sender's
+    /// ops with a seq up to `last_seq` and above the previous entry's. Empty: not reported (ops
+    /// relayed from other origins are never covered).
+    pub commit_times: Vec<CommitTime>,
+}
+
+/// One group commit at the sender, as [`Batch::commit_times`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CommitTime {
+    /// The highest of the sender's own seqs the commit made durable.
+    pub last_seq: u64,
+    /// The sender's wall clock when the commit was durable, in µs since the Unix epoch.
+    pub unix_us: u64,
 }
 
 /// The ops the sender has durably applied; sent only after the commit.

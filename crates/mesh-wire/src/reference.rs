@@ -116,7 +116,7 @@ pub fn ops(records: &[Record]) -> Vec<Op> {
 
 /// The reference batch: [`ops`] as one batch without trace context.
 pub fn batch(records: &[Record]) -> Batch {
-    Batch { ops: ops(records), trace: None }
+    Batch { ops: ops(records), trace: None, commit_times: Vec::new() }
 }
 
 /// A small deterministic generator (SplitMix64), so the clock's steps need no RNG crate.

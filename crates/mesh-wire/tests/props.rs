@@ -100,7 +100,16 @@ fn batch() -> impl Strategy<Value = Batch> {
                 context: VersionVector::new(),
             });
         }
-        Batch { ops, trace }
+        // Commit times as a sender reports them: ascending seqs, at most one per op.
+        let commit_times = ops
+            .iter()
+            .step_by(3)
+            .map(|op| mesh_wire::CommitTime {
+                last_seq: op.dot.seq,
+                unix_us: op.hlc.physical_ms.wrapping_mul(1_000),
+            })
+            .collect();
+        Batch { ops, trace, commit_times }
     })
 }
 

@@ -3,11 +3,12 @@
 //!
 //! Writers post batches of puts (`--batch` ops of `--value-bytes` bytes) at the chosen DC, paced
 //! to `--rate` ops/s in total (0: as fast as the answers come), for `--seconds`. Each answer
-//! names the ops' dots, so the origin's seq and its ack time are known. Observers poll every
-//! other DC's `/v1/status` every 2 ms for its durable `seen` of the origin: an op's lag is the time
-//! from its ack at the origin to the first poll that shows it at that DC (so lag is measured to
-//! within the poll period plus one HTTP round trip). Wire bytes per op come from the origin's
-//! `/metrics` (`mesh_bytes_sent_total{kind="wire"}`).
+//! names the ops' dots, so the origin's seq is known. Lag is what each other DC measured itself,
+//! per op, from the op's durable commit at the origin to its durable apply there (the
+//! `replication_lag` histogram of `/v1/status`, read before and after the run and subtracted).
+//! Observers poll every other DC's `/v1/status` every 20 ms for its durable `seen` of the
+//! origin, to time when it caught up (replicated ops/s, to within the poll period). Wire bytes
+//! per op come from the origin's `/metrics` (`mesh_bytes_sent_total{kind="wire"}`).
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -66,6 +67,25 @@ fn seen(agent: &ureq::Agent, api: &str, token: &str, origin: &str) -> Option<u64
     Some(v["seen"]["dots"][origin].as_u64().unwrap_or(0))
 }
 
+/// The DC's histogram of lag of `origin`'s ops (µs), from /v1/status; empty before any.
+fn lag_histogram(
+    agent: &ureq::Agent,
+    api: &str,
+    token: &str,
+    origin: &str,
+) -> Result<Histogram<u64>, String> {
+    use base64::Engine;
+    let body = get(agent, &format!("{api}/v1/status"), token)?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let peers = v["peers"].as_array().ok_or("no peers in /v1/status")?;
+    let encoded = peers.iter().find(|p| p["dc"] == origin).and_then(|p| p["replication_lag"]["hdr"].as_str());
+    let Some(encoded) = encoded else { return Histogram::new(3).map_err(|e| e.to_string()) };
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| e.to_string())?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("the lag histogram of {api}: {e:?}"))
+}
+
 fn wire_bytes(agent: &ureq::Agent, api: &str) -> u64 {
     let Ok(body) = get(agent, &format!("{api}/metrics"), "") else { return 0 };
     body.lines()
@@ -80,6 +100,11 @@ pub fn run(b: Bench) -> Result<(), String> {
     let start_seq =
         seen(&agent, &b.origin_api, &b.token, &b.origin).ok_or("the origin DC's status is unreadable")?;
     let bytes_before = wire_bytes(&agent, &b.origin_api);
+    let lag_before: Vec<Histogram<u64>> = b
+        .others
+        .iter()
+        .map(|(_, api)| lag_histogram(&agent, api, &b.token, &b.origin))
+        .collect::<Result<_, _>>()?;
     let acks: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
     let written = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -125,7 +150,7 @@ pub fn run(b: Bench) -> Result<(), String> {
                     if done || started.elapsed() > Duration::from_secs(600) {
                         break;
                     }
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 (dc, seen_at)
             })
@@ -218,21 +243,14 @@ pub fn run(b: Bench) -> Result<(), String> {
         "{:<14} {:>14} {:>10} {:>10} {:>10} {:>10}",
         "DC", "replicated/s", "lag p50", "lag p99", "lag max", "caught up"
     );
-    for observer in observers {
+    for ((observer, (_, api)), before) in observers.into_iter().zip(&b.others).zip(lag_before) {
         let (dc, seen_at) = observer.join().map_err(|_| "an observer panicked")?;
-        let mut lag = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-        let mut i = 0;
-        for (t_ack, seq) in &acks {
-            while i < seen_at.len() && seen_at[i].1 < *seq {
-                i += 1;
-            }
-            let Some((t_seen, _)) = seen_at.get(i) else { break };
-            let _ = lag.record(t_seen.saturating_duration_since(*t_ack).as_micros() as u64);
-        }
+        let mut lag = lag_histogram(&agent, api, &b.token, &b.origin)?;
+        lag.subtract(&before).map_err(|e| format!("{dc}'s lag histogram went back: {e:?}"))?;
         let caught_up = seen_at.last().map(|(t, s)| (*t, *s)).filter(|(_, s)| *s >= final_seq);
         let rate =
             caught_up.map_or(0.0, |(t, s)| (s - start_seq) as f64 / t.duration_since(started).as_secs_f64());
-        let ms = |us: u64| format!("{:.1} ms", us as f64 / 1_000.0);
+        let ms = |us: u64| format!("{:.2} ms", us as f64 / 1_000.0);
         println!(
             "{:<14} {:>14.0} {:>10} {:>10} {:>10} {:>10}",
             dc,
