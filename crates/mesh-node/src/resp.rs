@@ -1301,7 +1301,11 @@ impl Framer {
                     self.at += end + 1;
                 }
                 (None, b'*', _) => return Err("invalid multibulk length".into()),
-                (None, _, _) => return Err("a command is an array of bulk strings".into()),
+                (None, _, _) => {
+                    return Err(
+                        "a command is an array of bulk strings (inline commands are not supported)".into()
+                    )
+                }
                 (Some(left), b'$', Some(n)) if (0..=BULK_BYTES_MAX as i64).contains(&n) => {
                     let payload = end + 1 + n as usize + 2;
                     if rest.len() < payload {

@@ -1,0 +1,329 @@
+//! mesh side by side with Redis primary → 2 replicas, driven by the same redis-benchmark flags.
+//!
+//! `cargo bench --bench compare_redis` (not run in CI). Needs Debian's `redis-server` and
+//! `redis-tools`; installs them with apt-get when missing and running as root.
+//!
+//! 1. Redis 7 (Debian): a primary with AOF `everysec` and two replicas on loopback. One
+//!    redis-benchmark run of SET; then wait until both replicas' offsets reach the primary's.
+//! 2. mesh: three `meshd run` processes on loopback (benches/mesh.toml's keyspaces, fresh data
+//!    directories); the same redis-benchmark run against the first DC's RESP port (acks after
+//!    the local fsync); then wait until both other DCs' `seen` hold every write.
+//! 3. mesh replication lag at a steady 10,000 writes/s (`meshctl bench --rate 10000`), read
+//!    from the nodes' own per-op histograms.
+//!
+//! Prints one table: acked ops/s, replicated ops/s (acked writes / time until every replica or
+//! DC held them), the mesh/Redis ratio, CPU µs per replicated op (user + system time of the
+//! system's three processes from /proc, the load generator excluded), and bytes sent per op to
+//! each replica/peer (Redis: replication offset; mesh: compressed frames). Ports are ephemeral;
+//! every process started is stopped at the end.
+//!
+//! Flags: `MESH_COMPARE_REQUESTS` (default 1,000,000), `MESH_COMPARE_LAG_SECONDS` (10).
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "bench-token";
+
+/// Children killed when dropped.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn ensure_redis() {
+    if on_path("redis-server") && on_path("redis-benchmark") && on_path("redis-cli") {
+        return;
+    }
+    eprintln!("installing redis-server and redis-tools with apt-get");
+    let ok = Command::new("sh")
+        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "could not install redis-server/redis-tools: install them (Debian packages) and run again");
+}
+
+/// user + system CPU time of `pid`, in µs.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let hz = 100; // USER_HZ on Linux
+    ticks * 1_000_000 / hz
+}
+
+fn cpu_of(procs: &Procs) -> u64 {
+    procs.0.iter().map(|c| cpu_us(c.id())).sum()
+}
+
+fn redis_cli(port: u16, auth: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(a) = auth {
+        cmd.args(["-a", a, "--no-auth-warning"]);
+    }
+    let out = cmd.args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn info_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).and_then(|v| v.trim().parse().ok())
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+/// Runs redis-benchmark's SET test against `port`; returns acked requests/s as it reports them.
+fn redis_benchmark(port: u16, auth: Option<&str>, requests: u64) -> f64 {
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(a) = auth {
+        cmd.args(["-a", a]);
+    }
+    let out = cmd
+        .args(["-t", "set", "-P", "64", "-d", "100", "-n", &requests.to_string(), "-r", "100000000", "--csv"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("redis-benchmark runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line =
+        text.lines().find(|l| l.starts_with("\"SET\"")).unwrap_or_else(|| panic!("no SET line in {text}"));
+    line.split(',').nth(1).and_then(|v| v.trim_matches('"').parse().ok()).expect("a requests/s figure")
+}
+
+struct Row {
+    acked: f64,
+    replicated: f64,
+    cpu_us_per_op: f64,
+    bytes_per_op: f64,
+}
+
+fn run_redis(dir: &Path, requests: u64) -> Row {
+    let ports = [tcp_port(), tcp_port(), tcp_port()];
+    let mut procs = Procs(Vec::new());
+    for (i, port) in ports.iter().enumerate() {
+        let data = dir.join(format!("redis{i}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::null());
+        if i > 0 {
+            cmd.args(["--replicaof", "127.0.0.1", &ports[0].to_string()]);
+        }
+        procs.0.push(cmd.spawn().expect("redis-server starts"));
+    }
+    wait_for("redis replicas link up", Duration::from_secs(30), || {
+        ports[1..]
+            .iter()
+            .all(|p| redis_cli(*p, None, &["INFO", "replication"]).contains("master_link_status:up"))
+    });
+    let offset = |port| {
+        info_field(&redis_cli(port, None, &["INFO", "replication"]), "master_repl_offset").unwrap_or(0)
+    };
+    let (offset_before, cpu_before) = (offset(ports[0]), cpu_of(&procs));
+    let start = Instant::now();
+    let acked = redis_benchmark(ports[0], None, requests);
+    let target = offset(ports[0]);
+    wait_for("redis replicas catch up", Duration::from_secs(300), || {
+        ports[1..].iter().all(|p| {
+            info_field(&redis_cli(*p, None, &["INFO", "replication"]), "slave_repl_offset").unwrap_or(0)
+                >= target
+        })
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    Row {
+        acked,
+        replicated: requests as f64 / elapsed,
+        cpu_us_per_op: (cpu_of(&procs) - cpu_before) as f64 / requests as f64,
+        bytes_per_op: (target - offset_before) as f64 / requests as f64,
+    }
+}
+
+struct Mesh {
+    dir: PathBuf,
+    procs: Procs,
+    apis: Vec<u16>,
+    resp: u16,
+}
+
+fn start_mesh(dir: &Path) -> Mesh {
+    let names = ["us-east", "us-west", "eu-central"];
+    let mut toml =
+        String::from("[replication]\nmax_delay_ms = 5\nbatch_size = 1000\nheartbeat_interval_ms = 250\n\n");
+    let (mut apis, mut resps) = (Vec::new(), Vec::new());
+    for (i, name) in names.iter().enumerate() {
+        let (api, resp, listen) = (tcp_port(), tcp_port(), udp_port());
+        apis.push(api);
+        resps.push(resp);
+        toml += &format!(
+            "[[dcs]]\nid = \"{name}\"\npriority = {}\nlisten = \"127.0.0.1:{listen}\"\napi = \"127.0.0.1:{api}\"\nresp = \"127.0.0.1:{resp}\"\n\n",
+            30 - 10 * i
+        );
+    }
+    toml += "[keyspaces.key]\nstrategy = \"lww\"\n\n[keyspaces.counter]\nstrategy = \"counter\"\n\n";
+    toml += &format!("[node]\napi_token = \"{TOKEN}\"\n");
+    std::fs::write(dir.join("mesh.toml"), toml).unwrap();
+    let ca = mesh_node::tls::generate_ca().unwrap();
+    mesh_node::tls::write(&dir.join("certs/ca.crt"), &ca.cert, false).unwrap();
+    mesh_node::tls::write(&dir.join("certs/ca.key"), &ca.key, true).unwrap();
+    let mut procs = Procs(Vec::new());
+    for name in names {
+        let issued = mesh_node::tls::issue(&ca, &mesh_core::DcId::new(name).unwrap()).unwrap();
+        mesh_node::tls::write(&dir.join(format!("certs/{name}.crt")), &issued.cert, false).unwrap();
+        mesh_node::tls::write(&dir.join(format!("certs/{name}.key")), &issued.key, true).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["run", "--config"])
+            .arg(dir.join("mesh.toml"))
+            .args(["--dc", name])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("meshd starts");
+        procs.0.push(child);
+    }
+    for api in &apis {
+        wait_for("meshd ready", Duration::from_secs(60), || http_get(*api, "/readyz").starts_with("ready"));
+    }
+    Mesh { dir: dir.to_path_buf(), procs, apis, resp: resps[0] }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    agent
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
+fn seen_of(port: u16, origin: &str) -> u64 {
+    let status: serde_json::Value = serde_json::from_str(&http_get(port, "/v1/status")).unwrap_or_default();
+    status["seen"]["dots"][origin].as_u64().unwrap_or(0)
+}
+
+fn wire_bytes(port: u16) -> u64 {
+    http_get(port, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("mesh_bytes_sent_total{") && l.contains("kind=\"wire\""))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64
+}
+
+fn run_mesh(mesh: &Mesh, requests: u64) -> Row {
+    let (bytes_before, cpu_before) = (wire_bytes(mesh.apis[0]), cpu_of(&mesh.procs));
+    let start = Instant::now();
+    let acked = redis_benchmark(mesh.resp, Some(TOKEN), requests);
+    let target = seen_of(mesh.apis[0], "us-east");
+    wait_for("mesh DCs catch up", Duration::from_secs(600), || {
+        mesh.apis[1..].iter().all(|p| seen_of(*p, "us-east") >= target)
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    Row {
+        acked,
+        replicated: requests as f64 / elapsed,
+        cpu_us_per_op: (cpu_of(&mesh.procs) - cpu_before) as f64 / requests as f64,
+        // Frames to both peers: per peer.
+        bytes_per_op: (wire_bytes(mesh.apis[0]) - bytes_before) as f64 / requests as f64 / 2.0,
+    }
+}
+
+/// Lag p50 and p99 (ms) at each other DC at a steady 10,000 writes/s, from `meshctl bench`.
+fn mesh_lag(mesh: &Mesh, seconds: u64) -> Vec<(String, String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("--config")
+        .arg(mesh.dir.join("mesh.toml"))
+        .args(["--dc", "us-east", "bench", "--keyspace", "key", "--seconds", &seconds.to_string()])
+        .args(["--rate", "10000", "--batch", "100"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("meshctl bench runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.starts_with("us-west") || l.starts_with("eu-central"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), format!("{} ms", f[2]), format!("{} ms", f[4]))
+        })
+        .collect()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    ensure_redis();
+    let requests: u64 =
+        std::env::var("MESH_COMPARE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let lag_seconds: u64 =
+        std::env::var("MESH_COMPARE_LAG_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    println!("redis-benchmark -t set -P 64 -d 100 -n {requests} -r 100000000, against each system in turn");
+    let redis = run_redis(dir.path(), requests);
+    let mesh_dir = dir.path().join("mesh");
+    std::fs::create_dir_all(&mesh_dir).unwrap();
+    let mesh = start_mesh(&mesh_dir);
+    let ours = run_mesh(&mesh, requests);
+    let lags = mesh_lag(&mesh, lag_seconds);
+    drop(mesh);
+    println!();
+    println!("| system | acked ops/s | replicated ops/s | CPU µs per replicated op | bytes per op to each replica |");
+    println!("|---|---|---|---|---|");
+    for (name, r) in
+        [("Redis 7, primary (AOF everysec) → 2 replicas", &redis), ("mesh, 3 DCs (fsync per ack)", &ours)]
+    {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            r.acked, r.replicated, r.cpu_us_per_op, r.bytes_per_op
+        );
+    }
+    println!(
+        "| mesh / Redis | {:.2}× | {:.2}× | {:.2}× | |",
+        ours.acked / redis.acked,
+        ours.replicated / redis.replicated,
+        ours.cpu_us_per_op / redis.cpu_us_per_op
+    );
+    println!();
+    println!(
+        "mesh replication lag at 10,000 writes/s for {lag_seconds} s (per op, origin commit → apply here):"
+    );
+    for (dc, p50, p99) in lags {
+        println!("  {dc}: p50 {p50}, p99 {p99}");
+    }
+}
