@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// mimalloc instead of glibc's malloc: allocation and free were a fifth of a replicating DC's
+/// CPU under redis-benchmark (perf, docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "meshd", about = "The mesh node daemon", version)]
 struct Cli {
