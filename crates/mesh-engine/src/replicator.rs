@@ -11,8 +11,10 @@
 //!
 //! The replicator keeps no op in memory: it reads each batch through [`OpLog`] from the durable
 //! log, at a cursor per origin, so a dead or slow peer's backlog stays on disk and never slows
-//! writers. A batch leaves when `batch_size` ops are waiting or the oldest waiting op has waited
-//! `max_delay_ms`, at most `inflight_max` batches are unacknowledged, and a window whose oldest
+//! writers. A batch leaves at once when nothing is in flight to the peer, else when `batch_size`
+//! ops are waiting or the oldest waiting op has waited `max_delay_ms` (Nagle's rule, RFC 896,
+//! with the window as the pipe: an idle link adds no delay, a busy one sends fuller batches), at
+//! most `inflight_max` batches are unacknowledged, and a window whose oldest
 //! batch is not acknowledged within `retransmit_ms` of its sending or of the last ack that freed a
 //! batch is sent again from what the
 //! peer confirmed (go-back-N: the receiver applies each origin in order, holding back a batch
@@ -258,7 +260,8 @@ impl Replicator {
         let retransmit = link.resend_at(self.config.retransmit_ms);
         // A full window sends nothing until an ack (which the node acts on at once) frees it.
         let window_open = link.inflight.len() < self.config.inflight_max;
-        let flush = link.waiting_since_ms.filter(|_| window_open).map(|t| t + self.config.max_delay_ms);
+        let delay = if link.inflight.is_empty() { 0 } else { self.config.max_delay_ms };
+        let flush = link.waiting_since_ms.filter(|_| window_open).map(|t| t + delay);
         retransmit.into_iter().chain(flush).min()
     }
 
@@ -302,7 +305,11 @@ impl Replicator {
             return Ok(None);
         }
         let since = *link.waiting_since_ms.get_or_insert(now_ms);
-        if waiting_ops < self.config.batch_size as u64 && now_ms < since + self.config.max_delay_ms {
+        // An idle link sends at once (the group commit already gathered what came together);
+        // while batches are in flight, a partial batch waits up to `max_delay_ms` to fill, so
+        // a busy link sends fewer, fuller batches (Nagle's rule, with the window as the pipe).
+        let idle = link.inflight.is_empty();
+        if !idle && waiting_ops < self.config.batch_size as u64 && now_ms < since + self.config.max_delay_ms {
             return Ok(None);
         }
         let start = link.turn % waiting.len();

@@ -90,20 +90,27 @@ fn opened() -> Replicator {
 }
 
 #[test]
-fn a_partial_batch_waits_for_max_delay_and_a_full_one_leaves_at_once() {
+fn an_idle_link_sends_at_once_and_a_busy_one_gathers_a_partial_batch_for_max_delay() {
     let mut log = Log::default();
     let mut r = opened();
     log.append("a", 1);
+    let batch = r.poll_batch(0, &log.durable(), &log).unwrap().expect("nothing in flight: sent at once");
+    assert_eq!(seqs(&batch), [("a".into(), 1)]);
+    // One batch in flight: a partial batch waits for max_delay_ms (5) to fill.
     log.append("a", 2);
+    log.append("a", 3);
     let want = log.durable();
-    assert_eq!(r.poll_batch(0, &want, &log).unwrap(), None, "2 of 3 ops wait");
-    assert_eq!(r.poll_timeout(), Some(5));
-    let batch = r.poll_batch(5, &want, &log).unwrap().expect("max_delay_ms passed");
-    assert_eq!(seqs(&batch), [("a".into(), 1), ("a".into(), 2)]);
-    for seq in 3..=5 {
+    assert_eq!(r.poll_batch(1, &want, &log).unwrap(), None, "2 of 3 ops wait while a batch is in flight");
+    assert_eq!(r.poll_timeout(), Some(6));
+    let batch = r.poll_batch(6, &want, &log).unwrap().expect("max_delay_ms passed");
+    assert_eq!(seqs(&batch), [("a".into(), 2), ("a".into(), 3)]);
+    // A full batch leaves at once, with a batch in flight or not (the window has room again
+    // once the peer holds the first).
+    r.handle_peer_seen(&vv(&[("a", 1)]));
+    for seq in 4..=6 {
         log.append("a", seq);
     }
-    let batch = r.poll_batch(6, &log.durable(), &log).unwrap().expect("a full batch leaves at once");
+    let batch = r.poll_batch(7, &log.durable(), &log).unwrap().expect("a full batch leaves at once");
     assert_eq!(batch.len(), 3);
 }
 
@@ -184,8 +191,7 @@ fn a_peer_getting_a_third_dcs_ops_from_elsewhere_is_seen_as_progressing_directly
     assert!(r.direct_progress(110, 100).is_empty(), "no progress for the relay delay: relay again");
     // What the peer holds because this link sent it is not direct progress.
     let mut r = opened();
-    assert_eq!(r.poll_batch(0, &vv(&[("c", 1)]), &log).unwrap(), None, "a partial batch waits");
-    r.poll_batch(5, &vv(&[("c", 1)]), &log).unwrap().unwrap();
+    r.poll_batch(0, &vv(&[("c", 1)]), &log).unwrap().unwrap();
     r.handle_peer_seen(&vv(&[("c", 1)]));
     r.handle_timeout(6);
     assert!(r.direct_progress(6, 100).is_empty());
