@@ -142,6 +142,8 @@ impl Mesh {
             .args(["run", "--config"])
             .arg(self.dir.path().join("mesh.toml"))
             .args(["--dc", name])
+            .env("MESH_LOG_FORMAT", "json")
+            .env("MESH_LOG", "info")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -819,4 +821,40 @@ fn a_dc_killed_and_restarted_at_once_has_its_links_back_within_heartbeats() {
         // machine, still far below the 30 s idle timeout this replaces.
         assert!(linked < restarted + Duration::from_secs(3), "links back only after {linked:?}");
     }
+}
+
+/// The JSON log events DC `i` wrote so far (its stderr).
+fn log_events(mesh: &Mesh, i: usize) -> Vec<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(mesh.dir.path().join(format!("{}.log", mesh.names[i]))).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn has_event(events: &[serde_json::Value], message: &str, field: (&str, &str)) -> bool {
+    events.iter().any(|e| e["message"] == message && e[field.0] == field.1)
+}
+
+#[test]
+fn the_log_is_json_events_an_operator_can_follow_start_links_and_peer_health() {
+    let mut mesh = Mesh::start(2);
+    wait_for(Duration::from_secs(30), || http(mesh.apis[0], "GET", "/readyz", b"").0 == 200);
+    let events = log_events(&mesh, 0);
+    let started = events.iter().find(|e| e["message"] == "meshd started").expect("a start event");
+    assert_eq!(started["dc"], "dc0");
+    assert!(started["keyspaces"].as_str().unwrap().contains("users=lww"), "{started}");
+    assert!(has_event(&events, "link up", ("peer", "dc1")));
+    assert!(has_event(&events, "accepting writes", ("dc", "dc0")));
+    // A peer killed: its link goes down and the failure detector's verdict is logged.
+    mesh.kill(1);
+    wait_for(Duration::from_secs(10), || {
+        let events = log_events(&mesh, 0);
+        has_event(&events, "link down", ("peer", "dc1"))
+            && events
+                .iter()
+                .any(|e| e["message"] == "peer health" && e["peer"] == "dc1" && e["health"] == "Down")
+    });
+    // Nothing is logged per op.
+    let before = log_events(&mesh, 0).len();
+    write_load(mesh.apis[0], "quiet", 200);
+    assert!(log_events(&mesh, 0).len() < before + 20, "writes filled the log");
 }

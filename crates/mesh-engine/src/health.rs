@@ -230,6 +230,15 @@ impl HealthMonitor {
         self.next_tick_ms
     }
 
+    /// `peer` said itself (in an Ack) that it holds `seen` durably: lag is measured against the
+    /// newest word from the peer, not only its last heartbeat (so a caught-up peer reads 0 at
+    /// once, not a heartbeat later).
+    pub fn handle_peer_durable(&mut self, peer: &DcId, seen: &VersionVector) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.seen.join(seen);
+        }
+    }
+
     /// Runs a tick if one is due: asks for a heartbeat, samples this DC's applied vector for lag
     /// and re-judges every peer.
     pub fn handle_timeout(&mut self, now_ms: u64) {

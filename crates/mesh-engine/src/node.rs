@@ -1009,6 +1009,9 @@ impl<R: RngCore> Node<R> {
         }
         self.sync.handle_durable(dc, seen);
         self.known_durable.entry(dc.clone()).or_default().join(seen);
+        if direct {
+            self.health.handle_peer_durable(dc, seen);
+        }
     }
 
     fn report(&mut self, peer: &DcId, seen: VersionVector) {

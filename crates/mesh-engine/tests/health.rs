@@ -130,6 +130,19 @@ fn lag_is_measured_in_ops_and_in_time_since_the_oldest_data_the_peer_lacks_arriv
     );
 }
 
+#[test]
+fn an_ack_between_heartbeats_brings_the_lag_to_zero_at_once() {
+    // Issue 13: one PUT, then status read a caught-up peer as 1 op and ~200 ms behind until
+    // its next heartbeat.
+    let mut m = monitor();
+    m.handle_heartbeat(100, 0, &dc("b"), &heartbeat(VersionVector::new(), 0));
+    m.handle_local_seen(&vv(&[("a", 1)]));
+    m.handle_timeout(200);
+    assert_eq!(m.status(&dc("b"), 210).unwrap().lag.unwrap().ops, 1);
+    m.handle_peer_durable(&dc("b"), &vv(&[("a", 1)]));
+    assert_eq!(m.status(&dc("b"), 210).unwrap().lag.unwrap(), Lag { ops: 0, ms: 0, at_least: false });
+}
+
 /// A round trip with peer `from`: our heartbeat left at our wall `t1`, the peer held it `held`
 /// ms and answered at its wall `t3`, which reached us at our wall `t4`.
 fn round_trip(m: &mut HealthMonitor, from: &str, t1: u64, held: u64, t3: u64, t4: u64) {

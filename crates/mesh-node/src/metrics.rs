@@ -93,18 +93,27 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Instruments for DC `dc`, reporting into a fresh registry.
     pub fn new(dc: &str) -> Result<Self, String> {
-        Self::with_otlp(dc, None)
+        Self::with_otlp(dc, "", None)
     }
 
-    /// Instruments for DC `dc`, reporting into a fresh registry and, with `otlp` = (endpoint URL,
-    /// interval), pushed to an OTLP collector. The push runs on the SDK's own thread.
-    pub fn with_otlp(dc: &str, otlp: Option<(&str, Duration)>) -> Result<Self, String> {
+    /// Instruments for DC `dc` of `region`, reporting into a fresh registry and, with `otlp` =
+    /// (endpoint URL, interval), pushed to an OTLP collector. The push runs on the SDK's own
+    /// thread. The resource is `service.name = meshd`, `mesh.dc`, `mesh.region` (Prometheus:
+    /// `target_info`).
+    pub fn with_otlp(dc: &str, region: &str, otlp: Option<(&str, Duration)>) -> Result<Self, String> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .build()
             .map_err(|e| e.to_string())?;
-        let mut provider = SdkMeterProvider::builder().with_reader(exporter);
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("meshd")
+            .with_attributes([
+                KeyValue::new("mesh.dc", dc.to_owned()),
+                KeyValue::new("mesh.region", region.to_owned()),
+            ])
+            .build();
+        let mut provider = SdkMeterProvider::builder().with_resource(resource).with_reader(exporter);
         if let Some((endpoint, interval)) = otlp {
             use opentelemetry_otlp::WithExportConfig;
             let push = opentelemetry_otlp::MetricExporter::builder()

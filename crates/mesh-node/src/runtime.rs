@@ -311,6 +311,9 @@ pub struct DcState {
     conflicts: BTreeMap<String, u64>,
     /// Commit times for the replication-lag histogram.
     lag: crate::lag::ReplicationLag,
+    /// What was last logged, to log transitions only: each peer's health, the state transfers
+    /// counted, whether writes were refused for backpressure.
+    logged: Logged,
     /// The armed wake-up: when, and its number.
     tick: Option<(Instant, u64)>,
     /// The number of the last wake-up armed.
@@ -327,6 +330,14 @@ fn wall_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// What the DC actor last logged (see [`DcActor::log_transitions`]).
+#[derive(Debug, Default)]
+struct Logged {
+    health: BTreeMap<DcId, mesh_engine::health::Health>,
+    transfers: (u64, u64),
+    backpressure: bool,
+}
+
 /// The DC actor.
 pub struct DcActor;
 
@@ -335,14 +346,51 @@ impl DcActor {
         state.args.started.elapsed().as_millis() as u64
     }
 
+    /// Logs what changed since the last call: a peer's health, state transfers taken up or
+    /// received. Never per op.
+    fn log_transitions(state: &mut DcState) {
+        let now = Self::now_ms(state);
+        let local = &state.args.local;
+        for dc in state.args.topology.dcs.iter().filter(|d| &d.id != local) {
+            let Some(status) = state.node.peer_status(&dc.id, now) else { continue };
+            if state.logged.health.get(&dc.id) != Some(&status.health) {
+                let phi = if status.phi.is_finite() { status.phi } else { -1.0 };
+                tracing::info!(dc = %local, peer = %dc.id, health = ?status.health, phi, "peer health");
+                state.logged.health.insert(dc.id.clone(), status.health);
+            }
+        }
+        let stats = state.node.stats();
+        let transfers = (stats.transfers_sent, stats.transfers_received);
+        if transfers.0 > state.logged.transfers.0 {
+            tracing::info!(dc = %local, total = transfers.0, "state transfer taken up by a peer");
+        }
+        if transfers.1 > state.logged.transfers.1 {
+            tracing::info!(dc = %local, total = transfers.1, "state transfer received and applied");
+        }
+        state.logged.transfers = transfers;
+    }
+
+    /// Logs backpressure turning on (a write refused because the commit queue or the sync
+    /// waits are full) and off (a write taken again).
+    fn log_backpressure(state: &mut DcState, refused: bool, taken: bool) {
+        if refused && !state.logged.backpressure {
+            tracing::warn!(dc = %state.args.local, "backpressure on: writes refused (busy) until the local commit or sync acks catch up");
+            state.logged.backpressure = true;
+        } else if taken && !refused && state.logged.backpressure {
+            tracing::info!(dc = %state.args.local, "backpressure off: writes taken again");
+            state.logged.backpressure = false;
+        }
+    }
+
     /// Carries out the node's effects, then arms the timer.
     fn effects(myself: &ActorRef<DcMsg>, state: &mut DcState) {
+        Self::log_transitions(state);
         if !state.ready && state.node.is_ready() {
             state.ready = true;
-            eprintln!(
-                "[{}] accepting writes (own seq {})",
-                state.args.local,
-                state.node.durable().get(&state.args.local)
+            tracing::info!(
+                dc = %state.args.local,
+                own_seq = state.node.durable().get(&state.args.local),
+                "accepting writes"
             );
         }
         while let Some(effect) = state.node.poll_effect() {
@@ -402,14 +450,23 @@ impl DcActor {
                 }
                 Effect::Close { peer } => {
                     if let Some(link) = state.links.remove(&peer) {
+                        tracing::info!(dc = %state.args.local, %peer, reason = "the failure detector judged the peer down", "link closed");
                         link.connection.close(2u32.into(), b"closed");
                     }
                 }
                 Effect::Compact { below } => {
                     let store = state.store.clone();
+                    let dc = state.args.local.clone();
                     tokio::task::spawn_blocking(move || {
-                        if let Err(e) = store.compact_log(&below) {
-                            eprintln!("compaction failed: {e}");
+                        let started = Instant::now();
+                        match store.compact_log(&below) {
+                            Ok(removed) => tracing::debug!(
+                                %dc,
+                                removed,
+                                ms = started.elapsed().as_millis() as u64,
+                                "log compacted"
+                            ),
+                            Err(e) => tracing::error!(%dc, error = %e, "log compaction failed"),
                         }
                     });
                 }
@@ -437,7 +494,10 @@ impl DcActor {
                         }
                         Alarm::StateTransferNeeded { .. } | Alarm::StoreFailed(_) => {}
                     }
-                    eprintln!("[{}] alarm: {alarm:?}", state.args.local);
+                    match &alarm {
+                        Alarm::StoreFailed(_) => tracing::error!(dc = %state.args.local, ?alarm, "alarm"),
+                        _ => tracing::warn!(dc = %state.args.local, ?alarm, "alarm"),
+                    }
                 }
             }
         }
@@ -495,6 +555,7 @@ impl DcActor {
             let local = &state.args.local;
             let dialer = |dialed: bool| if dialed { local.clone() } else { peer.clone() };
             if mesh_engine::pool::keep_existing_link(&dialer(old.dialed), &dialer(dialed), alive) {
+                tracing::debug!(dc = %local, %peer, "second link refused: one is up (both DCs dialed)");
                 connection.close(3u32.into(), b"duplicate");
                 let labels = [KeyValue::new("peer", peer.to_string()), KeyValue::new("reason", "duplicate")];
                 state.args.metrics.links_refused.add(1, &labels);
@@ -546,6 +607,7 @@ impl DcActor {
         state
             .links
             .insert(peer.clone(), LinkHandle { id, tx, connection, dialed, opened, last_heard: opened });
+        tracing::info!(dc = %state.args.local, %peer, dialed, "link up");
         state.node.handle_connected(now, &peer);
     }
 }
@@ -571,7 +633,7 @@ impl Actor for DcActor {
         let options = mesh_store::Options { idempotency_window_ms: window_ms, ..Default::default() };
         // Replaying the write-ahead records can take seconds: off the async threads, so the API
         // answers `503 starting` meanwhile, and logged, so an operator sees why.
-        eprintln!("[{}] opening the store at {}", args.local, args.store_path.display());
+        tracing::info!(dc = %args.local, path = %args.store_path.display(), "opening the store");
         let opening = std::time::Instant::now();
         let path = args.store_path.clone();
         let (topology, adopt) = (args.topology.clone(), args.adopt_topology);
@@ -582,13 +644,13 @@ impl Actor for DcActor {
         })
         .await??;
         let r = store.recovered();
-        eprintln!(
-            "[{}] store open in {} ms: replayed {} write-ahead records ({} bytes, {} keys) since the last checkpoint",
-            args.local,
-            opening.elapsed().as_millis(),
-            r.wal_groups,
-            r.wal_bytes,
-            r.keys
+        tracing::info!(
+            dc = %args.local,
+            ms = opening.elapsed().as_millis() as u64,
+            wal_records = r.wal_groups,
+            wal_bytes = r.wal_bytes,
+            keys = r.keys,
+            "store open: write-ahead records since the last checkpoint replayed"
         );
         let store = Arc::new(store);
         let mut acked = BTreeMap::new();
@@ -599,10 +661,10 @@ impl Actor for DcActor {
         }
         let now_ms = args.started.elapsed().as_millis() as u64;
         if !settled {
-            eprintln!(
-                "[{}] a new (or replaced) data directory: writes wait until every peer has answered and \
-                 returned this DC's own ops, so no seq is named twice (docs/operations.md, Recover)",
-                args.local
+            tracing::warn!(
+                dc = %args.local,
+                "a new (or replaced) data directory: writes wait until every peer has answered and \
+                 returned this DC's own ops, so no seq is named twice (docs/operations.md, Recover)"
             );
         }
         let startup = Startup { now_ms, wall_ms: wall_ms(), seen: store.seen()?, acked, settled };
@@ -628,6 +690,7 @@ impl Actor for DcActor {
             next_batch: 1,
             conflicts: BTreeMap::new(),
             lag,
+            logged: Logged::default(),
             tick: None,
             ticks_armed: 0,
             ready: false,
@@ -661,9 +724,12 @@ impl Actor for DcActor {
                 let request = write.request;
                 match state.node.handle_write(now, wall_ms(), write, options, &*state.store) {
                     Ok(()) => {
+                        Self::log_backpressure(state, false, true);
                         state.replies.insert(request, Waiter::One(reply));
                     }
                     Err(e) => {
+                        let busy = matches!(e, NodeWriteError::Busy | NodeWriteError::SyncBusy);
+                        Self::log_backpressure(state, busy, false);
                         let _ = reply.send(Err(e));
                     }
                 }
@@ -682,6 +748,9 @@ impl Actor for DcActor {
                     .collect();
                 let requests: Vec<_> = writes.iter().map(|(w, _)| w.request).collect();
                 let results = state.node.handle_write_batch(now, wall_ms(), writes, &*state.store);
+                let refused =
+                    results.iter().any(|r| matches!(r, Err(NodeWriteError::Busy | NodeWriteError::SyncBusy)));
+                Self::log_backpressure(state, refused, results.iter().any(Result::is_ok));
                 for (index, (request, result)) in requests.into_iter().zip(results).enumerate() {
                     match result {
                         Ok(()) => {
@@ -770,7 +839,12 @@ impl Actor for DcActor {
             DcMsg::LinkDown { peer, link } => {
                 if state.links.get(&peer).is_some_and(|l| l.id == link) {
                     state.args.metrics.links.peer(peer.as_str()).links_lost.fetch_add(1, Ordering::Relaxed);
-                    state.links.remove(&peer);
+                    let lost = state.links.remove(&peer).expect("checked");
+                    let reason = lost
+                        .connection
+                        .close_reason()
+                        .map_or("the stream ended".to_string(), |r| r.to_string());
+                    tracing::info!(dc = %state.args.local, %peer, %reason, "link down");
                     state.node.handle_disconnected(now, &peer);
                 }
             }
@@ -784,12 +858,16 @@ impl Actor for DcActor {
                 }
             }
             DcMsg::DialFailed(peer) => {
+                tracing::debug!(dc = %state.args.local, %peer, "dial failed");
                 state.args.metrics.links.peer(peer.as_str()).dials_failed.fetch_add(1, Ordering::Relaxed);
                 state.node.handle_dial_failed(now, &peer);
             }
             DcMsg::Committed { id, result, unix_us } => {
                 // A commit of unknown outcome poisons the store: fail, so the supervisor reopens
                 // it and restarts this DC from what is durable.
+                if let Err(e) = &result {
+                    tracing::error!(dc = %state.args.local, error = %e, "commit failed: the store is reopened");
+                }
                 result?;
                 for (origin, lag_us, count) in state.lag.on_committed(id, unix_us) {
                     state.args.metrics.record_lag(origin.as_str(), lag_us, count);
@@ -854,7 +932,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(_, reason) = event {
             state.restarts += 1;
-            eprintln!("[{}] DC actor failed ({reason}); restarting from the store", state.args.local);
+            tracing::error!(dc = %state.args.local, %reason, restarts = state.restarts, "DC actor failed; restarting from the store");
             state.current.send_replace(None);
             // The failed actor's store handle is dropped with it; give its committer a moment.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -893,10 +971,12 @@ pub fn spawn_accept_loop(
                     Ok(Err(e)) => {
                         let reason =
                             if matches!(e, transport::LinkError::UnknownPeer) { "unknown_dc" } else { "tls" };
+                        tracing::warn!(reason, error = %e, "incoming link refused");
                         let labels = [KeyValue::new("peer", "unverified"), KeyValue::new("reason", reason)];
                         metrics.links_refused.add(1, &labels);
                     }
                     Err(_) => {
+                        tracing::warn!(reason = "timeout", "incoming link refused: no handshake within 5 s");
                         let labels =
                             [KeyValue::new("peer", "unverified"), KeyValue::new("reason", "timeout")];
                         metrics.links_refused.add(1, &labels);

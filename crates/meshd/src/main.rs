@@ -52,8 +52,28 @@ enum Command {
     },
 }
 
+/// Logs go to stderr through `tracing`: the filter from `MESH_LOG`, else `RUST_LOG`, else
+/// `info` (`EnvFilter` syntax, e.g. `MESH_LOG=mesh_node=debug`); `MESH_LOG_FORMAT=json` writes
+/// one JSON object per event (docs/observability.md lists the events).
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("MESH_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .map(EnvFilter::new)
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(terminal);
+    if std::env::var("MESH_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs();
     let result = match cli.command {
         Command::Run { config, dc, adopt_topology } => run(&config, &dc, adopt_topology),
         Command::Up { config } => up(&config),
@@ -130,7 +150,8 @@ fn run(config_path: &Path, dc: &str, adopt_topology: bool) -> Result<(), String>
     let otlp = Some(settings.otlp_endpoint.trim())
         .filter(|e| !e.is_empty())
         .map(|e| (e, Duration::from_millis(settings.otlp_interval_ms)));
-    let metrics = mesh_node::metrics::Metrics::with_otlp(local.as_str(), otlp)?;
+    let region = loaded.topology.dc(&local).map(|d| d.region.clone()).unwrap_or_default();
+    let metrics = mesh_node::metrics::Metrics::with_otlp(local.as_str(), &region, otlp)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(serve(loaded, local, metrics, adopt_topology))
@@ -178,7 +199,21 @@ async fn serve(
         metrics: metrics.clone(),
         topology: topology.clone(),
     });
-    println!("{local}: serving the API at http://{} and replication at {}", me.api, me.listen);
+    let keyspaces: Vec<String> =
+        topology.keyspaces.values().map(|k| format!("{}={}", k.name, k.rules.strategy())).collect();
+    tracing::info!(
+        dc = %local,
+        region = %me.region,
+        api = %me.api,
+        replication = %me.listen,
+        resp = ?me.resp,
+        peers = topology.dcs.len() - 1,
+        keyspaces = %keyspaces.join(","),
+        fingerprint = %format!("{:016x}", topology.fingerprint()),
+        data_dir = %data_dir.display(),
+        heartbeat_ms = heartbeat_ms,
+        "meshd started"
+    );
     if let Some(address) = me.resp {
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -189,7 +224,6 @@ async fn serve(
             topology.clone(),
             local.clone(),
         );
-        println!("{local}: serving RESP (Redis clients) at {address}");
         tokio::spawn(resp.serve(listener));
     }
     let server = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped()).await });
@@ -199,8 +233,10 @@ async fn serve(
     let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
     runtime::spawn_accept_loop(endpoint.clone(), candidates, codec, current_rx, metrics);
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    tracing::info!(dc = %local, "meshd stopping: closing links and the store");
     supervisor.stop(Some("shutdown".into()));
     let _ = supervisor_done.await;
     endpoint.close(0u32.into(), b"shutdown");
+    tracing::info!(dc = %local, "meshd stopped");
     Ok(())
 }
