@@ -38,7 +38,66 @@ pub struct Metrics {
     /// The same lags in µs as HDR histograms by origin, for `/v1/status` (exact percentiles;
     /// an OpenTelemetry histogram cannot be read back).
     pub lag_hdr: LagHistograms,
+    /// Client write latency, arrival to answer, in seconds, by mode and outcome.
+    pub write_duration: Histogram<f64>,
+    /// Writes refused before they were written, by reason.
+    pub writes_refused: Counter<u64>,
+    /// Persist latency, submit to durable, in seconds.
+    pub commit_duration: Histogram<f64>,
+    /// Ops per persist.
+    pub commit_ops: Histogram<u64>,
+    /// What the observable gauges report, refreshed by the DC actor ([`Metrics::observe`]).
+    observed: Arc<Mutex<Observed>>,
+    _observers: Arc<Vec<Box<dyn std::any::Any + Send + Sync>>>,
 }
+
+/// The DC's state as the observable instruments report it at a scrape; the DC actor refreshes
+/// it at most every [`OBSERVE_EVERY`].
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Per peer.
+    pub peers: Vec<PeerObserved>,
+    /// State transfers taken up by peers.
+    pub transfers_sent: u64,
+    /// State transfers received and applied.
+    pub transfers_received: u64,
+    /// Keys whose tombstones were collected.
+    pub keys_collected: u64,
+    /// Sync writes and WAITs waiting for acknowledgements.
+    pub sync_waiting: u64,
+}
+
+/// One peer in [`Observed`].
+#[derive(Debug, Clone, Default)]
+pub struct PeerObserved {
+    /// The peer.
+    pub peer: String,
+    /// A link is up.
+    pub link_up: bool,
+    /// 0 healthy, 1 suspect, 2 down.
+    pub health: u64,
+    /// The failure detector's phi (`None` before a heartbeat).
+    pub phi: Option<f64>,
+    /// Ops this DC holds that the peer is not known to hold.
+    pub lag_ops: u64,
+    /// How long the oldest of them waited, in s.
+    pub lag_seconds: f64,
+    /// Ops this DC has to send it.
+    pub queued_ops: u64,
+    /// Batches sent and not acknowledged.
+    pub inflight_batches: u64,
+    /// Windows resent.
+    pub retransmits: u64,
+    /// Dials that failed.
+    pub dials_failed: u64,
+    /// Links lost.
+    pub links_lost: u64,
+    /// Its clock minus ours, in s (`None` before a round trip).
+    pub clock_offset_seconds: Option<f64>,
+}
+
+/// How stale the observable instruments may be.
+pub const OBSERVE_EVERY: Duration = Duration::from_millis(50);
 
 /// HDR histograms of replication lag in µs by origin; they outlive restarts of the DC actor.
 #[derive(Debug, Clone, Default)]
@@ -131,6 +190,7 @@ impl Metrics {
             .with_attributes([KeyValue::new("dc", dc.to_owned())])
             .build();
         let meter = provider.meter_with_scope(scope);
+        let observed: Arc<Mutex<Observed>> = Arc::default();
         let counter = |name: &'static str, description: &'static str| {
             meter.u64_counter(name).with_description(description).build()
         };
@@ -167,9 +227,43 @@ impl Metrics {
                 ])
                 .build(),
             lag_hdr: LagHistograms::default(),
+            write_duration: meter
+                .f64_histogram("mesh_write_duration")
+                .with_unit("s")
+                .with_description(
+                    "Client writes, arrival at the DC to answer, by mode (async/sync) and outcome",
+                )
+                .with_boundaries(vec![
+                    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .build(),
+            writes_refused: counter(
+                "mesh_writes_refused",
+                "Client writes refused before being written, by reason",
+            ),
+            commit_duration: meter
+                .f64_histogram("mesh_commit_duration")
+                .with_unit("s")
+                .with_description("Persists, submitted to the store to durable (fsync included)")
+                .with_boundaries(vec![
+                    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .build(),
+            commit_ops: meter
+                .u64_histogram("mesh_commit_ops")
+                .with_description("Ops per persist (client writes and applied ops committed together)")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0])
+                .build(),
+            _observers: Arc::new(observers(&meter, &observed)),
+            observed,
             registry,
             _provider: Arc::new(provider),
         })
+    }
+
+    /// Replaces what the observable instruments report.
+    pub fn observe(&self, observed: Observed) {
+        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = observed;
     }
 
     /// Records `count` ops from `origin` that lagged `lag_us` in both histograms.
@@ -189,4 +283,100 @@ impl Metrics {
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The observable instruments: each reads [`Observed`] at collection time.
+fn observers(
+    meter: &opentelemetry::metrics::Meter,
+    observed: &Arc<Mutex<Observed>>,
+) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
+    type PeerValue = fn(&PeerObserved) -> Option<f64>;
+    let peer_gauges: [(&'static str, &'static str, &'static str, PeerValue); 8] = [
+        ("mesh_peer_link_up", "", "1 while a link to the peer is up", |p| {
+            Some(f64::from(u8::from(p.link_up)))
+        }),
+        ("mesh_peer_health", "", "The failure detector's verdict: 0 healthy, 1 suspect, 2 down", |p| {
+            Some(p.health as f64)
+        }),
+        ("mesh_peer_phi", "", "The failure detector's phi", |p| p.phi),
+        (
+            "mesh_peer_lag_ops",
+            "",
+            "Ops this DC holds that the peer is not known to hold (0: caught up)",
+            |p| Some(p.lag_ops as f64),
+        ),
+        ("mesh_peer_lag", "s", "How long the oldest op the peer lacks has waited (0: caught up)", |p| {
+            Some(p.lag_seconds)
+        }),
+        ("mesh_peer_queued_ops", "", "Ops this DC has to send the peer", |p| Some(p.queued_ops as f64)),
+        ("mesh_peer_inflight_batches", "", "Batches sent to the peer and not acknowledged", |p| {
+            Some(p.inflight_batches as f64)
+        }),
+        ("mesh_peer_clock_offset", "s", "The peer's clock minus this DC's", |p| p.clock_offset_seconds),
+    ];
+    let mut out: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    for (name, unit, description, value) in peer_gauges {
+        let observed = observed.clone();
+        let gauge = meter
+            .f64_observable_gauge(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |o| {
+                for p in &observed.lock().unwrap_or_else(|e| e.into_inner()).peers {
+                    if let Some(v) = value(p) {
+                        o.observe(v, &[KeyValue::new("peer", p.peer.clone())]);
+                    }
+                }
+            })
+            .build();
+        out.push(Box::new(gauge));
+    }
+    type PeerCount = fn(&PeerObserved) -> u64;
+    let peer_counters: [(&'static str, &'static str, PeerCount); 3] = [
+        ("mesh_peer_retransmits", "Windows sent to the peer again after a timeout", |p| p.retransmits),
+        ("mesh_peer_dials_failed", "Dials of the peer that failed", |p| p.dials_failed),
+        ("mesh_peer_links_lost", "Links to the peer that went down", |p| p.links_lost),
+    ];
+    for (name, description, value) in peer_counters {
+        let observed = observed.clone();
+        let counter = meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |o| {
+                for p in &observed.lock().unwrap_or_else(|e| e.into_inner()).peers {
+                    o.observe(value(p), &[KeyValue::new("peer", p.peer.clone())]);
+                }
+            })
+            .build();
+        out.push(Box::new(counter));
+    }
+    type DcCount = fn(&Observed) -> u64;
+    let dc_counters: [(&'static str, &'static str, DcCount); 3] = [
+        ("mesh_state_transfers_sent", "State transfers taken up by a peer behind the retained log", |o| {
+            o.transfers_sent
+        }),
+        ("mesh_state_transfers_received", "State transfers received and applied", |o| o.transfers_received),
+        ("mesh_tombstones_collected", "Keys whose tombstones were collected (causally stable)", |o| {
+            o.keys_collected
+        }),
+    ];
+    for (name, description, value) in dc_counters {
+        let observed = observed.clone();
+        let counter = meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |o| {
+                o.observe(value(&observed.lock().unwrap_or_else(|e| e.into_inner())), &[])
+            })
+            .build();
+        out.push(Box::new(counter));
+    }
+    let sync = observed.clone();
+    let gauge = meter
+        .u64_observable_gauge("mesh_sync_waiting")
+        .with_description("Sync writes (and WAITs) waiting for acknowledgements from other DCs")
+        .with_callback(move |o| o.observe(sync.lock().unwrap_or_else(|e| e.into_inner()).sync_waiting, &[]))
+        .build();
+    out.push(Box::new(gauge));
+    out
 }

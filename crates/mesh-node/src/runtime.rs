@@ -314,6 +314,13 @@ pub struct DcState {
     /// What was last logged, to log transitions only: each peer's health, the state transfers
     /// counted, whether writes were refused for backpressure.
     logged: Logged,
+    /// When the observable instruments were last refreshed.
+    observed_at: Option<Instant>,
+    /// Client writes waiting for their answer: arrival and resolved mode, for the latency
+    /// histogram.
+    arrivals: BTreeMap<u64, (Instant, &'static str)>,
+    /// Persists waiting for their commit: submission and ops, for the commit histograms.
+    submitted: BTreeMap<u64, (Instant, usize)>,
     /// The armed wake-up: when, and its number.
     tick: Option<(Instant, u64)>,
     /// The number of the last wake-up armed.
@@ -370,6 +377,69 @@ impl DcActor {
         state.logged.transfers = transfers;
     }
 
+    /// Refreshes what the observable instruments report (per peer link, health, lag, queue).
+    fn publish_observed(state: &mut DcState) {
+        use mesh_engine::health::Health;
+        let now = Self::now_ms(state);
+        let local = &state.args.local;
+        let peers = state
+            .args
+            .topology
+            .dcs
+            .iter()
+            .filter(|d| &d.id != local)
+            .map(|d| {
+                let status = state.node.peer_status(&d.id, now);
+                let counters = state.args.metrics.links.peer(d.id.as_str());
+                let replicator = state.node.replicator(&d.id);
+                let lag = status.as_ref().and_then(|s| s.lag);
+                crate::metrics::PeerObserved {
+                    peer: d.id.to_string(),
+                    link_up: state.links.contains_key(&d.id),
+                    health: match status.as_ref().map(|s| s.health) {
+                        Some(Health::Healthy) => 0,
+                        Some(Health::Suspect) => 1,
+                        Some(Health::Down) | None => 2,
+                    },
+                    phi: status.as_ref().map(|s| s.phi).filter(|p| p.is_finite()),
+                    lag_ops: lag.map_or(0, |l| l.ops),
+                    lag_seconds: lag.map_or(0.0, |l| l.ms as f64 / 1000.0),
+                    queued_ops: state.node.queued_ops(&d.id),
+                    inflight_batches: replicator.map_or(0, |r| r.inflight() as u64),
+                    retransmits: replicator.map_or(0, |r| r.stats().retransmits),
+                    dials_failed: counters.dials_failed.load(Ordering::Relaxed),
+                    links_lost: counters.links_lost.load(Ordering::Relaxed),
+                    clock_offset_seconds: status.and_then(|s| s.clock_offset_ms).map(|ms| ms as f64 / 1000.0),
+                }
+            })
+            .collect();
+        let stats = state.node.stats();
+        state.args.metrics.observe(crate::metrics::Observed {
+            peers,
+            transfers_sent: stats.transfers_sent,
+            transfers_received: stats.transfers_received,
+            keys_collected: stats.keys_collected,
+            sync_waiting: state.node.sync_waiting() as u64,
+        });
+    }
+
+    /// Counts a write refused before it was written, by the API error code.
+    fn refused(state: &DcState, e: &NodeWriteError) {
+        let reason = crate::http::write_error(e.clone()).1;
+        state.args.metrics.writes_refused.add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    /// The mode `write` resolves to, as a metric label.
+    fn mode_label(state: &DcState, write: &WriteRequest, options: &WriteOptions) -> &'static str {
+        match state.args.topology.keyspace(&write.keyspace) {
+            Some(spec) => match mesh_engine::sync::resolve_mode(spec.mode, spec.critical, options.mode) {
+                mesh_core::topology::Mode::Sync => "sync",
+                _ => "async",
+            },
+            None => "async",
+        }
+    }
+
     /// Logs backpressure turning on (a write refused because the commit queue or the sync
     /// waits are full) and off (a write taken again).
     fn log_backpressure(state: &mut DcState, refused: bool, taken: bool) {
@@ -385,6 +455,10 @@ impl DcActor {
     /// Carries out the node's effects, then arms the timer.
     fn effects(myself: &ActorRef<DcMsg>, state: &mut DcState) {
         Self::log_transitions(state);
+        if state.observed_at.is_none_or(|t| t.elapsed() >= crate::metrics::OBSERVE_EVERY) {
+            state.observed_at = Some(Instant::now());
+            Self::publish_observed(state);
+        }
         if !state.ready && state.node.is_ready() {
             state.ready = true;
             tracing::info!(
@@ -408,6 +482,7 @@ impl DcActor {
                 Effect::Persist { id, batch } => {
                     let me = myself.clone();
                     state.lag.on_persist(id, &batch.ops);
+                    state.submitted.insert(id, (Instant::now(), batch.ops.len()));
                     state.store.submit(
                         batch,
                         Box::new(move |result| {
@@ -421,6 +496,14 @@ impl DcActor {
                         let result =
                             if matches!(outcome, SyncOutcome::Done { .. }) { "done" } else { "sync_timeout" };
                         state.args.metrics.writes.add(1, &[KeyValue::new("outcome", result)]);
+                        if let Some((arrived, mode)) = state.arrivals.remove(&request) {
+                            let labels = [KeyValue::new("mode", mode), KeyValue::new("outcome", result)];
+                            state
+                                .args
+                                .metrics
+                                .write_duration
+                                .record(arrived.elapsed().as_secs_f64(), &labels);
+                        }
                     }
                     if let Some(waiter) = waiter {
                         Self::answer(state, waiter, Ok(WriteDone { dot, outcome, summary }));
@@ -677,6 +760,21 @@ impl Actor for DcActor {
             StdRng::from_os_rng(),
             &*store,
         );
+        // Series a dashboard or an alert queries exist from the start, at 0 (a counter never
+        // added to is not exported at all).
+        let metrics = &args.metrics;
+        for dc in args.topology.dcs.iter().filter(|d| d.id != args.local) {
+            let peer = KeyValue::new("peer", dc.id.to_string());
+            metrics.peer_regressions.add(0, std::slice::from_ref(&peer));
+            metrics.apply_failures.add(0, std::slice::from_ref(&peer));
+            for reason in ["fingerprint", "identity"] {
+                metrics.links_refused.add(0, &[peer.clone(), KeyValue::new("reason", reason)]);
+            }
+        }
+        for spec in args.topology.keyspaces.values() {
+            metrics.conflicts.add(0, &[KeyValue::new("strategy", spec.rules.strategy().to_string())]);
+        }
+        metrics.writes_refused.add(0, &[KeyValue::new("reason", "busy")]);
         let lag = crate::lag::ReplicationLag::new(args.local.clone());
         let mut state = DcState {
             args,
@@ -691,6 +789,9 @@ impl Actor for DcActor {
             conflicts: BTreeMap::new(),
             lag,
             logged: Logged::default(),
+            observed_at: None,
+            arrivals: BTreeMap::new(),
+            submitted: BTreeMap::new(),
             tick: None,
             ticks_armed: 0,
             ready: false,
@@ -722,6 +823,8 @@ impl Actor for DcActor {
                 write.request = state.next_request;
                 state.next_request += 1;
                 let request = write.request;
+                let mode = Self::mode_label(state, &write, &options);
+                state.arrivals.insert(request, (Instant::now(), mode));
                 match state.node.handle_write(now, wall_ms(), write, options, &*state.store) {
                     Ok(()) => {
                         Self::log_backpressure(state, false, true);
@@ -730,6 +833,8 @@ impl Actor for DcActor {
                     Err(e) => {
                         let busy = matches!(e, NodeWriteError::Busy | NodeWriteError::SyncBusy);
                         Self::log_backpressure(state, busy, false);
+                        Self::refused(state, &e);
+                        state.arrivals.remove(&request);
                         let _ = reply.send(Err(e));
                     }
                 }
@@ -738,11 +843,14 @@ impl Actor for DcActor {
                 let batch = state.next_batch;
                 state.next_batch += 1;
                 state.batches.insert(batch, (vec![None; writes.len()], writes.len(), reply));
+                let arrived = Instant::now();
                 let writes: Vec<_> = writes
                     .into_iter()
                     .map(|(mut write, options)| {
                         write.request = state.next_request;
                         state.next_request += 1;
+                        let mode = Self::mode_label(state, &write, &options);
+                        state.arrivals.insert(write.request, (arrived, mode));
                         (write, options)
                     })
                     .collect();
@@ -756,7 +864,11 @@ impl Actor for DcActor {
                         Ok(()) => {
                             state.replies.insert(request, Waiter::Batch { batch, index });
                         }
-                        Err(e) => Self::answer(state, Waiter::Batch { batch, index }, Err(e)),
+                        Err(e) => {
+                            Self::refused(state, &e);
+                            state.arrivals.remove(&request);
+                            Self::answer(state, Waiter::Batch { batch, index }, Err(e))
+                        }
                     }
                 }
                 // An empty batch has nothing to wait for.
@@ -869,6 +981,10 @@ impl Actor for DcActor {
                     tracing::error!(dc = %state.args.local, error = %e, "commit failed: the store is reopened");
                 }
                 result?;
+                if let Some((submitted, ops)) = state.submitted.remove(&id) {
+                    state.args.metrics.commit_duration.record(submitted.elapsed().as_secs_f64(), &[]);
+                    state.args.metrics.commit_ops.record(ops as u64, &[]);
+                }
                 for (origin, lag_us, count) in state.lag.on_committed(id, unix_us) {
                     state.args.metrics.record_lag(origin.as_str(), lag_us, count);
                 }
