@@ -13,6 +13,10 @@ const TOKEN: &str = "e2e-token";
 #[path = "e2e/resp.rs"]
 mod resp;
 
+/// The dashboards and alert rules against a real Prometheus.
+#[path = "e2e/prometheus.rs"]
+mod prometheus;
+
 /// A mesh of `meshd run` processes, killed when dropped.
 struct Mesh {
     dir: tempfile::TempDir,
