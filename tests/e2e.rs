@@ -562,7 +562,24 @@ fn concurrent_writes_forced_by_pausing_a_dc_resolve_identically_everywhere() {
             assert!(both, "no siblings key holds both concurrent writes");
         }
         eprintln!("{strategy}: {total} conflict records over {} keys", keys.len());
+        // The audit log names the competing versions and the winner, at some DC.
+        let records: Vec<serde_json::Value> = mesh
+            .apis
+            .iter()
+            .flat_map(|api| {
+                let (code, body) =
+                    http(*api, "GET", &format!("/v1/conflicts?keyspace={keyspace}&limit=50"), b"");
+                assert_eq!(code, 200, "{body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                v["conflicts"].as_array().cloned().unwrap_or_default()
+            })
+            .collect();
+        let record = records.iter().find(|r| r["strategy"] == strategy).expect("a record in /v1/conflicts");
+        assert!(record["versions"].as_array().unwrap().len() >= 2, "{record}");
+        assert_eq!(record["winner"].is_null(), strategy == "siblings", "{record}");
     }
+    let (code, body) = http(mesh.apis[0], "GET", "/v1/conflicts?limit=0", b"");
+    assert_eq!(code, 400, "{body}");
 }
 
 /// Dials `target` as a peer with `cert` (trusting the mesh CA at `ca`) and sends a Hello for
@@ -727,6 +744,13 @@ fn meshctl_writes_at_one_dc_and_reads_at_another() {
     let (code, out) = meshctl(&["topology-check"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("fingerprint"), "{out}");
+    // Sets, and the conflict audit log (empty here).
+    assert_eq!(meshctl(&["--dc", "dc0", "sadd", "tags", "t1", "a", "b", "c"]).0, Some(0));
+    assert_eq!(meshctl(&["--dc", "dc0", "srem", "tags", "t1", "b"]).0, Some(0));
+    let (code, out) = meshctl(&["--dc", "dc0", "smembers", "tags", "t1"]);
+    assert_eq!((code, out.as_str()), (Some(0), "a\nc\n"));
+    let (code, out) = meshctl(&["--dc", "dc0", "conflicts", "--keyspace", "users"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
 }
 
 /// `/v1/status` of the DC at `api`, as JSON.

@@ -55,6 +55,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(batch).layer(axum::extract::DefaultBodyLimit::max(BATCH_BODY_BYTES_MAX)),
         )
         .route("/v1/status", get(status))
+        .route("/v1/conflicts", get(conflicts))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -379,6 +380,66 @@ fn lag_json(h: &hdrhistogram::Histogram<u64>) -> Value {
 async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let s = ask(&state, DcMsg::Status, Duration::from_secs(10)).await?;
     Ok(Json(status_json(&s)).into_response())
+}
+
+/// `GET /v1/conflicts` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictsQuery {
+    /// Only this keyspace's records.
+    #[serde(default)]
+    keyspace: Option<String>,
+    /// At most this many (default 100, at most [`crate::runtime::CONFLICTS_KEPT`]).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/conflicts?keyspace=&limit=`: the newest conflict records this DC resolved, newest
+/// first: keyspace, key, strategy, every competing version (origin, seq, HLC, value) and the
+/// winner (null for siblings, which keep every version).
+async fn conflicts(
+    State(state): State<ApiState>,
+    query: Result<Query<ConflictsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let max = crate::runtime::CONFLICTS_KEPT;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > max {
+        let m = format!("limit {limit}: give 1 to {max}");
+        return Err(ApiError(StatusCode::BAD_REQUEST, "bad_query", m));
+    }
+    let keyspace = match query.keyspace {
+        Some(k) => Some(
+            Keyspace::new(k).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_keyspace", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let records =
+        ask(&state, |reply| DcMsg::Conflicts { keyspace, limit, reply }, Duration::from_secs(10)).await?;
+    let records: Vec<Value> = records
+        .iter()
+        .map(|(at, c)| {
+            let bytes = c.versions.iter().map(|v| v.value.as_ref().map_or(&[][..], |b| b.as_slice()));
+            let (encoding, texts) = text_or_base64(bytes, false);
+            let versions: Vec<Value> = c
+                .versions
+                .iter()
+                .zip(texts)
+                .map(|(v, text)| {
+                    json!({
+                        "dc": v.dot.origin, "seq": v.dot.seq,
+                        "hlc": {"physical_ms": v.hlc.physical_ms, "logical": v.hlc.logical},
+                        "value": v.value.as_ref().map(|_| text), "tombstone": v.value.is_none(),
+                    })
+                })
+                .collect();
+            json!({
+                "at_unix_ms": at, "keyspace": c.keyspace, "key": c.key, "strategy": c.strategy,
+                "winner": c.winner.as_ref().map(dot_text), "encoding": encoding, "versions": versions,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"conflicts": records})).into_response())
 }
 
 /// `POST /v1/counter/{keyspace}/{key}` body.

@@ -44,6 +44,9 @@ pub struct WriteDone {
     pub summary: Option<WriteSummary>,
 }
 
+/// Conflict records a DC keeps for `GET /v1/conflicts` (a ring: the oldest go first).
+pub const CONFLICTS_KEPT: usize = 1_000;
+
 /// Most value bytes one [`DcMsg::Read`] returns in full.
 pub const READ_BYTES_MAX: usize = 64 << 20;
 
@@ -176,6 +179,16 @@ pub enum DcMsg {
     },
     /// The number of keys in the store ([`Store::key_count`]).
     KeyCount(RpcReplyPort<Result<u64, String>>),
+    /// The newest conflict records, newest first: at most `limit`, of `keyspace` if given,
+    /// each with the wall clock (Unix ms) it was resolved at.
+    Conflicts {
+        /// Only this keyspace's.
+        keyspace: Option<Keyspace>,
+        /// At most this many.
+        limit: usize,
+        /// Where they go.
+        reply: RpcReplyPort<Vec<(u64, mesh_core::Conflict)>>,
+    },
     /// The status.
     Status(RpcReplyPort<DcStatus>),
     /// A link to a peer is up.
@@ -314,6 +327,9 @@ pub struct DcState {
     /// What was last logged, to log transitions only: each peer's health, the state transfers
     /// counted, whether writes were refused for backpressure.
     logged: Logged,
+    /// The last [`CONFLICTS_KEPT`] conflict records, oldest first, with the wall clock (Unix
+    /// ms) they were resolved at (`GET /v1/conflicts`).
+    conflict_log: std::collections::VecDeque<(u64, mesh_core::Conflict)>,
     /// When the observable instruments were last refreshed.
     observed_at: Option<Instant>,
     /// Client writes waiting for their answer: arrival and resolved mode, for the latency
@@ -511,7 +527,11 @@ impl DcActor {
                 }
                 Effect::Conflict(c) => {
                     state.args.metrics.conflicts.add(1, &[KeyValue::new("strategy", c.strategy.clone())]);
-                    *state.conflicts.entry(c.strategy).or_default() += 1;
+                    *state.conflicts.entry(c.strategy.clone()).or_default() += 1;
+                    if state.conflict_log.len() == CONFLICTS_KEPT {
+                        state.conflict_log.pop_front();
+                    }
+                    state.conflict_log.push_back((wall_ms(), c));
                 }
                 Effect::Dial { peer, endpoint } => {
                     let me = myself.clone();
@@ -790,6 +810,7 @@ impl Actor for DcActor {
             lag,
             logged: Logged::default(),
             observed_at: None,
+            conflict_log: std::collections::VecDeque::new(),
             arrivals: BTreeMap::new(),
             submitted: BTreeMap::new(),
             tick: None,
@@ -903,6 +924,17 @@ impl Actor for DcActor {
                         let _ = reply.send(Err(e));
                     }
                 }
+            }
+            DcMsg::Conflicts { keyspace, limit, reply } => {
+                let records = state
+                    .conflict_log
+                    .iter()
+                    .rev()
+                    .filter(|(_, c)| keyspace.as_ref().is_none_or(|k| &c.keyspace == k))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(records);
             }
             DcMsg::KeyCount(reply) => {
                 let _ = reply.send(state.store.key_count().map_err(|e| e.to_string()));

@@ -1,6 +1,7 @@
 //! meshctl: the mesh's client and admin CLI.
 //!
-//! `put`, `get`, `del`, `incr` and `status` talk to one DC's HTTP API (by default the first DC of
+//! `put`, `get`, `del`, `incr`, `sadd`, `srem`, `smembers`, `conflicts` and `status` talk to one
+//! DC's HTTP API (by default the first DC of
 //! mesh.toml, with its token; `--api`/`--token` override); `certs` issues development
 //! certificates; `topology-check` validates mesh.toml and prints its fingerprint.
 
@@ -76,6 +77,42 @@ enum Command {
         /// The amount (negative subtracts).
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
+    },
+    /// Adds members to a set.
+    Sadd {
+        /// The keyspace (a set keyspace).
+        keyspace: String,
+        /// The key.
+        key: String,
+        /// The members.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Removes members from a set (the adds this DC has seen).
+    Srem {
+        /// The keyspace (a set keyspace).
+        keyspace: String,
+        /// The key.
+        key: String,
+        /// The members.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Lists a set's members.
+    Smembers {
+        /// The keyspace (a set keyspace).
+        keyspace: String,
+        /// The key.
+        key: String,
+    },
+    /// The newest conflict records this DC resolved: the competing versions and the winner.
+    Conflicts {
+        /// Only this keyspace's.
+        #[arg(long)]
+        keyspace: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
     /// Shows a DC's status: its peers, their health and lag.
     Status,
@@ -218,6 +255,27 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .post(format!("{base}/v1/counter/{keyspace}/{}", encode(key)))
             .header("authorization", &auth)
             .send(format!("{{\"by\": {by}}}").as_bytes()),
+        Command::Sadd { keyspace, key, members } | Command::Srem { keyspace, key, members } => {
+            let op = if matches!(cli.command, Command::Sadd { .. }) { "add" } else { "remove" };
+            let body = serde_json::json!({ op: members }).to_string();
+            agent
+                .post(format!("{base}/v1/set/{keyspace}/{}", encode(key)))
+                .header("authorization", &auth)
+                .send(body.as_bytes())
+        }
+        Command::Smembers { keyspace, key } => {
+            agent.get(path(keyspace, key)).header("authorization", &auth).call()
+        }
+        Command::Conflicts { keyspace, limit } => {
+            let mut request = agent
+                .get(format!("{base}/v1/conflicts"))
+                .query("limit", limit.to_string())
+                .header("authorization", &auth);
+            if let Some(k) = keyspace {
+                request = request.query("keyspace", k);
+            }
+            request.call()
+        }
         Command::Status => agent.get(format!("{base}/v1/status")).header("authorization", &auth).call(),
         Command::Certs | Command::TopologyCheck | Command::Bench { .. } => unreachable!("handled above"),
     };
@@ -249,6 +307,33 @@ fn print_human(command: &Command, body: &str) {
         return;
     };
     match command {
+        Command::Smembers { .. } => {
+            for member in v["members"].as_array().into_iter().flatten() {
+                println!("{}", member.as_str().unwrap_or(""));
+            }
+        }
+        Command::Conflicts { .. } => {
+            for c in v["conflicts"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {}/{} ({}): winner {}",
+                    c["at_unix_ms"],
+                    c["keyspace"].as_str().unwrap_or("?"),
+                    c["key"].as_str().unwrap_or("?"),
+                    c["strategy"].as_str().unwrap_or("?"),
+                    c["winner"].as_str().unwrap_or("none (siblings kept)")
+                );
+                for version in c["versions"].as_array().into_iter().flatten() {
+                    println!(
+                        "    {}:{} hlc {}.{}  {}",
+                        version["dc"].as_str().unwrap_or("?"),
+                        version["seq"],
+                        version["hlc"]["physical_ms"],
+                        version["hlc"]["logical"],
+                        version["value"].as_str().unwrap_or("(deleted)")
+                    );
+                }
+            }
+        }
         Command::Get { .. } => {
             let base64 = if v["encoding"] == "base64" { " [base64]" } else { "" };
             if let Some(values) = v["values"].as_array() {
