@@ -918,3 +918,31 @@ fn every_metric_docs_observability_lists_is_exported() {
         missing.is_empty() && text.contains("target_info{") && text.contains("service_name=\"meshd\"")
     });
 }
+
+#[test]
+fn the_backlog_of_a_stopped_peer_names_its_ops_keyspaces_and_first_keys() {
+    let mut mesh = Mesh::start(2);
+    put(mesh.apis[0], "/v1/kv/users/warm-up", "x");
+    mesh.kill(1);
+    write_load(mesh.apis[0], "behind", 30);
+    for i in 0..5 {
+        assert_eq!(http(mesh.apis[0], "POST", &format!("/v1/set/tags/t{i}"), br#"{"add": ["m"]}"#).0, 200);
+    }
+    let (code, body) = http(mesh.apis[0], "GET", "/v1/peers/dc1/backlog?limit=1000", b"");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["ops"].as_u64().unwrap() >= 35, "{v}");
+    assert_eq!(v["keyspaces"]["tags"]["ops"], 5, "{v}");
+    assert!(v["keyspaces"]["users"]["ops"].as_u64().unwrap() >= 30, "{v}");
+    assert!(v["first_keys"].as_array().unwrap().iter().any(|k| k["key"] == "behind-0"), "{v}");
+    assert_eq!(http(mesh.apis[0], "GET", "/v1/peers/dc9/backlog", b"").0, 404);
+    assert_eq!(http(mesh.apis[0], "GET", "/v1/peers/dc1/backlog?limit=0", b"").0, 400);
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("--config")
+        .arg(mesh.dir.path().join("mesh.toml"))
+        .args(["--dc", "dc0", "backlog", "dc1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("tags: 5 ops"), "{text}");
+}

@@ -521,9 +521,18 @@ impl<R: RngCore> Node<R> {
     /// Ops this DC holds durably, has to send to `peer` (by the relay rule, [`targets`]) and
     /// that `peer` has not reported durable yet: its replication queue.
     pub fn queued_ops(&self, peer: &DcId) -> u64 {
-        let Some(r) = self.replicators.get(peer) else { return 0 };
+        self.backlog(peer).iter().map(|(_, after, upto)| upto - after).sum()
+    }
+
+    /// What this DC still has to get to `peer`, per origin: (origin, the last seq the peer is
+    /// known to hold, the last seq to send it). Empty for an unknown peer.
+    pub fn backlog(&self, peer: &DcId) -> Vec<(DcId, u64, u64)> {
+        let Some(r) = self.replicators.get(peer) else { return Vec::new() };
         let want = self.targets(peer, self.relay.held_long_now(), &self.suspected_peers(), self.last_now_ms);
-        want.iter().map(|(origin, upto)| upto.saturating_sub(r.peer_seen().get(origin))).sum()
+        want.iter()
+            .map(|(origin, upto)| (origin.clone(), r.peer_seen().get(origin), upto))
+            .filter(|(_, held, upto)| upto > held)
+            .collect()
     }
 
     /// The peers the health monitor suspects.

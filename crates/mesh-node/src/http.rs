@@ -56,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/status", get(status))
         .route("/v1/conflicts", get(conflicts))
+        .route("/v1/peers/{dc}/backlog", get(backlog))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -380,6 +381,62 @@ fn lag_json(h: &hdrhistogram::Histogram<u64>) -> Value {
 async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let s = ask(&state, DcMsg::Status, Duration::from_secs(10)).await?;
     Ok(Json(status_json(&s)).into_response())
+}
+
+/// `GET /v1/peers/{dc}/backlog` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BacklogQuery {
+    /// Most ops read from the log to break the backlog down (default 10,000, at most 100,000).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/peers/{dc}/backlog?limit=`: what this DC still has to get to peer `dc`: ops per
+/// origin (exact), and, from the first `limit` of them read from the log, ops and bytes per
+/// keyspace and the first keys.
+async fn backlog(
+    State(state): State<ApiState>,
+    Path(dc): Path<String>,
+    query: Result<Query<BacklogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let scan_ops = query.limit.unwrap_or(10_000);
+    if scan_ops == 0 || scan_ops > 100_000 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("limit {scan_ops}: give 1 to 100000"),
+        ));
+    }
+    let unknown =
+        || ApiError(StatusCode::NOT_FOUND, "unknown_dc", format!("{dc:?} is not a peer of this DC"));
+    let peer = mesh_core::DcId::new(dc.clone()).map_err(|_| unknown())?;
+    let answer =
+        ask(&state, |reply| DcMsg::Backlog { peer, scan_ops, reply }, Duration::from_secs(30)).await?;
+    let b =
+        answer.ok_or_else(unknown)?.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage", e))?;
+    let origins: Vec<Value> = b
+        .origins
+        .iter()
+        .map(|(o, held, upto)| json!({"origin": o, "peer_holds": held, "up_to": upto, "ops": upto - held}))
+        .collect();
+    let keyspaces: serde_json::Map<String, Value> = b
+        .keyspaces
+        .iter()
+        .map(|(k, (ops, bytes))| (k.to_string(), json!({"ops": ops, "bytes": bytes})))
+        .collect();
+    let first_keys: Vec<Value> =
+        b.first_keys.iter().map(|(k, key)| json!({"keyspace": k, "key": key})).collect();
+    Ok(Json(json!({
+        "peer": dc,
+        "ops": b.origins.iter().map(|(_, held, upto)| upto - held).sum::<u64>(),
+        "origins": origins,
+        "scanned_ops": b.scanned_ops,
+        "keyspaces": keyspaces,
+        "first_keys": first_keys,
+    }))
+    .into_response())
 }
 
 /// `GET /v1/conflicts` query.

@@ -44,6 +44,19 @@ pub struct WriteDone {
     pub summary: Option<WriteSummary>,
 }
 
+/// What a DC still has to get to one peer (`GET /v1/peers/{dc}/backlog`).
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    /// Per origin: the last seq the peer is known to hold, the last to send it.
+    pub origins: Vec<(DcId, u64, u64)>,
+    /// Ops read from the log (the oldest first, per origin) to break the backlog down.
+    pub scanned_ops: u64,
+    /// Of those, per keyspace: ops and payload bytes.
+    pub keyspaces: BTreeMap<Keyspace, (u64, u64)>,
+    /// The first distinct keys among them, in log order, with their keyspace.
+    pub first_keys: Vec<(Keyspace, Key)>,
+}
+
 /// Conflict records a DC keeps for `GET /v1/conflicts` (a ring: the oldest go first).
 pub const CONFLICTS_KEPT: usize = 1_000;
 
@@ -179,6 +192,16 @@ pub enum DcMsg {
     },
     /// The number of keys in the store ([`Store::key_count`]).
     KeyCount(RpcReplyPort<Result<u64, String>>),
+    /// What this DC still has to get to `peer` ([`Backlog`]), its first `scan_ops` ops read
+    /// from the log. `None`: not a peer.
+    Backlog {
+        /// The peer.
+        peer: DcId,
+        /// Most ops read from the log to break the backlog down.
+        scan_ops: usize,
+        /// Where it goes.
+        reply: RpcReplyPort<Option<Result<Backlog, String>>>,
+    },
     /// The newest conflict records, newest first: at most `limit`, of `keyspace` if given,
     /// each with the wall clock (Unix ms) it was resolved at.
     Conflicts {
@@ -437,6 +460,32 @@ impl DcActor {
             keys_collected: stats.keys_collected,
             sync_waiting: state.node.sync_waiting() as u64,
         });
+    }
+
+    /// The backlog of `peer`, with up to `scan_ops` of its ops read from the log.
+    fn backlog(state: &DcState, peer: &DcId, scan_ops: usize) -> Result<Backlog, String> {
+        const FIRST_KEYS: usize = 20;
+        let mut backlog = Backlog { origins: state.node.backlog(peer), ..Backlog::default() };
+        let mut left = scan_ops;
+        for (origin, after, upto) in backlog.origins.clone() {
+            let want = usize::try_from(upto - after).unwrap_or(usize::MAX).min(left);
+            if want == 0 {
+                break;
+            }
+            let ops = state.store.read_log(&origin, after, want, 64 << 20).map_err(|e| e.to_string())?;
+            left -= ops.len();
+            for op in ops {
+                backlog.scanned_ops += 1;
+                let entry = backlog.keyspaces.entry(op.keyspace.clone()).or_default();
+                entry.0 += 1;
+                entry.1 += op.kind.payload_bytes() as u64;
+                let key = (op.keyspace, op.key);
+                if backlog.first_keys.len() < FIRST_KEYS && !backlog.first_keys.contains(&key) {
+                    backlog.first_keys.push(key);
+                }
+            }
+        }
+        Ok(backlog)
     }
 
     /// Counts a write refused before it was written, by the API error code.
@@ -935,6 +984,10 @@ impl Actor for DcActor {
                     .cloned()
                     .collect();
                 let _ = reply.send(records);
+            }
+            DcMsg::Backlog { peer, scan_ops, reply } => {
+                let known = state.args.topology.dcs.iter().any(|d| d.id == peer && d.id != state.args.local);
+                let _ = reply.send(known.then(|| Self::backlog(state, &peer, scan_ops)));
             }
             DcMsg::KeyCount(reply) => {
                 let _ = reply.send(state.store.key_count().map_err(|e| e.to_string()));

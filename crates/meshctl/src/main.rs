@@ -1,6 +1,7 @@
 //! meshctl: the mesh's client and admin CLI.
 //!
-//! `put`, `get`, `del`, `incr`, `sadd`, `srem`, `smembers`, `conflicts` and `status` talk to one
+//! `put`, `get`, `del`, `incr`, `sadd`, `srem`, `smembers`, `conflicts`, `backlog` and `status` talk
+//! to one
 //! DC's HTTP API (by default the first DC of
 //! mesh.toml, with its token; `--api`/`--token` override); `certs` issues development
 //! certificates; `topology-check` validates mesh.toml and prints its fingerprint.
@@ -112,6 +113,14 @@ enum Command {
         keyspace: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// What this DC still has to get to peer DC: ops per origin, per keyspace, the first keys.
+    Backlog {
+        /// The peer DC.
+        peer: String,
+        /// Most ops read from the log to break it down.
+        #[arg(long, default_value_t = 10_000)]
         limit: usize,
     },
     /// Shows a DC's status: its peers, their health and lag.
@@ -276,6 +285,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             request.call()
         }
+        Command::Backlog { peer, limit } => agent
+            .get(format!("{base}/v1/peers/{}/backlog", encode(peer)))
+            .query("limit", limit.to_string())
+            .header("authorization", &auth)
+            .call(),
         Command::Status => agent.get(format!("{base}/v1/status")).header("authorization", &auth).call(),
         Command::Certs | Command::TopologyCheck | Command::Bench { .. } => unreachable!("handled above"),
     };
@@ -307,6 +321,31 @@ fn print_human(command: &Command, body: &str) {
         return;
     };
     match command {
+        Command::Backlog { .. } => {
+            println!("{} ops to get to {}", v["ops"], v["peer"].as_str().unwrap_or("?"));
+            for o in v["origins"].as_array().into_iter().flatten() {
+                println!(
+                    "  from {}: {} ops (it holds {}, up to {})",
+                    o["origin"].as_str().unwrap_or("?"),
+                    o["ops"],
+                    o["peer_holds"],
+                    o["up_to"]
+                );
+            }
+            println!("the first {} of them, by keyspace:", v["scanned_ops"]);
+            for (keyspace, k) in v["keyspaces"].as_object().into_iter().flatten() {
+                println!("  {keyspace}: {} ops, {} bytes", k["ops"], k["bytes"]);
+            }
+            let keys: Vec<String> = v["first_keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    format!("{}/{}", k["keyspace"].as_str().unwrap_or("?"), k["key"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            println!("first keys: {}", keys.join(", "));
+        }
         Command::Smembers { .. } => {
             for member in v["members"].as_array().into_iter().flatten() {
                 println!("{}", member.as_str().unwrap_or(""));
