@@ -946,3 +946,58 @@ fn the_backlog_of_a_stopped_peer_names_its_ops_keyspaces_and_first_keys() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("tags: 5 ops"), "{text}");
 }
+
+#[test]
+fn one_traced_put_gives_spans_from_all_three_dcs_in_one_trace() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let (collector, got) = otlp_collector();
+    let node = format!("otlp_traces_endpoint = \"http://{collector}/v1/traces\"\ntrace_sampling = 1.0");
+    let mesh = Mesh::start_with(3, &node);
+    for api in &mesh.apis {
+        let api = *api;
+        wait_for(Duration::from_secs(30), || http(api, "GET", "/readyz", b"").0 == 200);
+    }
+    // The client's own trace: the write's spans join it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let headers = format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01\r\n");
+    assert_eq!(http_with(mesh.apis[0], "PUT", "/v1/kv/users/traced", b"v", &headers).0, 200);
+    // (dc, span name) of every span received in that trace.
+    let spans_of_trace = || -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (head, body) in got.lock().unwrap().iter() {
+            if !head.contains("/v1/traces") {
+                continue;
+            }
+            let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
+            for resource in request.resource_spans {
+                let dc = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|a| a.key == "mesh.dc")
+                    .and_then(|a| a.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                        if id == trace_id {
+                            out.push((dc.clone(), span.name.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    };
+    wait_for(Duration::from_secs(15), || {
+        let spans = spans_of_trace();
+        ["dc0", "dc1", "dc2"].iter().all(|dc| spans.iter().any(|(d, _)| d.contains(dc)))
+    });
+    let spans = spans_of_trace();
+    assert!(spans.iter().any(|(dc, name)| dc.contains("dc0") && name == "mesh.write"), "{spans:?}");
+    for dc in ["dc1", "dc2"] {
+        assert!(spans.iter().any(|(d, name)| d.contains(dc) && name == "mesh.apply"), "{spans:?}");
+    }
+}

@@ -255,7 +255,7 @@ impl Default for RespSettings {
 /// `[node]`: where each `meshd` keeps its data and finds its secrets. Paths may contain `{dc}`,
 /// replaced by the DC id, so one file serves every DC; relative paths are relative to the
 /// directory of mesh.toml.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSettings {
     /// The DC's data directory (its store).
@@ -270,6 +270,12 @@ pub struct NodeSettings {
     pub otlp_endpoint: String,
     /// How often metrics are pushed to `otlp_endpoint`, in ms.
     pub otlp_interval_ms: u64,
+    /// Where to export trace spans over OTLP (HTTP with protobuf), e.g.
+    /// `http://127.0.0.1:4318/v1/traces`; empty: no tracing.
+    pub otlp_traces_endpoint: String,
+    /// Share of writes without a sampled `traceparent` that start a trace, 0 to 1 (a write
+    /// whose `traceparent` says sampled is always traced).
+    pub trace_sampling: f64,
 }
 
 impl Default for NodeSettings {
@@ -280,6 +286,8 @@ impl Default for NodeSettings {
             tls: TlsSettings::default(),
             otlp_endpoint: String::new(),
             otlp_interval_ms: 10_000,
+            otlp_traces_endpoint: String::new(),
+            trace_sampling: 0.01,
         }
     }
 }
@@ -427,6 +435,9 @@ impl Topology {
                 "{otlp:?} is not an http:// URL (OTLP over HTTP with protobuf; for TLS, send to a local collector)"
             );
             return Err(bad("node.otlp_endpoint", &problem));
+        }
+        if !(0.0..=1.0).contains(&config.node.trace_sampling) {
+            return Err(bad("node.trace_sampling", "must be between 0 and 1"));
         }
         if config.node.otlp_interval_ms < 100 {
             return Err(bad("node.otlp_interval_ms", "must be at least 100"));

@@ -197,8 +197,13 @@ async fn write(
         idempotency_key: header(headers, "idempotency-key").map(str::to_owned),
     };
     let options = options(headers)?;
-    let result: WriteResult =
-        ask(state, |reply| DcMsg::Write { write: request, options, reply }, Duration::from_secs(60)).await?;
+    let traceparent = header(headers, "traceparent").map(str::to_owned);
+    let result: WriteResult = ask(
+        state,
+        |reply| DcMsg::Write { write: request, options, traceparent, reply },
+        Duration::from_secs(60),
+    )
+    .await?;
     let done = result.map_err(write_error)?;
     let (dot, outcome) = (dot_text(&done.dot), done.outcome);
     Ok(match outcome {

@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod resp;
 pub mod runtime;
 pub mod tls;
+pub mod traces;
 pub mod transport;

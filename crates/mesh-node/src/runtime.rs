@@ -44,6 +44,12 @@ pub struct WriteDone {
     pub summary: Option<WriteSummary>,
 }
 
+/// Per origin, the last seq of a batch's ops.
+type VersionVectorMax = Vec<(DcId, u64)>;
+
+/// Traced writes and batches kept at most (the oldest are dropped).
+const TRACED_MAX: usize = 10_000;
+
 /// What a DC still has to get to one peer (`GET /v1/peers/{dc}/backlog`).
 #[derive(Debug, Clone, Default)]
 pub struct Backlog {
@@ -159,6 +165,8 @@ pub enum DcMsg {
         write: WriteRequest,
         /// Mode overrides.
         options: WriteOptions,
+        /// The client's W3C `traceparent`, if it sent one.
+        traceparent: Option<String>,
         /// Where the answer goes.
         reply: RpcReplyPort<WriteResult>,
     },
@@ -271,6 +279,8 @@ pub struct DcArgs {
     /// Record this topology in a store written under another (`meshd run --adopt-topology`)
     /// instead of refusing to start.
     pub adopt_topology: bool,
+    /// The tracer, when `[node] otlp_traces_endpoint` is set.
+    pub traces: Option<Arc<crate::traces::Traces>>,
 }
 
 /// Checks that `store` was written under `topology` and records it in a new store; returns
@@ -353,6 +363,13 @@ pub struct DcState {
     /// The last [`CONFLICTS_KEPT`] conflict records, oldest first, with the wall clock (Unix
     /// ms) they were resolved at (`GET /v1/conflicts`).
     conflict_log: std::collections::VecDeque<(u64, mesh_core::Conflict)>,
+    /// Spans of traced writes waiting for their answer, by request.
+    write_spans: BTreeMap<u64, opentelemetry_sdk::trace::Span>,
+    /// The `traceparent` of traced writes of this DC, by seq, for the batches that carry them.
+    traced_seqs: BTreeMap<u64, String>,
+    /// Traced batches received and not yet durable here: what they bring (per origin, the
+    /// last seq), their `traceparent`, from which peer and when they arrived, and how many ops.
+    traced_applies: Vec<(VersionVectorMax, String, DcId, SystemTime, usize)>,
     /// When the observable instruments were last refreshed.
     observed_at: Option<Instant>,
     /// Client writes waiting for their answer: arrival and resolved mode, for the latency
@@ -488,6 +505,24 @@ impl DcActor {
         Ok(backlog)
     }
 
+    /// Records an apply span for every traced batch now durable here.
+    fn record_applies(state: &mut DcState) {
+        let Some(traces) = state.args.traces.clone() else { return };
+        let durable = state.node.durable();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.traced_applies)
+            .into_iter()
+            .partition(|(upto, ..)| upto.iter().all(|(origin, seq)| durable.get(origin) >= *seq));
+        state.traced_applies = waiting;
+        for (_, traceparent, from, arrived, ops) in done {
+            let attributes = vec![
+                KeyValue::new("mesh.dc", state.args.local.to_string()),
+                KeyValue::new("mesh.from", from.to_string()),
+                KeyValue::new("mesh.ops", ops as i64),
+            ];
+            traces.record_apply(&traceparent, arrived, attributes);
+        }
+    }
+
     /// Counts a write refused before it was written, by the API error code.
     fn refused(state: &DcState, e: &NodeWriteError) {
         let reason = crate::http::write_error(e.clone()).1;
@@ -539,6 +574,18 @@ impl DcActor {
                         let peer = KeyValue::new("peer", to.to_string());
                         state.args.metrics.replicated_ops.add(batch.ops.len() as u64, &[peer]);
                         state.lag.annotate(batch);
+                        if batch.trace.is_none() && !state.traced_seqs.is_empty() {
+                            let local = &state.args.local;
+                            let traced = batch
+                                .ops
+                                .iter()
+                                .filter(|op| &op.dot.origin == local)
+                                .find_map(|op| state.traced_seqs.get(&op.dot.seq));
+                            batch.trace = traced.map(|traceparent| mesh_wire::TraceContext {
+                                traceparent: traceparent.clone(),
+                                tracestate: String::new(),
+                            });
+                        }
                     }
                     if let Some(link) = state.links.get(&to) {
                         let _ = link.tx.send(message);
@@ -561,6 +608,18 @@ impl DcActor {
                         let result =
                             if matches!(outcome, SyncOutcome::Done { .. }) { "done" } else { "sync_timeout" };
                         state.args.metrics.writes.add(1, &[KeyValue::new("outcome", result)]);
+                        if let Some(mut span) = state.write_spans.remove(&request) {
+                            use opentelemetry::trace::Span as _;
+                            span.set_attribute(KeyValue::new("mesh.dot", crate::http::dot_text(&dot)));
+                            span.set_attribute(KeyValue::new("mesh.outcome", result));
+                            if dot.origin == state.args.local {
+                                if state.traced_seqs.len() == TRACED_MAX {
+                                    state.traced_seqs.pop_first();
+                                }
+                                state.traced_seqs.insert(dot.seq, crate::traces::traceparent(&span));
+                            }
+                            span.end();
+                        }
                         if let Some((arrived, mode)) = state.arrivals.remove(&request) {
                             let labels = [KeyValue::new("mode", mode), KeyValue::new("outcome", result)];
                             state
@@ -859,6 +918,9 @@ impl Actor for DcActor {
             lag,
             logged: Logged::default(),
             observed_at: None,
+            write_spans: BTreeMap::new(),
+            traced_seqs: BTreeMap::new(),
+            traced_applies: Vec::new(),
             conflict_log: std::collections::VecDeque::new(),
             arrivals: BTreeMap::new(),
             submitted: BTreeMap::new(),
@@ -889,12 +951,25 @@ impl Actor for DcActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = Self::now_ms(state);
         match msg {
-            DcMsg::Write { mut write, options, reply } => {
+            DcMsg::Write { mut write, options, traceparent, reply } => {
                 write.request = state.next_request;
                 state.next_request += 1;
                 let request = write.request;
                 let mode = Self::mode_label(state, &write, &options);
                 state.arrivals.insert(request, (Instant::now(), mode));
+                if let Some(traces) = &state.args.traces {
+                    let attributes = vec![
+                        KeyValue::new("mesh.dc", state.args.local.to_string()),
+                        KeyValue::new("mesh.keyspace", write.keyspace.to_string()),
+                        KeyValue::new("mesh.key", write.key.to_string()),
+                        KeyValue::new("mesh.mode", mode),
+                    ];
+                    if let Some(span) =
+                        traces.start_write(traceparent.as_deref(), SystemTime::now(), attributes)
+                    {
+                        state.write_spans.insert(request, span);
+                    }
+                }
                 match state.node.handle_write(now, wall_ms(), write, options, &*state.store) {
                     Ok(()) => {
                         Self::log_backpressure(state, false, true);
@@ -905,6 +980,11 @@ impl Actor for DcActor {
                         Self::log_backpressure(state, busy, false);
                         Self::refused(state, &e);
                         state.arrivals.remove(&request);
+                        if let Some(mut span) = state.write_spans.remove(&request) {
+                            use opentelemetry::trace::Span as _;
+                            span.set_attribute(KeyValue::new("mesh.refused", e.to_string()));
+                            span.end();
+                        }
                         let _ = reply.send(Err(e));
                     }
                 }
@@ -1050,6 +1130,26 @@ impl Actor for DcActor {
                     handle.last_heard = Instant::now();
                     if let Message::Batch(batch) = &message {
                         state.lag.on_received(&peer, &batch.commit_times);
+                        if let (Some(trace), Some(_)) = (&batch.trace, &state.args.traces) {
+                            let mut upto: VersionVectorMax = Vec::new();
+                            for op in &batch.ops {
+                                match upto.iter_mut().find(|(o, _)| *o == op.dot.origin) {
+                                    Some((_, seq)) => *seq = (*seq).max(op.dot.seq),
+                                    None => upto.push((op.dot.origin.clone(), op.dot.seq)),
+                                }
+                            }
+                            if state.traced_applies.len() == TRACED_MAX {
+                                state.traced_applies.remove(0);
+                            }
+                            let entry = (
+                                upto,
+                                trace.traceparent.clone(),
+                                peer.clone(),
+                                SystemTime::now(),
+                                batch.ops.len(),
+                            );
+                            state.traced_applies.push(entry);
+                        }
                     }
                     state.node.handle_message(now, wall_ms(), &peer, message, &*state.store);
                 }
@@ -1074,6 +1174,7 @@ impl Actor for DcActor {
                     state.args.metrics.record_lag(origin.as_str(), lag_us, count);
                 }
                 state.node.handle_committed(now, id, &*state.store);
+                Self::record_applies(state);
             }
             DcMsg::Tick(number) => {
                 if state.tick.is_none_or(|(_, armed)| armed != number) {

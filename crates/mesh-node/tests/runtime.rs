@@ -50,7 +50,12 @@ async fn write(actor: &ActorRef<DcMsg>, key: &str) -> bool {
     };
     let answer = actor
         .call(
-            |reply| DcMsg::Write { write: request, options: WriteOptions::default(), reply },
+            |reply| DcMsg::Write {
+                write: request,
+                options: WriteOptions::default(),
+                traceparent: None,
+                reply,
+            },
             Some(Duration::from_secs(10)),
         )
         .await
@@ -98,6 +103,7 @@ async fn a_failed_dc_actor_is_restarted_from_the_store_with_every_acknowledged_w
         started: Instant::now(),
         metrics: mesh_node::metrics::Metrics::new("solo").unwrap(),
         adopt_topology: false,
+        traces: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(None);
     let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx)).await.unwrap();

@@ -152,15 +152,21 @@ fn run(config_path: &Path, dc: &str, adopt_topology: bool) -> Result<(), String>
         .map(|e| (e, Duration::from_millis(settings.otlp_interval_ms)));
     let region = loaded.topology.dc(&local).map(|d| d.region.clone()).unwrap_or_default();
     let metrics = mesh_node::metrics::Metrics::with_otlp(local.as_str(), &region, otlp)?;
+    let traces = Some(settings.otlp_traces_endpoint.trim())
+        .filter(|e| !e.is_empty())
+        .map(|e| mesh_node::traces::Traces::new(local.as_str(), &region, e, settings.trace_sampling))
+        .transpose()?
+        .map(std::sync::Arc::new);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(serve(loaded, local, metrics, adopt_topology))
+    runtime.block_on(serve(loaded, local, metrics, traces, adopt_topology))
 }
 
 async fn serve(
     loaded: Loaded,
     local: DcId,
     metrics: mesh_node::metrics::Metrics,
+    traces: Option<std::sync::Arc<mesh_node::traces::Traces>>,
     adopt_topology: bool,
 ) -> Result<(), String> {
     let topology = loaded.topology.clone();
@@ -186,6 +192,7 @@ async fn serve(
         codec: codec.clone(),
         started: Instant::now(),
         adopt_topology,
+        traces,
     };
     let (current_tx, current_rx) = tokio::sync::watch::channel(None);
     // The API serves first (`503 starting` until the DC actor is live), so a restart that
