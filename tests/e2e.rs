@@ -17,6 +17,10 @@ mod resp;
 #[path = "e2e/prometheus.rs"]
 mod prometheus;
 
+/// The built-in dashboard page in a real headless Chromium.
+#[path = "e2e/dashboard.rs"]
+mod dashboard;
+
 /// A mesh of `meshd run` processes, killed when dropped.
 struct Mesh {
     dir: tempfile::TempDir,

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// The topology, to check batches before writing.
     pub topology: std::sync::Arc<mesh_core::Topology>,
+    /// This DC.
+    pub local: mesh_core::DcId,
 }
 
 /// An API error: status, stable code, message.
@@ -57,13 +59,41 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/peers/{dc}/backlog", get(backlog))
+        .route("/v1/topology", get(topology))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    // The dashboard page of one DC reads every DC's status from the browser: reads may come
+    // from any origin (they carry the bearer token, never a cookie).
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET])
+        .allow_headers([axum::http::header::AUTHORIZATION]);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(dashboard))
         .merge(v1)
+        .layer(cors)
         .with_state(state)
+}
+
+/// The built-in dashboard page, no token (its data calls need one): the mesh as a graph with
+/// links coloured by health and labelled with lag, and per DC rates, backlog, conflicts and a
+/// lag sparkline (docs/observability.md). One self-contained HTML file, no CDN.
+async fn dashboard() -> Response {
+    ([("content-type", "text/html; charset=utf-8")], include_str!("dashboard.html")).into_response()
+}
+
+/// `GET /v1/topology`: this DC and every DC of the topology with its region and API address
+/// (what the dashboard page polls).
+async fn topology(State(state): State<ApiState>) -> Response {
+    let dcs: Vec<Value> = state
+        .topology
+        .dcs
+        .iter()
+        .map(|d| json!({"id": d.id, "region": d.region, "api": d.api.to_string(), "active": d.active}))
+        .collect();
+    Json(json!({"dc": state.local, "dcs": dcs})).into_response()
 }
 
 /// Readiness, no token: `200 ready` once the DC serves and accepts writes; `503` with the API's

@@ -205,6 +205,7 @@ async fn serve(
         token: settings.api_token.clone(),
         metrics: metrics.clone(),
         topology: topology.clone(),
+        local: local.clone(),
     });
     let keyspaces: Vec<String> =
         topology.keyspaces.values().map(|k| format!("{}={}", k.name, k.rules.strategy())).collect();
