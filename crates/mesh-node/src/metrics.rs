@@ -26,6 +26,10 @@ pub struct Metrics {
     pub replicated_ops: Counter<u64>,
     /// Frame bytes sent, by peer and kind (`wire` after compression, `raw` before).
     pub bytes_sent: Counter<u64>,
+    /// Frame bytes received, by peer and kind (`wire` as received, `raw` decompressed).
+    pub bytes_received: Counter<u64>,
+    /// Live versions a siblings keyspace keeps when concurrent writes meet (per conflict).
+    pub siblings: Histogram<u64>,
     /// Peers that came back holding less than they had acknowledged, by peer.
     pub peer_regressions: Counter<u64>,
     /// Batches or snapshot chunks from a peer that could not be applied, by peer.
@@ -65,6 +69,8 @@ pub struct Observed {
     pub keys_collected: u64,
     /// Sync writes and WAITs waiting for acknowledgements.
     pub sync_waiting: u64,
+    /// The op log: ops and bytes held (`None`: unreadable).
+    pub log: Option<(u64, u64)>,
 }
 
 /// One peer in [`Observed`].
@@ -206,6 +212,15 @@ impl Metrics {
                 "mesh_bytes_sent",
                 "Frame bytes sent to peers (wire: compressed; raw: before compression)",
             ),
+            bytes_received: counter(
+                "mesh_bytes_received",
+                "Frame bytes received from peers (wire: as received; raw: decompressed)",
+            ),
+            siblings: meter
+                .u64_histogram("mesh_siblings")
+                .with_description("Live versions kept when concurrent writes meet in a siblings keyspace")
+                .with_boundaries(vec![1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+                .build(),
             peer_regressions: counter(
                 "mesh_peer_regressions",
                 "Peers that came back holding less than they had acknowledged (a lost disk)",
@@ -370,6 +385,30 @@ fn observers(
             })
             .build();
         out.push(Box::new(counter));
+    }
+    type LogValue = fn((u64, u64)) -> u64;
+    let log_gauges: [(&'static str, &'static str, &'static str, LogValue); 2] = [
+        (
+            "mesh_log_ops",
+            "",
+            "Ops the op log holds (for peers that are behind; compacted when every peer holds them)",
+            |l| l.0,
+        ),
+        ("mesh_log_size", "By", "Bytes the op log holds on disk", |l| l.1),
+    ];
+    for (name, unit, description, value) in log_gauges {
+        let observed = observed.clone();
+        let gauge = meter
+            .u64_observable_gauge(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(log) = observed.lock().unwrap_or_else(|e| e.into_inner()).log {
+                    o.observe(value(log), &[]);
+                }
+            })
+            .build();
+        out.push(Box::new(gauge));
     }
     let sync = observed.clone();
     let gauge = meter

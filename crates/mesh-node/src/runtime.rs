@@ -476,6 +476,7 @@ impl DcActor {
             transfers_received: stats.transfers_received,
             keys_collected: stats.keys_collected,
             sync_waiting: state.node.sync_waiting() as u64,
+            log: state.store.log_stats().map(|l| (l.ops, l.bytes)).ok(),
         });
     }
 
@@ -635,6 +636,10 @@ impl DcActor {
                 }
                 Effect::Conflict(c) => {
                     state.args.metrics.conflicts.add(1, &[KeyValue::new("strategy", c.strategy.clone())]);
+                    if c.winner.is_none() {
+                        let live = c.versions.iter().filter(|v| v.value.is_some()).count() as u64;
+                        state.args.metrics.siblings.record(live, &[]);
+                    }
                     *state.conflicts.entry(c.strategy.clone()).or_default() += 1;
                     if state.conflict_log.len() == CONFLICTS_KEPT {
                         state.conflict_log.pop_front();
@@ -806,8 +811,14 @@ impl DcActor {
         });
         let me = myself.clone();
         let reader_peer = peer.clone();
+        let metrics = state.args.metrics.clone();
         tokio::spawn(async move {
+            let wire = [KeyValue::new("peer", reader_peer.to_string()), KeyValue::new("kind", "wire")];
+            let raw = [KeyValue::new("peer", reader_peer.to_string()), KeyValue::new("kind", "raw")];
             while let Ok(Some(message)) = reader.next().await {
+                let (wire_bytes, raw_bytes) = reader.take_counts();
+                metrics.bytes_received.add(wire_bytes, &wire);
+                metrics.bytes_received.add(raw_bytes, &raw);
                 if me.cast(DcMsg::Peer { peer: reader_peer.clone(), link: id, message }).is_err() {
                     return;
                 }

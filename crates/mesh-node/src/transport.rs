@@ -169,12 +169,20 @@ pub struct FrameReader {
     recv: quinn::RecvStream,
     codec: Codec,
     buf: Vec<u8>,
+    /// Frame bytes read (as on the wire) and their decompressed size, since the last
+    /// [`FrameReader::take_counts`].
+    counts: (u64, u64),
 }
 
 impl FrameReader {
     fn new(recv: quinn::RecvStream, codec: &CodecConfig) -> Result<Self, LinkError> {
         let codec = Codec::new(codec.clone()).map_err(|e| LinkError::Connection(e.to_string()))?;
-        Ok(Self { recv, codec, buf: Vec::new() })
+        Ok(Self { recv, codec, buf: Vec::new(), counts: (0, 0) })
+    }
+
+    /// Frame bytes read as on the wire, and before compression, since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.counts)
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream.
@@ -184,6 +192,8 @@ impl FrameReader {
                 match self.codec.decode(&self.buf)? {
                     Decoded::Frame { message, info } => {
                         self.buf.drain(..info.frame_bytes);
+                        self.counts.0 += info.frame_bytes as u64;
+                        self.counts.1 += info.raw_bytes as u64;
                         return Ok(Some(message));
                     }
                     Decoded::Skipped { bytes_consumed, .. } => {
