@@ -1005,3 +1005,43 @@ fn one_traced_put_gives_spans_from_all_three_dcs_in_one_trace() {
         assert!(spans.iter().any(|(d, name)| d.contains(dc) && name == "mesh.apply"), "{spans:?}");
     }
 }
+
+#[test]
+fn meshctl_watch_shows_every_dc_and_its_peers_live_in_a_terminal() {
+    let on_path =
+        Command::new("sh").args(["-c", "command -v tmux"]).output().is_ok_and(|o| o.status.success());
+    if !on_path {
+        assert!(std::env::var_os("MESH_REQUIRE_TMUX").is_none(), "tmux is required but not installed");
+        eprintln!("tmux is not installed (apt-get install tmux): skipped here, run by .ci/run");
+        return;
+    }
+    let mesh = Mesh::start(2);
+    for api in &mesh.apis {
+        let api = *api;
+        wait_for(Duration::from_secs(30), || http(api, "GET", "/readyz", b"").0 == 200);
+    }
+    let session = format!("mesh-watch-{}", std::process::id());
+    let command = format!(
+        "{} --config {} --dc dc0 watch",
+        env!("CARGO_BIN_EXE_meshctl"),
+        mesh.dir.path().join("mesh.toml").display()
+    );
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().unwrap();
+    assert!(tmux(&["new-session", "-d", "-s", &session, "-x", "120", "-y", "30", &command]).status.success());
+    // The session goes away however the test ends.
+    struct Session(String);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
+        }
+    }
+    let _cleanup = Session(session.clone());
+    let capture =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+    wait_for(Duration::from_secs(15), || {
+        let screen = capture();
+        screen.contains("dc0  ready true") && screen.contains("dc1  ready true") && screen.contains("healthy")
+    });
+    tmux(&["send-keys", "-t", &session, "q"]);
+    wait_for(Duration::from_secs(5), || !tmux(&["has-session", "-t", &session]).status.success());
+}

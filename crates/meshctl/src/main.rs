@@ -1,12 +1,13 @@
 //! meshctl: the mesh's client and admin CLI.
 //!
-//! `put`, `get`, `del`, `incr`, `sadd`, `srem`, `smembers`, `conflicts`, `backlog` and `status` talk
-//! to one
+//! `put`, `get`, `del`, `incr`, `sadd`, `srem`, `smembers`, `conflicts`, `backlog`, `status` and
+//! `watch` (a live terminal view of every DC) talk to one
 //! DC's HTTP API (by default the first DC of
 //! mesh.toml, with its token; `--api`/`--token` override); `certs` issues development
 //! certificates; `topology-check` validates mesh.toml and prints its fingerprint.
 
 mod bench;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::io::Read;
@@ -123,6 +124,8 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
     },
+    /// A live terminal view of every DC's status, refreshed each second (q quits).
+    Watch,
     /// Shows a DC's status: its peers, their health and lag.
     Status,
     /// Issues development certificates for every DC of mesh.toml that lacks one.
@@ -237,6 +240,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     };
     let token = cli.token.clone().unwrap_or_else(|| loaded.topology.config.node.api_token.clone());
+    if matches!(cli.command, Command::Watch) {
+        watch::run(&base, &token)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let auth = format!("Bearer {token}");
     let path = |ks: &str, k: &str| format!("{base}/v1/kv/{ks}/{}", encode(k));
@@ -291,7 +298,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .header("authorization", &auth)
             .call(),
         Command::Status => agent.get(format!("{base}/v1/status")).header("authorization", &auth).call(),
-        Command::Certs | Command::TopologyCheck | Command::Bench { .. } => unreachable!("handled above"),
+        Command::Certs | Command::TopologyCheck | Command::Bench { .. } | Command::Watch => {
+            unreachable!("handled above")
+        }
     };
     let mut response = response.map_err(|e| format!("{base}: {e}"))?;
     let status = response.status().as_u16();
