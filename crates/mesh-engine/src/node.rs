@@ -247,6 +247,8 @@ pub struct NodeStats {
     pub transfers_sent: u64,
     /// State transfers this DC received and applied.
     pub transfers_received: u64,
+    /// Remote ops whose HLC was ahead of this DC's clock by more than `max_clock_skew_ms`.
+    pub hlc_beyond_skew: u64,
 }
 
 /// An estimate of a key state's encoded size, to bound snapshot chunks.
@@ -505,7 +507,7 @@ impl<R: RngCore> Node<R> {
 
     /// Counters.
     pub fn stats(&self) -> NodeStats {
-        self.stats
+        NodeStats { hlc_beyond_skew: self.resolver.skew_excess_events(), ..self.stats }
     }
 
     /// The replicator of `peer`'s link, for its counters.

@@ -71,6 +71,10 @@ pub struct Observed {
     pub sync_waiting: u64,
     /// The op log: ops and bytes held (`None`: unreadable).
     pub log: Option<(u64, u64)>,
+    /// Checkpoints done and their total time in µs.
+    pub checkpoints: (u64, u64),
+    /// Remote ops whose HLC was beyond `max_clock_skew_ms` ahead.
+    pub hlc_beyond_skew: u64,
 }
 
 /// One peer in [`Observed`].
@@ -366,7 +370,15 @@ fn observers(
         out.push(Box::new(counter));
     }
     type DcCount = fn(&Observed) -> u64;
-    let dc_counters: [(&'static str, &'static str, DcCount); 3] = [
+    let dc_counters: [(&'static str, &'static str, DcCount); 5] = [
+        ("mesh_checkpoints", "Store checkpoints (overlay states written into the key table)", |o| {
+            o.checkpoints.0
+        }),
+        (
+            "mesh_hlc_remote_beyond_skew",
+            "Remote ops whose HLC was ahead of this DC's clock by more than max_clock_skew_ms",
+            |o| o.hlc_beyond_skew,
+        ),
         ("mesh_state_transfers_sent", "State transfers taken up by a peer behind the retained log", |o| {
             o.transfers_sent
         }),
@@ -410,6 +422,16 @@ fn observers(
             .build();
         out.push(Box::new(gauge));
     }
+    let seconds = observed.clone();
+    let checkpoint_time = meter
+        .f64_observable_counter("mesh_checkpoint_duration")
+        .with_unit("s")
+        .with_description("Time spent in store checkpoints (with mesh_checkpoints_total: the mean)")
+        .with_callback(move |o| {
+            o.observe(seconds.lock().unwrap_or_else(|e| e.into_inner()).checkpoints.1 as f64 / 1e6, &[])
+        })
+        .build();
+    out.push(Box::new(checkpoint_time));
     let sync = observed.clone();
     let gauge = meter
         .u64_observable_gauge("mesh_sync_waiting")

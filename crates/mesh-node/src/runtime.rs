@@ -477,6 +477,8 @@ impl DcActor {
             keys_collected: stats.keys_collected,
             sync_waiting: state.node.sync_waiting() as u64,
             log: state.store.log_stats().map(|l| (l.ops, l.bytes)).ok(),
+            checkpoints: state.store.checkpoint_stats(),
+            hlc_beyond_skew: stats.hlc_beyond_skew,
         });
     }
 

@@ -161,6 +161,13 @@ impl Default for Options {
     }
 }
 
+/// Checkpoints done and the time they took ([`DurableStore::checkpoint_stats`]).
+#[derive(Debug, Default)]
+struct CheckpointCounters {
+    count: std::sync::atomic::AtomicU64,
+    micros: std::sync::atomic::AtomicU64,
+}
+
 /// Key states written since the last checkpoint (`None`: removed), and the number of the last
 /// group whose states they include.
 #[derive(Debug, Default)]
@@ -358,6 +365,8 @@ pub struct DurableStore {
     tail: Arc<Mutex<LogTail>>,
     /// Set when a write's outcome became unknown; see [`StoreError::OutcomeUnknown`].
     poisoned: Arc<AtomicBool>,
+    /// Checkpoints done and their time, for metrics.
+    checkpoints: Arc<CheckpointCounters>,
     queue: Option<SyncSender<Submission>>,
     committer: Option<JoinHandle<()>>,
     recovered: Recovered,
@@ -494,12 +503,14 @@ impl DurableStore {
         };
         let tail = Arc::new(Mutex::new(LogTail::new(options.log_tail_bytes_max, logged)));
         let kv = Arc::new(RwLock::new(kv_reader(&db)?));
+        let checkpoints = Arc::new(CheckpointCounters::default());
         let mut committer = Committer {
             db: db.clone(),
             overlay: overlay.clone(),
             kv: kv.clone(),
             tail: tail.clone(),
             poisoned: poisoned.clone(),
+            checkpoints: checkpoints.clone(),
             options,
             wal_bytes,
         };
@@ -525,6 +536,7 @@ impl DurableStore {
             kv,
             tail,
             poisoned,
+            checkpoints,
             queue: Some(queue),
             committer: Some(committer),
             recovered,
@@ -579,6 +591,11 @@ impl DurableStore {
         // What the log no longer holds is not served from memory either.
         self.tail.lock().unwrap_or_else(|e| e.into_inner()).trim(below);
         Ok(removed)
+    }
+
+    /// Checkpoints done since the store opened, and their total time in µs.
+    pub fn checkpoint_stats(&self) -> (u64, u64) {
+        (self.checkpoints.count.load(Ordering::Relaxed), self.checkpoints.micros.load(Ordering::Relaxed))
     }
 
     fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
@@ -648,6 +665,7 @@ struct Committer {
     kv: Arc<RwLock<KvReader>>,
     tail: Arc<Mutex<LogTail>>,
     poisoned: Arc<AtomicBool>,
+    checkpoints: Arc<CheckpointCounters>,
     options: Options,
     /// Bytes of write-ahead records since the last checkpoint.
     wal_bytes: u64,
@@ -732,6 +750,14 @@ impl Committer {
     /// Writes the overlay's states into `kv` and drops the write-ahead records they cover, in one
     /// transaction; then empties the overlay.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.checkpoint_txn();
+        self.checkpoints.count.fetch_add(1, Ordering::Relaxed);
+        self.checkpoints.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        result
+    }
+
+    fn checkpoint_txn(&mut self) -> Result<(), StoreError> {
         let overlay = self.overlay.read().unwrap_or_else(|e| e.into_inner());
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
