@@ -28,6 +28,8 @@ pub struct Metrics {
     pub bytes_sent: Counter<u64>,
     /// Frame bytes received, by peer and kind (`wire` as received, `raw` decompressed).
     pub bytes_received: Counter<u64>,
+    /// Snapshot chunk bytes (state transfers) as on the wire, by direction.
+    pub transfer_bytes: Counter<u64>,
     /// Live versions a siblings keyspace keeps when concurrent writes meet (per conflict).
     pub siblings: Histogram<u64>,
     /// Peers that came back holding less than they had acknowledged, by peer.
@@ -75,6 +77,8 @@ pub struct Observed {
     pub checkpoints: (u64, u64),
     /// Remote ops whose HLC was beyond `max_clock_skew_ms` ahead.
     pub hlc_beyond_skew: u64,
+    /// Keys holding a tombstone not collected yet (`None`: not counted yet).
+    pub tombstones_held: Option<u64>,
 }
 
 /// One peer in [`Observed`].
@@ -219,6 +223,10 @@ impl Metrics {
             bytes_received: counter(
                 "mesh_bytes_received",
                 "Frame bytes received from peers (wire: as received; raw: decompressed)",
+            ),
+            transfer_bytes: counter(
+                "mesh_state_transfer_bytes",
+                "Snapshot chunk bytes of state transfers, as on the wire (direction: sent or received)",
             ),
             siblings: meter
                 .u64_histogram("mesh_siblings")
@@ -422,6 +430,17 @@ fn observers(
             .build();
         out.push(Box::new(gauge));
     }
+    let held = observed.clone();
+    let tombstones = meter
+        .u64_observable_gauge("mesh_tombstones_held")
+        .with_description("Keys holding a tombstone not collected yet (counted every few seconds)")
+        .with_callback(move |o| {
+            if let Some(n) = held.lock().unwrap_or_else(|e| e.into_inner()).tombstones_held {
+                o.observe(n, &[]);
+            }
+        })
+        .build();
+    out.push(Box::new(tombstones));
     let seconds = observed.clone();
     let checkpoint_time = meter
         .f64_observable_counter("mesh_checkpoint_duration")

@@ -47,6 +47,9 @@ pub struct WriteDone {
 /// Per origin, the last seq of a batch's ops.
 type VersionVectorMax = Vec<(DcId, u64)>;
 
+/// How often the tombstones held are counted for metrics.
+const TOMBSTONES_COUNT_EVERY: Duration = Duration::from_secs(5);
+
 /// Traced writes and batches kept at most (the oldest are dropped).
 const TRACED_MAX: usize = 10_000;
 
@@ -372,6 +375,8 @@ pub struct DcState {
     traced_applies: Vec<(VersionVectorMax, String, DcId, SystemTime, usize)>,
     /// When the observable instruments were last refreshed.
     observed_at: Option<Instant>,
+    /// The last count of keys holding a tombstone, and when it was taken.
+    tombstones_held: Option<(u64, Instant)>,
     /// Client writes waiting for their answer: arrival and resolved mode, for the latency
     /// histogram.
     arrivals: BTreeMap<u64, (Instant, &'static str)>,
@@ -436,6 +441,12 @@ impl DcActor {
     /// Refreshes what the observable instruments report (per peer link, health, lag, queue).
     fn publish_observed(state: &mut DcState) {
         use mesh_engine::health::Health;
+        // Counting tombstones reads the store's index: every few seconds, not every refresh.
+        if state.tombstones_held.is_none_or(|(_, at)| at.elapsed() >= TOMBSTONES_COUNT_EVERY) {
+            if let Ok(n) = state.store.tombstones_held() {
+                state.tombstones_held = Some((n, Instant::now()));
+            }
+        }
         let now = Self::now_ms(state);
         let local = &state.args.local;
         let peers = state
@@ -479,6 +490,7 @@ impl DcActor {
             log: state.store.log_stats().map(|l| (l.ops, l.bytes)).ok(),
             checkpoints: state.store.checkpoint_stats(),
             hlc_beyond_skew: stats.hlc_beyond_skew,
+            tombstones_held: state.tombstones_held.map(|(n, _)| n),
         });
     }
 
@@ -800,6 +812,11 @@ impl DcActor {
             while let Some(message) = rx.recv().await {
                 match writer.send(&message).await {
                     Ok((wire_bytes, raw_bytes)) => {
+                        if matches!(message, Message::SnapshotChunk(_)) {
+                            metrics
+                                .transfer_bytes
+                                .add(wire_bytes as u64, &[KeyValue::new("direction", "sent")]);
+                        }
                         metrics.bytes_sent.add(wire_bytes as u64, &wire);
                         metrics.bytes_sent.add(raw_bytes as u64, &raw);
                         counters.wire_bytes.fetch_add(wire_bytes as u64, Ordering::Relaxed);
@@ -819,6 +836,9 @@ impl DcActor {
             let raw = [KeyValue::new("peer", reader_peer.to_string()), KeyValue::new("kind", "raw")];
             while let Ok(Some(message)) = reader.next().await {
                 let (wire_bytes, raw_bytes) = reader.take_counts();
+                if matches!(message, Message::SnapshotChunk(_)) {
+                    metrics.transfer_bytes.add(wire_bytes, &[KeyValue::new("direction", "received")]);
+                }
                 metrics.bytes_received.add(wire_bytes, &wire);
                 metrics.bytes_received.add(raw_bytes, &raw);
                 if me.cast(DcMsg::Peer { peer: reader_peer.clone(), link: id, message }).is_err() {
@@ -916,6 +936,9 @@ impl Actor for DcActor {
             metrics.conflicts.add(0, &[KeyValue::new("strategy", spec.rules.strategy().to_string())]);
         }
         metrics.writes_refused.add(0, &[KeyValue::new("reason", "busy")]);
+        for direction in ["sent", "received"] {
+            metrics.transfer_bytes.add(0, &[KeyValue::new("direction", direction)]);
+        }
         let lag = crate::lag::ReplicationLag::new(args.local.clone());
         let mut state = DcState {
             args,
@@ -931,6 +954,7 @@ impl Actor for DcActor {
             lag,
             logged: Logged::default(),
             observed_at: None,
+            tombstones_held: None,
             write_spans: BTreeMap::new(),
             traced_seqs: BTreeMap::new(),
             traced_applies: Vec::new(),

@@ -1003,6 +1003,24 @@ impl Store for DurableStore {
         }
     }
 
+    fn tombstones_held(&self) -> Result<u64, StoreError> {
+        self.check_usable()?;
+        // The index of `kv`, corrected by the overlay's newer states (as in `key_count`).
+        let overlay = self.overlay();
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let index = txn.open_table(TOMBSTONED).map_err(db_err)?;
+        let mut count = index.len().map_err(db_err)?;
+        for k in overlay.states.keys() {
+            let indexed = index.get((k.0.as_str(), k.1.as_str())).map_err(db_err)?.is_some();
+            match (indexed, overlay.tombstoned.contains(k)) {
+                (false, true) => count += 1,
+                (true, false) => count -= 1,
+                _ => {}
+            }
+        }
+        Ok(count)
+    }
+
     fn key_count(&self) -> Result<u64, StoreError> {
         self.check_usable()?;
         // `kv`'s count, corrected by the overlay's newer states: a key new since the checkpoint

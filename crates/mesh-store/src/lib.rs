@@ -184,6 +184,9 @@ pub trait Store: LogRead + Send + Sync {
     /// included), as Redis' `DBSIZE` reports.
     fn key_count(&self) -> Result<u64, StoreError>;
 
+    /// Number of keys whose state holds a tombstone not collected yet.
+    fn tombstones_held(&self) -> Result<u64, StoreError>;
+
     /// The vector `peer` last confirmed durable, as persisted.
     fn acked(&self, peer: &DcId) -> Result<VersionVector, StoreError>;
 

@@ -198,6 +198,10 @@ impl Store for MemStore {
         Ok(self.lock().durable.kv.get(&(keyspace.clone(), key.clone())).cloned())
     }
 
+    fn tombstones_held(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().durable.kv.values().filter(|s| s.has_tombstones()).count() as u64)
+    }
+
     fn key_count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().durable.kv.len() as u64)
     }

@@ -189,6 +189,7 @@ fn the_key_count_follows_new_rewritten_and_removed_keys_across_checkpoints() {
             store.commit(remove).unwrap();
         }
         assert_eq!(store.key_count().unwrap(), 5);
+        assert_eq!(store.tombstones_held().unwrap(), 0, "puts hold no tombstone");
     });
 }
 
@@ -536,6 +537,7 @@ fn tombstone_gcs_walk_visits_only_keys_holding_tombstones_however_many_keys_ther
         remove.states.push((users(), Key::new("zz").unwrap(), None));
         store.commit(remove).unwrap();
         assert_eq!(walk_tombstoned(store, 10).0, ["user:199"]);
+        assert_eq!(store.tombstones_held().unwrap(), 1, "what the walk finds is what is held");
     });
 }
 
