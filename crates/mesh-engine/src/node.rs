@@ -559,6 +559,12 @@ impl<R: RngCore> Node<R> {
         targets(&self.local, peer, &self.durable, held_long, returned, suspect, &direct)
     }
 
+    /// How `peer` is judged as of the last tick (cheap; [`Node::peer_status`] also measures
+    /// lag). `None` if it is not a peer.
+    pub fn peer_health(&self, peer: &DcId) -> Option<crate::health::Health> {
+        self.health.health(peer)
+    }
+
     /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).
     pub fn peer_status(&self, peer: &DcId, now_ms: u64) -> Option<PeerStatus> {
         self.health.status(peer, now_ms)

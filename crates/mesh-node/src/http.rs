@@ -62,9 +62,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/topology", get(topology))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     // The dashboard page of one DC reads every DC's status from the browser: reads may come
-    // from any origin (they carry the bearer token, never a cookie).
+    // from the pages of the mesh's DCs (they carry the bearer token, never a cookie).
+    let origins: Vec<axum::http::HeaderValue> = state
+        .topology
+        .dcs
+        .iter()
+        .filter_map(|d| axum::http::HeaderValue::from_str(&format!("http://{}", d.api)).ok())
+        .collect();
     let cors = tower_http::cors::CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
+        .allow_origin(tower_http::cors::AllowOrigin::list(origins))
         .allow_methods([axum::http::Method::GET])
         .allow_headers([axum::http::header::AUTHORIZATION]);
     Router::new()
@@ -463,6 +469,8 @@ async fn backlog(
         .collect();
     let first_keys: Vec<Value> =
         b.first_keys.iter().map(|(k, key)| json!({"keyspace": k, "key": key})).collect();
+    let unreadable: Vec<Value> =
+        b.unreadable.iter().map(|(o, why)| json!({"origin": o, "error": why})).collect();
     Ok(Json(json!({
         "peer": dc,
         "ops": b.origins.iter().map(|(_, held, upto)| upto - held).sum::<u64>(),
@@ -470,6 +478,7 @@ async fn backlog(
         "scanned_ops": b.scanned_ops,
         "keyspaces": keyspaces,
         "first_keys": first_keys,
+        "unreadable": unreadable,
     }))
     .into_response())
 }

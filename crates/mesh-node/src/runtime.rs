@@ -47,6 +47,9 @@ pub struct WriteDone {
 /// Per origin, the last seq of a batch's ops.
 type VersionVectorMax = Vec<(DcId, u64)>;
 
+/// Length of a W3C `traceparent` (version 00); a longer one from a peer is not recorded.
+const TRACEPARENT_BYTES: usize = 55;
+
 /// How often the tombstones held are counted for metrics.
 const TOMBSTONES_COUNT_EVERY: Duration = Duration::from_secs(5);
 
@@ -64,10 +67,21 @@ pub struct Backlog {
     pub keyspaces: BTreeMap<Keyspace, (u64, u64)>,
     /// The first distinct keys among them, in log order, with their keyspace.
     pub first_keys: Vec<(Keyspace, Key)>,
+    /// Origins whose ops could not be read, and why (the log no longer holds them: the peer
+    /// needs a state transfer).
+    pub unreadable: Vec<(DcId, String)>,
 }
 
 /// Conflict records a DC keeps for `GET /v1/conflicts` (a ring: the oldest go first).
 pub const CONFLICTS_KEPT: usize = 1_000;
+
+/// Most value bytes the conflict records hold together (the oldest go first).
+pub const CONFLICTS_BYTES_MAX: usize = 16 << 20;
+
+/// The value bytes a conflict record holds.
+fn conflict_bytes(c: &mesh_core::Conflict) -> usize {
+    c.versions.iter().map(|v| v.value.as_ref().map_or(0, |b| b.len()) + 64).sum()
+}
 
 /// Most value bytes one [`DcMsg::Read`] returns in full.
 pub const READ_BYTES_MAX: usize = 64 << 20;
@@ -366,6 +380,8 @@ pub struct DcState {
     /// The last [`CONFLICTS_KEPT`] conflict records, oldest first, with the wall clock (Unix
     /// ms) they were resolved at (`GET /v1/conflicts`).
     conflict_log: std::collections::VecDeque<(u64, mesh_core::Conflict)>,
+    /// The value bytes `conflict_log` holds.
+    conflict_log_bytes: usize,
     /// Spans of traced writes waiting for their answer, by request.
     write_spans: BTreeMap<u64, opentelemetry_sdk::trace::Span>,
     /// The `traceparent` of traced writes of this DC, by seq, for the batches that carry them.
@@ -420,11 +436,17 @@ impl DcActor {
         let now = Self::now_ms(state);
         let local = &state.args.local;
         for dc in state.args.topology.dcs.iter().filter(|d| &d.id != local) {
-            let Some(status) = state.node.peer_status(&dc.id, now) else { continue };
-            if state.logged.health.get(&dc.id) != Some(&status.health) {
-                let phi = if status.phi.is_finite() { status.phi } else { -1.0 };
-                tracing::info!(dc = %local, peer = %dc.id, health = ?status.health, phi, "peer health");
-                state.logged.health.insert(dc.id.clone(), status.health);
+            let Some(health) = state.node.peer_health(&dc.id) else { continue };
+            if state.logged.health.get(&dc.id) != Some(&health) {
+                let phi = state.node.peer_status(&dc.id, now).map_or(-1.0, |s| {
+                    if s.phi.is_finite() {
+                        s.phi
+                    } else {
+                        -1.0
+                    }
+                });
+                tracing::info!(dc = %local, peer = %dc.id, ?health, phi, "peer health");
+                state.logged.health.insert(dc.id.clone(), health);
             }
         }
         let stats = state.node.stats();
@@ -494,17 +516,24 @@ impl DcActor {
         });
     }
 
-    /// The backlog of `peer`, with up to `scan_ops` of its ops read from the log.
-    fn backlog(state: &DcState, peer: &DcId, scan_ops: usize) -> Result<Backlog, String> {
+    /// Breaks `backlog.origins` down by reading up to `scan_ops` of their ops from the log.
+    /// Runs off the DC actor (it reads the store). An origin the log no longer holds (the peer
+    /// needs a state transfer) is named in `unreadable` and the others are still read.
+    fn scan_backlog(store: &DurableStore, backlog: &mut Backlog, scan_ops: usize) {
         const FIRST_KEYS: usize = 20;
-        let mut backlog = Backlog { origins: state.node.backlog(peer), ..Backlog::default() };
         let mut left = scan_ops;
         for (origin, after, upto) in backlog.origins.clone() {
             let want = usize::try_from(upto - after).unwrap_or(usize::MAX).min(left);
             if want == 0 {
                 break;
             }
-            let ops = state.store.read_log(&origin, after, want, 64 << 20).map_err(|e| e.to_string())?;
+            let ops = match store.read_log(&origin, after, want, 64 << 20) {
+                Ok(ops) => ops,
+                Err(e) => {
+                    backlog.unreadable.push((origin, e.to_string()));
+                    continue;
+                }
+            };
             left -= ops.len();
             for op in ops {
                 backlog.scanned_ops += 1;
@@ -517,7 +546,6 @@ impl DcActor {
                 }
             }
         }
-        Ok(backlog)
     }
 
     /// Records an apply span for every traced batch now durable here.
@@ -655,10 +683,14 @@ impl DcActor {
                         state.args.metrics.siblings.record(live, &[]);
                     }
                     *state.conflicts.entry(c.strategy.clone()).or_default() += 1;
-                    if state.conflict_log.len() == CONFLICTS_KEPT {
-                        state.conflict_log.pop_front();
-                    }
+                    state.conflict_log_bytes += conflict_bytes(&c);
                     state.conflict_log.push_back((wall_ms(), c));
+                    while state.conflict_log.len() > CONFLICTS_KEPT
+                        || state.conflict_log_bytes > CONFLICTS_BYTES_MAX
+                    {
+                        let (_, old) = state.conflict_log.pop_front().expect("not empty");
+                        state.conflict_log_bytes -= conflict_bytes(&old);
+                    }
                 }
                 Effect::Dial { peer, endpoint } => {
                     let me = myself.clone();
@@ -959,6 +991,7 @@ impl Actor for DcActor {
             traced_seqs: BTreeMap::new(),
             traced_applies: Vec::new(),
             conflict_log: std::collections::VecDeque::new(),
+            conflict_log_bytes: 0,
             arrivals: BTreeMap::new(),
             submitted: BTreeMap::new(),
             tick: None,
@@ -1104,7 +1137,16 @@ impl Actor for DcActor {
             }
             DcMsg::Backlog { peer, scan_ops, reply } => {
                 let known = state.args.topology.dcs.iter().any(|d| d.id == peer && d.id != state.args.local);
-                let _ = reply.send(known.then(|| Self::backlog(state, &peer, scan_ops)));
+                if !known {
+                    let _ = reply.send(None);
+                } else {
+                    let mut backlog = Backlog { origins: state.node.backlog(&peer), ..Backlog::default() };
+                    let store = state.store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        Self::scan_backlog(&store, &mut backlog, scan_ops);
+                        let _ = reply.send(Some(Ok(backlog)));
+                    });
+                }
             }
             DcMsg::KeyCount(reply) => {
                 let _ = reply.send(state.store.key_count().map_err(|e| e.to_string()));
@@ -1167,7 +1209,8 @@ impl Actor for DcActor {
                     handle.last_heard = Instant::now();
                     if let Message::Batch(batch) = &message {
                         state.lag.on_received(&peer, &batch.commit_times);
-                        if let (Some(trace), Some(_)) = (&batch.trace, &state.args.traces) {
+                        let trace = batch.trace.as_ref().filter(|t| t.traceparent.len() <= TRACEPARENT_BYTES);
+                        if let (Some(trace), Some(_)) = (trace, &state.args.traces) {
                             let mut upto: VersionVectorMax = Vec::new();
                             for op in &batch.ops {
                                 match upto.iter_mut().find(|(o, _)| *o == op.dot.origin) {
