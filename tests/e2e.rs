@@ -327,6 +327,8 @@ fn metrics_are_pushed_over_otlp_when_an_endpoint_is_configured() {
 fn the_api_refuses_a_missing_token_and_bad_input_with_json_errors() {
     let mesh = Mesh::start(1);
     let api = mesh.apis[0];
+    // The API answers `503 starting` until the DC actor is live (a loaded machine shows it).
+    wait_for(Duration::from_secs(30), || http(api, "GET", "/readyz", b"").0 == 200);
     let mut stream = TcpStream::connect(api).unwrap();
     stream.write_all(b"GET /v1/kv/users/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
