@@ -437,7 +437,11 @@ impl DcActor {
         let local = &state.args.local;
         for dc in state.args.topology.dcs.iter().filter(|d| &d.id != local) {
             let Some(health) = state.node.peer_health(&dc.id) else { continue };
-            if state.logged.health.get(&dc.id) != Some(&health) {
+            let first = !state.logged.health.contains_key(&dc.id);
+            if first {
+                // The first verdict (down until the first heartbeat) is where the log starts.
+                state.logged.health.insert(dc.id.clone(), health);
+            } else if state.logged.health.get(&dc.id) != Some(&health) {
                 let phi = state.node.peer_status(&dc.id, now).map_or(-1.0, |s| {
                     if s.phi.is_finite() {
                         s.phi
@@ -1326,6 +1330,7 @@ impl Actor for Supervisor {
 
 /// Accepts incoming links and hands each to the live DC actor.
 pub fn spawn_accept_loop(
+    local: DcId,
     endpoint: quinn::Endpoint,
     candidates: Vec<DcId>,
     codec: CodecConfig,
@@ -1335,7 +1340,7 @@ pub fn spawn_accept_loop(
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let (candidates, codec, current) = (candidates.clone(), codec.clone(), current.clone());
-            let metrics = metrics.clone();
+            let (metrics, local) = (metrics.clone(), local.clone());
             tokio::spawn(async move {
                 let accepted = tokio::time::timeout(
                     Duration::from_secs(5),
@@ -1351,14 +1356,20 @@ pub fn spawn_accept_loop(
                     }
                     // The handshake failed: no certificate of the mesh CA, or none naming a DC.
                     Ok(Err(e)) => {
-                        let reason =
-                            if matches!(e, transport::LinkError::UnknownPeer) { "unknown_dc" } else { "tls" };
-                        tracing::warn!(reason, error = %e, "incoming link refused");
+                        let reason = match e {
+                            transport::LinkError::UnknownPeer => "unknown_dc",
+                            transport::LinkError::Handshake(_) => "tls",
+                            _ => {
+                                tracing::debug!(dc = %local, error = %e, "incoming link ended before it was up");
+                                return;
+                            }
+                        };
+                        tracing::warn!(dc = %local, reason, error = %e, "incoming link refused");
                         let labels = [KeyValue::new("peer", "unverified"), KeyValue::new("reason", reason)];
                         metrics.links_refused.add(1, &labels);
                     }
                     Err(_) => {
-                        tracing::warn!(reason = "timeout", "incoming link refused: no handshake within 5 s");
+                        tracing::info!(dc = %local, reason = "timeout", "incoming link refused: no handshake within 5 s");
                         let labels =
                             [KeyValue::new("peer", "unverified"), KeyValue::new("reason", "timeout")];
                         metrics.links_refused.add(1, &labels);

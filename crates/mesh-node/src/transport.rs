@@ -30,6 +30,20 @@ pub enum LinkError {
     /// TLS material problem.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The TLS handshake failed: a certificate the mesh CA did not issue, or none.
+    #[error("TLS handshake: {0}")]
+    Handshake(String),
+}
+
+/// Whether a connection failed in its TLS handshake (a TLS alert, QUIC's crypto error codes
+/// 0x100–0x1ff), as opposed to timing out or being closed (a pause, a restart, a duplicate).
+fn tls_failure(e: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+        _ => false,
+    }
 }
 
 /// Binds the node's QUIC endpoint at `listen` for the default heartbeat interval (250 ms); see
@@ -112,7 +126,13 @@ pub async fn accept<'a>(
     candidates: impl IntoIterator<Item = &'a DcId>,
     codec: &CodecConfig,
 ) -> Result<Link, LinkError> {
-    let connection = incoming.await.map_err(|e| LinkError::Connection(e.to_string()))?;
+    let connection = incoming.await.map_err(|e| {
+        if tls_failure(&e) {
+            LinkError::Handshake(e.to_string())
+        } else {
+            LinkError::Connection(e.to_string())
+        }
+    })?;
     let Some(peer) = tls::peer_dc(&connection, candidates) else {
         connection.close(1u32.into(), b"unknown peer");
         return Err(LinkError::UnknownPeer);

@@ -244,7 +244,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         watch::run(&base, &token)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    // A stopped or unreachable DC gets an error, not a hang.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
     let auth = format!("Bearer {token}");
     let path = |ks: &str, k: &str| format!("{base}/v1/kv/{ks}/{}", encode(k));
     let response = match &cli.command {

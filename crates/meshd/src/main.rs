@@ -214,7 +214,7 @@ async fn serve(
         region = %me.region,
         api = %me.api,
         replication = %me.listen,
-        resp = ?me.resp,
+        resp = %me.resp.map_or("none".to_string(), |a| a.to_string()),
         peers = topology.dcs.len() - 1,
         keyspaces = %keyspaces.join(","),
         fingerprint = %format!("{:016x}", topology.fingerprint()),
@@ -239,7 +239,7 @@ async fn serve(
         .await
         .map_err(|e| format!("starting {local}: {e}"))?;
     let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
-    runtime::spawn_accept_loop(endpoint.clone(), candidates, codec, current_rx, metrics);
+    runtime::spawn_accept_loop(local.clone(), endpoint.clone(), candidates, codec, current_rx, metrics);
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     tracing::info!(dc = %local, "meshd stopping: closing links and the store");
     supervisor.stop(Some("shutdown".into()));
