@@ -282,3 +282,18 @@ fn after_an_outage_the_detector_starts_afresh_and_suspects_the_next_failure_prom
     let suspect_at = changes.iter().find(|c| c.1 == Health::Suspect).map(|c| c.0).expect("suspected");
     assert!(suspect_at <= back + 2_000 + 1_000, "suspected only at {suspect_at}");
 }
+
+#[test]
+fn a_peer_that_dies_right_after_its_first_heartbeats_is_judged_down() {
+    // Seen in the e2e log test: a DC killed within half a second of its link coming up was never
+    // logged as suspect or down by its peers.
+    for beats in [1u64, 2, 3] {
+        let mut m = monitor();
+        m.handle_link_up(&dc("b"), 0);
+        for i in 1..=beats {
+            beat(&mut m, i * 100, "b");
+        }
+        let changes = tick_until(&mut m, 10_000, "b");
+        assert_eq!(changes.last().map(|c| c.1), Some(Health::Down), "{beats} heartbeats: {changes:?}");
+    }
+}
