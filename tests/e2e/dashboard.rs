@@ -32,6 +32,17 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Browser.close ends Chromium with every helper process it forked (killing the main
+        // process alone leaves them running); a kill only if it does not end in time.
+        let close = serde_json::json!({"id": 0, "method": "Browser.close"});
+        let _ = self.socket.send(WsMessage::text(close.to_string()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
