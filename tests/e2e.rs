@@ -199,6 +199,26 @@ fn http_with(addr: SocketAddr, method: &str, path: &str, body: &[u8], headers: &
     (status, body)
 }
 
+/// The first of `names` on the PATH, for a test of a real third-party tool from Debian package
+/// `package`; `None` (the test skips, saying so) when none is installed, unless `required`
+/// (`MESH_REQUIRE_…`, set by `.ci/run`, which installs the package) is set: then the test fails.
+fn installed_tool(names: &[&str], package: &str, required: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        let name = names[0];
+        assert!(
+            std::env::var_os(required).is_none(),
+            "{name} is required ({required}) but not installed: apt-get install {package}"
+        );
+        eprintln!("{name} is not installed (apt-get install {package}): skipped here, run by .ci/run");
+    }
+    found
+}
+
 fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
@@ -1022,13 +1042,7 @@ fn one_traced_put_gives_spans_from_all_three_dcs_in_one_trace() {
 
 #[test]
 fn meshctl_watch_shows_every_dc_and_its_peers_live_in_a_terminal() {
-    let on_path =
-        Command::new("sh").args(["-c", "command -v tmux"]).output().is_ok_and(|o| o.status.success());
-    if !on_path {
-        assert!(std::env::var_os("MESH_REQUIRE_TMUX").is_none(), "tmux is required but not installed");
-        eprintln!("tmux is not installed (apt-get install tmux): skipped here, run by .ci/run");
-        return;
-    }
+    let Some(_) = installed_tool(&["tmux"], "tmux", "MESH_REQUIRE_TMUX") else { return };
     let mesh = Mesh::start(2);
     for api in &mesh.apis {
         let api = *api;

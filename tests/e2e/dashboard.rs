@@ -7,22 +7,7 @@
 use super::*;
 use tungstenite::Message as WsMessage;
 
-fn chromium() -> Option<std::path::PathBuf> {
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("MESH_REQUIRE_CHROMIUM").is_none(),
-            "chromium is required (MESH_REQUIRE_CHROMIUM) but not installed: apt-get install chromium"
-        );
-        eprintln!("chromium is not installed (apt-get install chromium): skipped here, run by .ci/run");
-    }
-    found
-}
-
-/// A headless Chromium with one page, driven over its DevTools WebSocket; killed when dropped.
+/// A headless Chromium with one page, driven over its DevTools WebSocket; closed when dropped.
 struct Browser {
     child: Child,
     socket: tungstenite::WebSocket<TcpStream>,
@@ -135,7 +120,10 @@ use std::collections::BTreeMap;
 
 #[test]
 fn the_dashboard_page_draws_the_mesh_healthy_and_a_stopped_dc_unhealthy() {
-    let Some(binary) = chromium() else { return };
+    let Some(binary) = installed_tool(&["chromium", "chromium-browser"], "chromium", "MESH_REQUIRE_CHROMIUM")
+    else {
+        return;
+    };
     let mesh = Mesh::start(3);
     for api in &mesh.apis {
         let api = *api;

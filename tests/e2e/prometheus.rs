@@ -5,22 +5,6 @@
 
 use super::*;
 
-/// `prometheus`'s path, or `None` (with a note) when it is not installed and not required.
-fn prometheus() -> Option<std::path::PathBuf> {
-    let found = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("MESH_REQUIRE_PROMETHEUS").is_none(),
-            "prometheus is required (MESH_REQUIRE_PROMETHEUS) but not installed: apt-get install prometheus"
-        );
-        eprintln!("prometheus is not installed (apt-get install prometheus): skipped here, run by .ci/run");
-    }
-    found
-}
-
 /// A Prometheus process, killed when dropped.
 struct Prometheus {
     child: Child,
@@ -97,7 +81,9 @@ fn panel_queries(dc: &str) -> Vec<(String, String)> {
 
 #[test]
 fn every_dashboard_panel_and_alert_rule_queries_what_the_nodes_export() {
-    let Some(binary) = prometheus() else { return };
+    let Some(binary) = installed_tool(&["prometheus"], "prometheus", "MESH_REQUIRE_PROMETHEUS") else {
+        return;
+    };
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/alerts/mesh.yml");
     let check = Command::new("promtool").arg("check").arg("rules").arg(&rules).output().unwrap();
     assert!(check.status.success(), "promtool: {}", String::from_utf8_lossy(&check.stdout));

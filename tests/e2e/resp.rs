@@ -255,27 +255,12 @@ fn resp3_hello_and_the_commands_clients_probe_work() {
     assert!(conn.is_open());
 }
 
-/// `redis-cli` or `redis-benchmark`, or `None` (with a note) when not installed and not
-/// required.
-fn redis_tool(name: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("MESH_REQUIRE_REDIS_TOOLS").is_none(),
-            "{name} is required (MESH_REQUIRE_REDIS_TOOLS) but not installed: apt-get install redis-tools"
-        );
-        eprintln!("{name} is not installed (apt-get install redis-tools): skipped here, run by .ci/run");
-    }
-    found
-}
-
 #[test]
 fn redis_cli_and_redis_benchmark_run_against_a_mesh() {
-    let (Some(cli), Some(benchmark)) = (redis_tool("redis-cli"), redis_tool("redis-benchmark")) else {
+    let (Some(cli), Some(benchmark)) = (
+        installed_tool(&["redis-cli"], "redis-tools", "MESH_REQUIRE_REDIS_TOOLS"),
+        installed_tool(&["redis-benchmark"], "redis-tools", "MESH_REQUIRE_REDIS_TOOLS"),
+    ) else {
         return;
     };
     let mesh = Mesh::start(3);

@@ -113,6 +113,18 @@ pub struct PeerObserved {
 /// How stale the observable instruments may be.
 pub const OBSERVE_EVERY: Duration = Duration::from_millis(50);
 
+/// The OpenTelemetry resource of DC `dc` of `region`, for its metrics and traces:
+/// `service.name = meshd`, `mesh.dc`, `mesh.region`.
+pub(crate) fn resource(dc: &str, region: &str) -> opentelemetry_sdk::Resource {
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name("meshd")
+        .with_attributes([
+            KeyValue::new("mesh.dc", dc.to_owned()),
+            KeyValue::new("mesh.region", region.to_owned()),
+        ])
+        .build()
+}
+
 /// HDR histograms of replication lag in µs by origin; they outlive restarts of the DC actor.
 #[derive(Debug, Clone, Default)]
 pub struct LagHistograms(Arc<Mutex<BTreeMap<String, hdrhistogram::Histogram<u64>>>>);
@@ -179,14 +191,8 @@ impl Metrics {
             .with_registry(registry.clone())
             .build()
             .map_err(|e| e.to_string())?;
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name("meshd")
-            .with_attributes([
-                KeyValue::new("mesh.dc", dc.to_owned()),
-                KeyValue::new("mesh.region", region.to_owned()),
-            ])
-            .build();
-        let mut provider = SdkMeterProvider::builder().with_resource(resource).with_reader(exporter);
+        let mut provider =
+            SdkMeterProvider::builder().with_resource(resource(dc, region)).with_reader(exporter);
         if let Some((endpoint, interval)) = otlp {
             use opentelemetry_otlp::WithExportConfig;
             let push = opentelemetry_otlp::MetricExporter::builder()

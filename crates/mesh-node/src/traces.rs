@@ -53,15 +53,8 @@ impl Traces {
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(BatchConfigBuilder::default().with_scheduled_delay(EXPORT_EVERY).build())
             .build();
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name("meshd")
-            .with_attributes([
-                KeyValue::new("mesh.dc", dc.to_owned()),
-                KeyValue::new("mesh.region", region.to_owned()),
-            ])
-            .build();
         let provider = SdkTracerProvider::builder()
-            .with_resource(resource)
+            .with_resource(crate::metrics::resource(dc, region))
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
             .with_span_processor(processor)
             .build();
