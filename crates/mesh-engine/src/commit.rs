@@ -108,12 +108,12 @@ pub trait SnapshotRead: Send {
     fn vector(&self) -> &VersionVector;
 
     /// Up to `entries_max` key states after `after` (exclusive), in (keyspace, key) order; empty
-    /// when done. Errors are the store's message.
+    /// when done.
     fn chunk(
         &self,
         after: Option<&(Keyspace, Key)>,
         entries_max: usize,
-    ) -> Result<Vec<(Keyspace, Key, KeyState)>, String>;
+    ) -> Result<Vec<(Keyspace, Key, KeyState)>, SnapshotError>;
 }
 
 /// One step of a walk over the keys ([`StateRead::scan_tombstoned`]).
@@ -125,6 +125,27 @@ pub struct Scan {
     pub last: Option<(Keyspace, Key)>,
 }
 
+/// Why a read of the op log returned no ops.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogReadError<E> {
+    /// The log no longer holds the op of `origin` after `after_seq`, but later ones: they were
+    /// compacted away ([`crate::retention`]), and a peer that needs them catches up by state
+    /// transfer (as raft-rs's `StorageError::Compacted`).
+    #[error("the log of {origin} no longer holds the op after seq {after_seq}")]
+    Compacted {
+        /// The origin.
+        origin: DcId,
+        /// The seq the read started after.
+        after_seq: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(E),
+}
+
+/// Why a snapshot chunk could not be read: the store's error.
+pub type SnapshotError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Reads the durable op log: what replicators send. The stores implement it (DESIGN.md: the
 /// engine defines the log-read trait it needs).
 pub trait OpLog {
@@ -133,15 +154,15 @@ pub trait OpLog {
 
     /// Up to `ops_max` ops of `origin` with seqs `after_seq + 1, after_seq + 2, …` without a gap,
     /// stopping early once `bytes_max` encoded bytes are reached (always at least one op when any
-    /// is there). `Ok(Some(empty))` when the log holds nothing after `after_seq`; `Ok(None)` when
-    /// the log no longer holds `after_seq + 1` but later ops (compacted away).
+    /// is there). Empty when the log holds nothing after `after_seq`;
+    /// [`LogReadError::Compacted`] when it no longer holds `after_seq + 1` but later ops.
     fn read_ops(
         &self,
         origin: &DcId,
         after_seq: u64,
         ops_max: usize,
         bytes_max: usize,
-    ) -> Result<Option<Vec<Op>>, Self::Error>;
+    ) -> Result<Vec<Op>, LogReadError<Self::Error>>;
 
     /// Encoded bytes of every op in the log (for the `log_retention_bytes` cap).
     fn log_bytes(&self) -> Result<u64, Self::Error>;

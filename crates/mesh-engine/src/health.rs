@@ -12,6 +12,7 @@
 //! `phi = -log10(P(silence at least this long))`; phi ≥ `phi_suspect` makes a peer suspect and
 //! phi ≥ `phi_down` down. It adapts to each link's own jitter instead of one fixed timeout.
 
+use crate::time::{MonoMs, WallMs};
 use mesh_core::{DcId, VersionVector};
 use mesh_wire::{Heartbeat, HeartbeatEcho};
 use std::collections::{BTreeMap, VecDeque};
@@ -163,6 +164,10 @@ impl PhiAccrual {
 struct Peer {
     detector: PhiAccrual,
     health: Health,
+    /// `health` was judged on heartbeats of the detector's current run: false from the first
+    /// heartbeat (or a link coming up) after silence until the next tick, so a peer that just
+    /// showed life is not suspected on a verdict its silence earned.
+    judged_alive_run: bool,
     seen: VersionVector,
     known: BTreeMap<DcId, VersionVector>,
     /// Its last heartbeat: its `wall_ms`, and when it arrived (runtime clock), to echo back.
@@ -206,6 +211,7 @@ impl HealthMonitor {
                 let peer = Peer {
                     detector: PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None },
                     health: Health::Down,
+                    judged_alive_run: false,
                     seen: VersionVector::new(),
                     known: BTreeMap::new(),
                     last_heard: None,
@@ -226,8 +232,8 @@ impl HealthMonitor {
     }
 
     /// When [`HealthMonitor::handle_timeout`] is next due.
-    pub fn poll_timeout(&self) -> u64 {
-        self.next_tick_ms
+    pub fn poll_timeout(&self) -> Option<u64> {
+        Some(self.next_tick_ms)
     }
 
     /// `peer` said itself (in an Ack) that it holds `seen` durably: lag is measured against the
@@ -255,6 +261,7 @@ impl HealthMonitor {
             }
         }
         for (dc, peer) in &mut self.peers {
+            peer.judged_alive_run = peer.detector.last_ms.is_some();
             let phi = peer.detector.phi(now_ms, &self.config);
             let to = if phi >= self.config.phi_down {
                 Health::Down
@@ -280,8 +287,8 @@ impl HealthMonitor {
         self.local_seen.join(seen);
     }
 
-    /// A heartbeat from `from` arrived at `now_ms` (runtime clock), when this DC's wall clock
-    /// read `local_wall_ms`. Returns false, changing nothing, when `from` is not a peer.
+    /// A heartbeat from `from` arrived at `now` (runtime clock), when this DC's wall clock read
+    /// `local_wall`. Returns false, changing nothing, when `from` is not a peer.
     ///
     /// Clock offset, after NTP (RFC 5905, section 8): the heartbeat echoes this DC's last one
     /// (sent at `t1` by our clock), held `held` ms at the peer, and was sent at `t3` by the peer's
@@ -291,16 +298,20 @@ impl HealthMonitor {
     /// sample with the least delay of the recent ones is the one believed.
     pub fn handle_heartbeat(
         &mut self,
-        now_ms: u64,
-        local_wall_ms: u64,
+        now: MonoMs,
+        local_wall: WallMs,
         from: &DcId,
         heartbeat: &Heartbeat,
     ) -> bool {
+        let (now_ms, local_wall_ms) = (now.0, local_wall.0);
         let Some(peer) = self.peers.get_mut(from) else { return false };
         if peer.detector.phi(now_ms, &self.config) >= self.config.phi_down {
             // Back from an outage: the silence says nothing about the link's normal rhythm, and
             // as one huge sample it would blind the detector to the next failure for a long time.
             peer.detector = PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None };
+        }
+        if peer.detector.last_ms.is_none() {
+            peer.judged_alive_run = false;
         }
         peer.detector.heartbeat(now_ms, &self.config);
         peer.seen.join(&heartbeat.seen);
@@ -328,6 +339,7 @@ impl HealthMonitor {
         if let Some(p) = self.peers.get_mut(peer).filter(|p| p.detector.last_ms.is_some()) {
             p.detector = PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None };
             p.detector.heartbeat(now_ms, &self.config);
+            p.judged_alive_run = false;
         }
     }
 
@@ -351,11 +363,15 @@ impl HealthMonitor {
         known
     }
 
-    /// Whether `peer` was heard from and is now judged suspect or down (a peer never heard from
-    /// since this DC started is not suspected: at start every peer is "down" until its first
-    /// heartbeat, and treating that as an outage would relay everything at once).
+    /// Whether `peer` was heard from and is now judged suspect or down on what was heard (a
+    /// peer never heard from since this DC started is not suspected: at start every peer is
+    /// "down" until its first heartbeat, and treating that as an outage would relay everything at
+    /// once; nor is one whose first heartbeat after silence, or whose new link, came since the
+    /// last tick, until the tick judges it).
     pub fn suspected(&self, peer: &DcId) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.detector.last_ms.is_some() && p.health != Health::Healthy)
+        self.peers.get(peer).is_some_and(|p| {
+            p.detector.last_ms.is_some() && p.judged_alive_run && p.health != Health::Healthy
+        })
     }
 
     /// How `peer` is judged (as of the last tick), or `None` if it is not a peer. Cheaper than

@@ -14,20 +14,26 @@
 //!   [`Effect::Persist`] is committed in emission order, then reported back; nothing that
 //!   depends on it is emitted before (DESIGN.md, "Durability rules").
 //!
-//! `now_ms` is the runtime's monotonic clock, `wall_ms` the wall clock (HLCs, skew, idempotency
-//! ages). Every read goes through `store`, which shows durable state only.
+//! `now` is the runtime's monotonic clock ([`MonoMs`]), `wall` the wall clock ([`WallMs`]: HLCs,
+//! skew, idempotency ages). Every read goes through `store`, which shows durable state only.
 
 use crate::commit::{CommitBatch, OpLog, StateRead};
+use crate::gate::StartGate;
+use crate::gc::{stable_vector, Reports};
 use crate::health::{HealthConfig, HealthEvent, HealthMonitor, PeerStatus};
 use crate::hello::{check_hello, HelloRefusal};
 use crate::planted::PlantedBug;
 use crate::pool::DialPolicy;
 use crate::replicator::{targets, RelayClock, Replicator, ReplicatorConfig, ReplicatorStats};
 use crate::resolver::{ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest, WriteSummary};
+use crate::retention::{PeerHolding, Retention};
 use crate::sync::{resolve_mode, RequestId, SyncOutcome, SyncTracker};
+use crate::time::{MonoMs, WallMs};
+use crate::timer::{Timer, TimerTable};
+use crate::transfer::{ChunkLimits, ChunkStep, TransferIn, TransferOut};
 use mesh_core::topology::{Acks, Mode};
 use mesh_core::{Conflict, DcId, Dot, Hlc, Key, Keyspace, Op, ReadResult, Topology, VersionVector};
-use mesh_wire::{Ack, Batch, Heartbeat, Hello, Message, SnapshotChunk, SnapshotRequest, PROTOCOL_VERSION};
+use mesh_wire::{Ack, Batch, Heartbeat, Hello, Message, SnapshotChunk, PROTOCOL_VERSION};
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -103,10 +109,10 @@ impl NodeConfig {
 /// Where a node starts: the clocks, and what the store holds durably.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Startup {
-    /// The runtime clock now, in ms.
-    pub now_ms: u64,
-    /// The wall clock now, in ms since the Unix epoch.
-    pub wall_ms: u64,
+    /// The runtime clock now.
+    pub now: MonoMs,
+    /// The wall clock now.
+    pub wall: WallMs,
     /// The store's durable `seen` vector.
     pub seen: VersionVector,
     /// Per peer, the vector it acknowledged as durable, as the store persisted it.
@@ -177,12 +183,24 @@ pub enum Alarm {
     },
     /// The store failed a read; the DC stops serving until restarted.
     StoreFailed(String),
+    /// A compaction of the log failed (the log keeps the entries; it is tried again).
+    CompactionFailed(String),
 }
 
-/// What the runtime must do.
+/// What the runtime must do. Each variant states its contract as MUST / MAY / DO NOT lines
+/// (after foca's `Runtime` and raft-rs's `Ready`); both runtimes (the simulator's world and
+/// meshd's DC actor) follow them, and the durability rules of DESIGN.md rest on them.
+///
+/// Every runtime MUST carry the effects out in the order [`Node::poll_effect`] returns them,
+/// except where a variant says it MAY run concurrently.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Send `message` to `to` on the open link (drop it if there is none).
+    /// Send `message` to `to`.
+    /// - MUST go on the link to `to` that is up when the effect is polled (the one the last
+    ///   [`Node::handle_connected`] for `to` reported), after every earlier message sent on it.
+    /// - MUST be dropped if no link to `to` is up: the node resends what matters (go-back-N,
+    ///   heartbeats, snapshot requests at their deadline).
+    /// - DO NOT send it on a link that comes up later: a new link starts with its Hello.
     Send {
         /// The peer.
         to: DcId,
@@ -190,13 +208,22 @@ pub enum Effect {
         message: Message,
     },
     /// Commit `batch` durably, then call [`Node::handle_committed`]`(id)`.
+    /// - MUST commit persists in emission order, each atomically (after a crash the store
+    ///   holds a prefix of them, whole).
+    /// - MUST call [`Node::handle_committed`] only once the batch is durable (fsync'd), and in
+    ///   emission order. Replies, acks and vectors sent to peers depend on it (DESIGN.md,
+    ///   "Durability rules").
+    /// - MAY make several persists durable with one fsync (group commit), and MAY run the commit
+    ///   off the caller's thread while later effects are carried out.
     Persist {
         /// The id to report.
         id: PersistId,
         /// What to commit.
         batch: CommitBatch,
     },
-    /// Answer a client write.
+    /// Answer a client write (or a [`Node::handle_wait`]): the write is durable here, and
+    /// `outcome` says which DCs confirmed it.
+    /// - MUST reach the client that sent `request`, if it still waits; DO NOT answer it twice.
     Reply {
         /// The request.
         request: RequestId,
@@ -208,27 +235,42 @@ pub enum Effect {
         /// [`Node::handle_wait`]).
         summary: Option<WriteSummary>,
     },
-    /// Concurrent writes were resolved (record, count).
+    /// Concurrent writes were resolved.
+    /// - MAY be recorded and counted (operator views); nothing depends on it.
     Conflict(Conflict),
-    /// Dial `peer` at `endpoint`; report [`Node::handle_connected`] or
-    /// [`Node::handle_dial_failed`].
+    /// Dial `peer` at `endpoint`.
+    /// - MUST report exactly one outcome: [`Node::handle_connected`] (the link is up),
+    ///   [`Node::handle_dial_superseded`] (it connected but a link already up was kept), or
+    ///   [`Node::handle_dial_failed`].
+    /// - MAY take as long as the transport needs; the node dials no second time meanwhile.
     Dial {
         /// The peer.
         peer: DcId,
         /// The endpoint.
         endpoint: String,
     },
-    /// Close the link to `peer` (its Hello was refused, or never came).
+    /// Close the link to `peer` (its Hello was refused or never came, or the failure detector
+    /// judged the peer down).
+    /// - MUST close the link that is up to `peer`, dropping messages not yet sent on it.
+    /// - DO NOT report [`Node::handle_disconnected`] for that link: the node already counted it.
     Close {
         /// The peer.
         peer: DcId,
     },
-    /// Remove log entries `below` covers: every DC has them durably.
+    /// Remove the log entries `below` covers ([`crate::retention`]).
+    /// - MUST NOT remove any entry above `below`.
+    /// - MAY run concurrently with later effects and persists, and MAY be lost in a crash: a
+    ///   log read racing it finds the entries or finds them compacted, and the node handles
+    ///   both (a peer that still needs them catches up by state transfer); a restarted node
+    ///   emits its floor again.
+    /// - MUST report a failure with [`Node::handle_compact_failed`], so the node alarms and
+    ///   emits the floor again at its next compaction.
     Compact {
-        /// The vector every DC acknowledged.
+        /// The floor: at or below it, every entry may go.
         below: VersionVector,
     },
     /// Raise an alarm.
+    /// - MUST reach the operator (a log event, a metric); the node has already acted on it.
     Alarm(Alarm),
 }
 
@@ -251,52 +293,45 @@ pub struct NodeStats {
     pub hlc_beyond_skew: u64,
 }
 
-/// An estimate of a key state's encoded size, to bound snapshot chunks.
-fn state_bytes(state: &mesh_core::KeyState) -> usize {
-    let values: usize = state.versions().iter().map(|v| v.value.as_ref().map_or(0, |b| b.len()) + 48).sum();
-    let members: usize = match state.value() {
-        mesh_core::Value::Set(set) => set.members().iter().map(|m| m.len() + 48).sum(),
-        _ => 0,
-    };
-    64 + 16 * state.context().len() + values + members
-}
-
-/// A state transfer to one peer.
-struct Outgoing {
-    id: u64,
-    vector: VersionVector,
-    /// Without a request from the peer by then (or, after the last chunk, without the peer
-    /// holding `vector`), the transfer is abandoned and started again (a chunk or request lost).
-    deadline_ms: u64,
-    /// Dropped once the last chunk is sent; the entry stays until the peer holds `vector`.
-    snapshot: Option<Box<dyn crate::commit::SnapshotRead>>,
-    /// The peer answered: it asked for a later chunk, or holds `vector` (counted once).
-    taken: bool,
-}
-
-impl std::fmt::Debug for Outgoing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outgoing").field("id", &self.id).field("vector", &self.vector).finish()
-    }
-}
-
-/// A state transfer from one peer.
-#[derive(Debug)]
-struct Incoming {
-    id: u64,
-    /// The request for the next chunk, sent once the last chunk is durably merged.
-    next: Option<SnapshotRequest>,
-}
-
-struct Recovered {
-    seen: VersionVector,
-    acked: BTreeMap<DcId, VersionVector>,
-}
-
 #[derive(Debug, Clone)]
 struct PendingWrite {
     options: WriteOptions,
     arrived_ms: u64,
+}
+
+/// Everything this DC keeps about one peer.
+#[derive(Debug)]
+struct Peer {
+    /// Which of its ops to send it, in which batches, and when.
+    replicator: Replicator,
+    /// When to dial it: either DC of a pair dials while it has no link, so a DC that restarted
+    /// (or lost its link) re-establishes it at once; two links at once are settled by
+    /// [`crate::pool::keep_existing_link`].
+    dialer: DialPolicy,
+    /// How far to return its own ops (what this DC held of them when its Hello came).
+    returned: u64,
+    /// What it acknowledged as durable, as known (persisted or learned), for the Hello check.
+    acked: VersionVector,
+    /// Acks learned since the last persist, written with the next one.
+    acked_pending: Option<VersionVector>,
+    /// What it holds durably as far as this DC knows (direct or relayed).
+    known_durable: VersionVector,
+    /// Its recent reports of `seen`, for tombstone GC.
+    reports: Reports,
+    /// It came back with less than it had acknowledged (see `learn_durable`), and has not yet
+    /// reported holding it all again.
+    regressed: bool,
+    /// Batches or snapshot chunks from it that could not be applied, and the last reason: a
+    /// stream stalled on an op (an operator must see it).
+    apply_failures: Option<(u64, String)>,
+    /// Batches from it that arrived past a gap, oldest first (see `on_batch`).
+    held_back: VecDeque<Vec<Op>>,
+    /// The compacted origins last alarmed about.
+    transfer_alarmed: Option<Vec<DcId>>,
+    /// State transfer to it, until it holds the snapshot's vector.
+    transfer_out: TransferOut,
+    /// State transfer from it.
+    transfer_in: TransferIn,
 }
 
 /// One DC. See the module docs.
@@ -309,11 +344,7 @@ pub struct Node<R> {
     resolver: Resolver,
     sync: SyncTracker,
     health: HealthMonitor,
-    replicators: BTreeMap<DcId, Replicator>,
-    /// Dial policies, one per peer: either DC of a pair dials while it has no link, so a DC that
-    /// restarted (or lost its link) re-establishes it at once; two links at once are settled by
-    /// [`crate::pool::keep_existing_link`].
-    dialers: BTreeMap<DcId, DialPolicy>,
+    peers: BTreeMap<DcId, Peer>,
     /// Durable here: the vector every emitted vector comes from.
     durable: VersionVector,
     /// Persists awaiting their commit, with the vector and the number of ops they add.
@@ -321,61 +352,21 @@ pub struct Node<R> {
     relay: RelayClock,
     requests: BTreeMap<RequestId, PendingWrite>,
     written: BTreeMap<RequestId, (Dot, Option<WriteSummary>)>,
-    /// Per peer, how far to return its own ops (what this DC held when its Hello came).
-    returned: BTreeMap<DcId, u64>,
-    hello_from: BTreeSet<DcId>,
-    /// The highest seq of this DC any peer reported holding.
-    own_reported: u64,
-    started_ms: u64,
-    /// Whether the startup bound has passed (writes then wait only for own ops coming back).
-    startup_waited: bool,
-    /// Whether the store passed the start gate before ([`Startup::settled`]).
-    settled: bool,
-    ready: bool,
-    /// Acked vectors learned since the last persist, written with the next one.
-    acked_pending: BTreeMap<DcId, VersionVector>,
-    /// Acked vectors, as known (persisted or learned), for the Hello check.
-    acked: BTreeMap<DcId, VersionVector>,
-    /// Per peer, its recent direct reports of `seen`, oldest first (tombstone GC).
-    reports: BTreeMap<DcId, VecDeque<VersionVector>>,
-    /// Per DC, what it holds durably as far as this DC knows (direct or relayed).
-    known_durable: BTreeMap<DcId, VersionVector>,
-    compacted_below: VersionVector,
-    next_gc_ms: u64,
+    gate: StartGate,
+    retention: Retention,
+    /// Where the tombstone walk stands.
     gc_cursor: Option<(Keyspace, Key)>,
-    next_compact_ms: u64,
+    /// The deadlines the node sets itself (the machines keep their own).
+    timers: TimerTable,
     failed: bool,
-    /// Per peer, the compacted origins last alarmed about.
-    transfer_alarmed: BTreeMap<DcId, Vec<DcId>>,
-    /// State transfers to peers, until the peer reports holding the snapshot's vector.
-    outgoing: BTreeMap<DcId, Outgoing>,
-    /// State transfers from peers in progress.
-    incoming: BTreeMap<DcId, Incoming>,
     /// Ops in persists not yet committed (backpressure).
     uncommitted_ops: usize,
-    /// Peers that came back with less than they had acknowledged (see `learn_durable`), until
-    /// they report holding it all again.
-    regressed: BTreeSet<DcId>,
-    /// Per peer, batches or snapshot chunks from it that could not be applied, and the last
-    /// reason: a stream stalled on an op (an operator must see it).
-    apply_failures: BTreeMap<DcId, (u64, String)>,
-    /// Per peer, batches that arrived past a gap, oldest first (see `on_batch`).
-    held_back: BTreeMap<DcId, VecDeque<Vec<Op>>>,
     /// The runtime clock at the last input, for views that take no time (`queued_ops`).
     last_now_ms: u64,
-    /// Links up whose Hello has not come yet, with the time by which it must: a link that never
-    /// says Hello is closed and redialed rather than left silent.
-    awaiting_hello: BTreeMap<DcId, u64>,
     next_transfer: u64,
-    /// (time, durable vector) samples, oldest first, to find what is older than the retention
-    /// age; one per `log_retention_age_ms / 64` at most.
-    retention_samples: VecDeque<(u64, VersionVector)>,
     effects: VecDeque<Effect>,
     stats: NodeStats,
 }
-
-/// Most `seen` reports kept per peer for tombstone GC.
-const REPORTS_MAX: usize = 64;
 
 impl<R: RngCore> Node<R> {
     /// DC `local` starting over `store`, whose durable vectors `startup` carries. `rng` draws
@@ -388,11 +379,8 @@ impl<R: RngCore> Node<R> {
         rng: R,
         store: &(impl StateRead + OpLog),
     ) -> Self {
-        let Startup { now_ms, wall_ms, seen, acked, settled } = startup;
-        let recovered = Recovered { seen, acked };
-        let peers: Vec<DcId> =
-            topology.dcs.iter().filter(|d| d.active && d.id != local).map(|d| d.id.clone()).collect();
-        let mut resolver = Resolver::new(local.clone(), topology.clone(), recovered.seen.clone());
+        let Startup { now: MonoMs(now_ms), wall: WallMs(wall_ms), seen, mut acked, settled } = startup;
+        let mut resolver = Resolver::new(local.clone(), topology.clone(), seen.clone());
         if let Some(bug) = config.planted {
             resolver.plant(bug);
         }
@@ -400,87 +388,85 @@ impl<R: RngCore> Node<R> {
         // ones before the restart even if the wall clock went backwards.
         let mut last_hlc: Option<Hlc> = None;
         let mut failed = false;
-        for (origin, seq) in recovered.seen.iter() {
+        for (origin, seq) in seen.iter() {
             match store.read_ops(origin, seq.saturating_sub(1), 1, usize::MAX) {
-                Ok(Some(ops)) => last_hlc = last_hlc.max(ops.last().map(|op| op.hlc)),
-                Ok(None) => {}
-                Err(_) => failed = true,
+                Ok(ops) => last_hlc = last_hlc.max(ops.last().map(|op| op.hlc)),
+                Err(crate::LogReadError::Compacted { .. }) => {}
+                Err(crate::LogReadError::Store(_)) => failed = true,
             }
         }
         if let Some(hlc) = last_hlc {
-            resolver.handle_restored_hlc(hlc, wall_ms);
+            resolver.handle_restored_hlc(hlc, WallMs(wall_ms));
         }
         let window_ms = resolver.idempotency_window_ms();
         match store.idempotency_records(wall_ms.saturating_sub(window_ms)) {
-            Ok(records) => resolver.handle_restored_idempotency(records, now_ms, wall_ms),
+            Ok(records) => resolver.handle_restored_idempotency(records, MonoMs(now_ms), WallMs(wall_ms)),
             Err(_) => failed = true,
         }
         let r = &topology.config.replication;
-        let dialers = topology
+        let peers: BTreeMap<DcId, Peer> = topology
             .dcs
             .iter()
             .filter(|d| d.active && d.id != local)
             .map(|d| {
                 let endpoints = d.endpoints.iter().map(|e| e.address.clone()).collect();
-                let policy = DialPolicy::new(
+                let dialer = DialPolicy::new(
                     endpoints,
                     r.retry_attempts,
                     r.retry_delay_ms,
                     r.retry_delay_max_ms,
                     now_ms,
                 );
-                (d.id.clone(), policy)
+                let acked = acked.remove(&d.id).unwrap_or_default();
+                let peer = Peer {
+                    replicator: Replicator::new(local.clone(), d.id.clone(), config.replicator.clone()),
+                    dialer,
+                    returned: 0,
+                    known_durable: acked.clone(),
+                    acked,
+                    acked_pending: None,
+                    reports: Reports::default(),
+                    regressed: false,
+                    apply_failures: None,
+                    held_back: VecDeque::new(),
+                    transfer_alarmed: None,
+                    transfer_out: TransferOut::default(),
+                    transfer_in: TransferIn::default(),
+                };
+                (d.id.clone(), peer)
             })
             .collect();
-        let replicators = peers
-            .iter()
-            .map(|p| (p.clone(), Replicator::new(local.clone(), p.clone(), config.replicator.clone())))
-            .collect();
-        let mut health = HealthMonitor::new(peers.clone(), config.health.clone(), now_ms);
-        health.handle_local_seen(&recovered.seen);
-        let ready = peers.is_empty() || !r.enabled;
+        let mut health = HealthMonitor::new(peers.keys().cloned(), config.health.clone(), now_ms);
+        health.handle_local_seen(&seen);
+        let open = peers.is_empty() || !r.enabled;
+        let bounded = settled || config.planted == Some(PlantedBug::NewDiskSkipsPeers);
+        let gate =
+            StartGate::new(peers.keys().cloned(), now_ms, config.startup_wait_ms, settled, bounded, open);
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Gc, now_ms + config.gc_interval_ms);
+        timers.set(Timer::Compact, now_ms + config.compact_interval_ms);
         let mut node = Self {
-            sync: SyncTracker::new(local.clone(), peers.iter().cloned(), config.sync_waiting_max),
-            relay: RelayClock::new(config.relay_delay_ms, recovered.seen.clone()),
+            sync: SyncTracker::new(local.clone(), peers.keys().cloned(), config.sync_waiting_max),
+            relay: RelayClock::new(config.relay_delay_ms, seen.clone()),
+            retention: Retention::new(config.log_retention_age_ms, config.log_retention_bytes),
             local,
             topology,
             rng,
             resolver,
             health,
-            replicators,
-            dialers,
-            durable: recovered.seen,
+            peers,
+            durable: seen,
             persists: VecDeque::new(),
             requests: BTreeMap::new(),
             written: BTreeMap::new(),
-            returned: BTreeMap::new(),
-            hello_from: BTreeSet::new(),
-            own_reported: 0,
-            started_ms: now_ms,
-            startup_waited: false,
-            settled,
-            ready,
-            acked_pending: BTreeMap::new(),
-            known_durable: recovered.acked.clone(),
-            acked: recovered.acked,
-            reports: BTreeMap::new(),
-            compacted_below: VersionVector::new(),
-            next_gc_ms: now_ms + config.gc_interval_ms,
+            gate,
             gc_cursor: None,
-            next_compact_ms: now_ms + config.compact_interval_ms,
+            timers,
             config,
             failed: false,
-            transfer_alarmed: BTreeMap::new(),
-            outgoing: BTreeMap::new(),
-            incoming: BTreeMap::new(),
             uncommitted_ops: 0,
-            regressed: BTreeSet::new(),
-            apply_failures: BTreeMap::new(),
-            held_back: BTreeMap::new(),
             last_now_ms: now_ms,
-            awaiting_hello: BTreeMap::new(),
             next_transfer: 1,
-            retention_samples: VecDeque::new(),
             effects: VecDeque::new(),
             stats: NodeStats::default(),
         };
@@ -502,22 +488,27 @@ impl<R: RngCore> Node<R> {
 
     /// Whether client writes are accepted (see [`NodeWriteError::Starting`]).
     pub fn is_ready(&self) -> bool {
-        self.ready && !self.failed
+        self.gate.is_ready() && !self.failed
     }
 
     /// Counters.
     pub fn stats(&self) -> NodeStats {
-        NodeStats { hlc_beyond_skew: self.resolver.skew_excess_events(), ..self.stats }
+        NodeStats {
+            hlc_beyond_skew: self.resolver.skew_excess_events(),
+            transfers_sent: self.peers.values().map(|p| p.transfer_out.taken()).sum(),
+            transfers_received: self.peers.values().map(|p| p.transfer_in.received()).sum(),
+            ..self.stats
+        }
     }
 
     /// The replicator of `peer`'s link, for its counters.
     pub fn replicator(&self, peer: &DcId) -> Option<&Replicator> {
-        self.replicators.get(peer)
+        self.peers.get(peer).map(|p| &p.replicator)
     }
 
     /// Counters of every link.
     pub fn link_stats(&self) -> BTreeMap<DcId, ReplicatorStats> {
-        self.replicators.iter().map(|(p, r)| (p.clone(), r.stats())).collect()
+        self.peers.iter().map(|(id, p)| (id.clone(), p.replicator.stats())).collect()
     }
 
     /// Ops this DC holds durably, has to send to `peer` (by the relay rule, [`targets`]) and
@@ -529,17 +520,17 @@ impl<R: RngCore> Node<R> {
     /// What this DC still has to get to `peer`, per origin: (origin, the last seq the peer is
     /// known to hold, the last seq to send it). Empty for an unknown peer.
     pub fn backlog(&self, peer: &DcId) -> Vec<(DcId, u64, u64)> {
-        let Some(r) = self.replicators.get(peer) else { return Vec::new() };
+        let Some(p) = self.peers.get(peer) else { return Vec::new() };
         let want = self.targets(peer, self.relay.held_long_now(), &self.suspected_peers(), self.last_now_ms);
         want.iter()
-            .map(|(origin, upto)| (origin.clone(), r.peer_seen().get(origin), upto))
+            .map(|(origin, upto)| (origin.clone(), p.replicator.peer_seen().get(origin), upto))
             .filter(|(_, held, upto)| upto > held)
             .collect()
     }
 
     /// The peers the health monitor suspects.
     fn suspected_peers(&self) -> BTreeSet<DcId> {
-        self.replicators.keys().filter(|p| self.health.suspected(p)).cloned().collect()
+        self.peers.keys().filter(|p| self.health.suspected(p)).cloned().collect()
     }
 
     /// Per origin, the last seq to get to `peer` ([`targets`]).
@@ -550,13 +541,9 @@ impl<R: RngCore> Node<R> {
         suspect: &BTreeSet<DcId>,
         now_ms: u64,
     ) -> VersionVector {
-        let returned = self.returned.get(peer).copied().unwrap_or(0);
-        let direct = self
-            .replicators
-            .get(peer)
-            .map(|r| r.direct_progress(now_ms, self.config.relay_delay_ms))
-            .unwrap_or_default();
-        targets(&self.local, peer, &self.durable, held_long, returned, suspect, &direct)
+        let p = &self.peers[peer];
+        let direct = p.replicator.direct_progress(now_ms, self.config.relay_delay_ms);
+        targets(&self.local, peer, &self.durable, held_long, p.returned, suspect, &direct)
     }
 
     /// How `peer` is judged as of the last tick (cheap; [`Node::peer_status`] also measures
@@ -566,8 +553,8 @@ impl<R: RngCore> Node<R> {
     }
 
     /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).
-    pub fn peer_status(&self, peer: &DcId, now_ms: u64) -> Option<PeerStatus> {
-        self.health.status(peer, now_ms)
+    pub fn peer_status(&self, peer: &DcId, now: MonoMs) -> Option<PeerStatus> {
+        self.health.status(peer, now.0)
     }
 
     /// Sync writes waiting for acks.
@@ -606,13 +593,13 @@ impl<R: RngCore> Node<R> {
     /// [`Effect::Reply`]; on `Err` nothing was written.
     pub fn handle_write(
         &mut self,
-        now_ms: u64,
-        wall_ms: u64,
+        now: MonoMs,
+        wall: WallMs,
         write: WriteRequest,
         options: WriteOptions,
         store: &(impl StateRead + OpLog),
     ) -> Result<(), NodeWriteError> {
-        let mut results = self.handle_write_batch(now_ms, wall_ms, vec![(write, options)], store);
+        let mut results = self.handle_write_batch(now, wall, vec![(write, options)], store);
         results.pop().expect("one answer per write")
     }
 
@@ -621,11 +608,12 @@ impl<R: RngCore> Node<R> {
     /// [`Node::handle_write`] would.
     pub fn handle_write_batch(
         &mut self,
-        now_ms: u64,
-        wall_ms: u64,
+        now: MonoMs,
+        wall: WallMs,
         writes: Vec<(WriteRequest, WriteOptions)>,
         store: &(impl StateRead + OpLog),
     ) -> Vec<Result<(), NodeWriteError>> {
+        let (now_ms, wall_ms) = (now.0, wall.0);
         // The writes accepted so far count against the commit queue before their persist is
         // emitted, so one batch cannot overshoot `commit_queue_ops_max`.
         let mut accepted = 0;
@@ -666,7 +654,7 @@ impl<R: RngCore> Node<R> {
         }
         let request = write.request;
         self.requests.insert(request, PendingWrite { options, arrived_ms: now_ms });
-        if let Err(e) = self.resolver.handle_write(now_ms, wall_ms, write, store) {
+        if let Err(e) = self.resolver.handle_write(MonoMs(now_ms), WallMs(wall_ms), write, store) {
             self.requests.remove(&request);
             return Err(e.into());
         }
@@ -676,16 +664,17 @@ impl<R: RngCore> Node<R> {
     /// Redis' `WAIT`: answers `request` with one [`Effect::Reply`] (dot `local:seq`, no summary)
     /// once `replicas` other DCs durably hold this DC's ops up to `seq` (a connection's last
     /// write), or at `now_ms + timeout_ms` with those that do. `seq` must be at least 1 and
-    /// durable here (the write was answered). [`NodeWriteError::SyncBusy`] when as many sync waits as allowed are
-    /// pending.
+    /// durable here (the write was answered). [`NodeWriteError::SyncBusy`] when as many sync
+    /// waits as allowed are pending.
     pub fn handle_wait(
         &mut self,
-        now_ms: u64,
+        now: MonoMs,
         request: RequestId,
         seq: u64,
         replicas: usize,
         timeout_ms: u64,
     ) -> Result<(), NodeWriteError> {
+        let now_ms = now.0;
         if !self.sync.has_room() {
             return Err(NodeWriteError::SyncBusy);
         }
@@ -698,9 +687,11 @@ impl<R: RngCore> Node<R> {
     }
 
     /// Persist `id` is durable.
-    pub fn handle_committed(&mut self, now_ms: u64, id: PersistId, store: &(impl StateRead + OpLog)) {
+    pub fn handle_committed(&mut self, now: MonoMs, id: PersistId, store: &(impl StateRead + OpLog)) {
+        let now_ms = now.0;
         let (oldest, seen, ops) = self.persists.pop_front().expect("a commit was awaited");
         assert_eq!(oldest, id, "commits are reported in emission order");
+        assert!(ops <= self.uncommitted_ops, "a persist's ops were counted when it was emitted");
         self.uncommitted_ops -= ops;
         self.durable.join(&seen);
         self.resolver.handle_committed(id);
@@ -709,13 +700,20 @@ impl<R: RngCore> Node<R> {
         self.drive(now_ms, store);
     }
 
+    /// An [`Effect::Compact`] failed with `detail`: alarmed, and the floor is emitted again at
+    /// the next compaction.
+    pub fn handle_compact_failed(&mut self, detail: String) {
+        self.retention.handle_failed();
+        self.effects.push_back(Effect::Alarm(Alarm::CompactionFailed(detail)));
+    }
+
     /// A link to `peer` is up (dialed by this DC or accepted): the Hello goes first.
-    pub fn handle_connected(&mut self, now_ms: u64, peer: &DcId) {
-        if let Some(dialer) = self.dialers.get_mut(peer) {
-            dialer.handle_connected(now_ms);
-        }
+    pub fn handle_connected(&mut self, now: MonoMs, peer: &DcId) {
+        let now_ms = now.0;
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        p.dialer.handle_connected(now_ms);
         self.health.handle_link_up(peer, now_ms);
-        self.awaiting_hello.insert(peer.clone(), now_ms + self.config.replicator.retransmit_ms);
+        self.timers.set(Timer::Hello(peer.clone()), now_ms + self.config.replicator.retransmit_ms);
         let hello = Hello {
             dc: self.local.clone(),
             protocol_version: PROTOCOL_VERSION,
@@ -727,123 +725,134 @@ impl<R: RngCore> Node<R> {
 
     /// A dial of `peer` connected, but the link already up was kept instead
     /// ([`crate::pool::keep_existing_link`]): the dial is over and the new link closed.
-    pub fn handle_dial_superseded(&mut self, now_ms: u64, peer: &DcId) {
-        if let Some(dialer) = self.dialers.get_mut(peer) {
-            dialer.handle_connected(now_ms);
+    pub fn handle_dial_superseded(&mut self, now: MonoMs, peer: &DcId) {
+        let now_ms = now.0;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.dialer.handle_connected(now_ms);
         }
     }
 
     /// A dial of `peer` failed. Ignored if a link came up meanwhile (the peer dialed in).
-    pub fn handle_dial_failed(&mut self, now_ms: u64, peer: &DcId) {
-        if let Some(dialer) = self.dialers.get_mut(peer).filter(|d| d.is_dialing()) {
-            dialer.handle_failed(now_ms, &mut self.rng);
+    pub fn handle_dial_failed(&mut self, now: MonoMs, peer: &DcId) {
+        let now_ms = now.0;
+        if let Some(p) = self.peers.get_mut(peer).filter(|p| p.dialer.is_dialing()) {
+            p.dialer.handle_failed(now_ms, &mut self.rng);
         }
     }
 
     /// The link to `peer` dropped.
-    pub fn handle_disconnected(&mut self, now_ms: u64, peer: &DcId) {
-        if let Some(r) = self.replicators.get_mut(peer) {
-            r.handle_close();
-        }
+    pub fn handle_disconnected(&mut self, now: MonoMs, peer: &DcId) {
+        self.disconnect(now.0, peer);
+    }
+
+    fn disconnect(&mut self, now_ms: u64, peer: &DcId) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        p.replicator.handle_close();
         // A transfer restarts from a fresh snapshot on the next link, and the next link resends
         // what was held back.
-        self.outgoing.remove(peer);
-        self.held_back.remove(peer);
-        self.incoming.remove(peer);
-        self.awaiting_hello.remove(peer);
-        if let Some(dialer) = self.dialers.get_mut(peer) {
-            // Connected (or dialing): the loss counts as a failure, so a link refused at its
-            // Hello or flapping backs off.
-            if dialer.poll_timeout().is_none() {
-                dialer.handle_failed(now_ms, &mut self.rng);
-            }
+        p.transfer_out.cancel();
+        p.transfer_in.cancel();
+        p.held_back.clear();
+        self.timers.stop(&Timer::Hello(peer.clone()));
+        // Connected (or dialing): the loss counts as a failure, so a link refused at its Hello
+        // or flapping backs off.
+        if p.dialer.poll_timeout().is_none() {
+            p.dialer.handle_failed(now_ms, &mut self.rng);
         }
     }
 
     /// A message from `peer`, whose identity the transport proved (its certificate).
     pub fn handle_message(
         &mut self,
-        now_ms: u64,
-        wall_ms: u64,
+        now: MonoMs,
+        wall: WallMs,
         peer: &DcId,
         message: Message,
         store: &(impl StateRead + OpLog),
     ) {
-        if !self.replicators.contains_key(peer) {
-            return;
-        }
+        let (now_ms, wall_ms) = (now.0, wall.0);
+        let Some(p) = self.peers.get(peer) else { return };
+        // Before the Hello, the link is not accepted yet: only the Hello counts.
+        let open = p.replicator.is_open();
         match message {
             Message::Hello(hello) => self.on_hello(now_ms, peer, hello),
-            Message::Batch(batch) => {
-                if !self.replicators[peer].is_open() {
-                    return; // Before the Hello: the link is not accepted yet.
-                }
-                self.on_batch(wall_ms, peer, batch.ops, store);
-            }
+            Message::Batch(batch) if open => self.on_batch(wall_ms, peer, batch.ops, store),
             Message::Ack(Ack { seen }) => {
                 self.learn_durable(peer, &seen, true);
-                self.acked.entry(peer.clone()).or_default().join(&seen);
-                self.acked_pending.entry(peer.clone()).or_default().join(&seen);
-                self.report(peer, seen);
+                let p = self.peers.get_mut(peer).expect("a peer");
+                p.acked.join(&seen);
+                p.acked_pending.get_or_insert_with(VersionVector::new).join(&seen);
+                p.reports.record(seen);
             }
             Message::Heartbeat(heartbeat) => {
-                self.health.handle_heartbeat(now_ms, wall_ms, peer, &heartbeat);
+                self.health.handle_heartbeat(MonoMs(now_ms), WallMs(wall_ms), peer, &heartbeat);
                 let Heartbeat { seen, known, .. } = heartbeat;
                 self.learn_durable(peer, &seen, true);
-                self.report(peer, seen);
+                self.peers.get_mut(peer).expect("a peer").reports.record(seen);
                 for (dc, vv) in known {
                     if dc != self.local {
                         self.learn_durable(&dc, &vv, false);
                         // A DC's vector relayed by another is still that DC's report, so
                         // tombstones are collected across a cut link too.
-                        if self.replicators.contains_key(&dc) {
-                            self.report(&dc, vv);
+                        if let Some(other) = self.peers.get_mut(&dc) {
+                            other.reports.record(vv);
                         }
                     }
                 }
             }
-            Message::SnapshotChunk(chunk) => {
-                if self.replicators[peer].is_open() {
-                    self.on_snapshot_chunk(peer, chunk, store);
-                }
+            Message::SnapshotChunk(chunk) if open => self.on_snapshot_chunk(peer, chunk, store),
+            Message::SnapshotRequest(request) if open => {
+                let entries_max = request.entries_max as usize;
+                let limits = self.chunk_limits();
+                let p = self.peers.get_mut(peer).expect("a peer");
+                let chunk = p.transfer_out.handle_request(
+                    now_ms,
+                    request.request_id,
+                    request.after,
+                    entries_max,
+                    limits,
+                );
+                self.send_chunk(peer, chunk);
             }
-            Message::SnapshotRequest(request) => {
-                if self.replicators[peer].is_open() {
-                    self.send_chunk(
-                        now_ms,
-                        peer,
-                        request.request_id,
-                        request.after,
-                        request.entries_max as usize,
-                    );
-                }
-            }
+            Message::Batch(_) | Message::SnapshotChunk(_) | Message::SnapshotRequest(_) => {}
         }
         self.drive(now_ms, store);
+    }
+
+    fn chunk_limits(&self) -> ChunkLimits {
+        ChunkLimits {
+            entries_max: self.config.snapshot_entries,
+            bytes_max: self.config.replicator.batch_bytes_max,
+            retransmit_ms: self.config.replicator.retransmit_ms,
+        }
+    }
+
+    /// Sends a snapshot chunk the transfer to `peer` cut, or fails on a store error.
+    fn send_chunk(&mut self, peer: &DcId, chunk: Result<Option<SnapshotChunk>, crate::SnapshotError>) {
+        match chunk {
+            Ok(Some(chunk)) => {
+                let message = Message::SnapshotChunk(chunk);
+                self.effects.push_back(Effect::Send { to: peer.clone(), message });
+            }
+            Ok(None) => {}
+            Err(e) => self.fail(format!("reading a snapshot for {peer} failed: {e}")),
+        }
     }
 
     /// A chunk of a peer's snapshot: merge it, then (once durable) ask for the next, or finish
     /// the transfer.
     fn on_snapshot_chunk(&mut self, peer: &DcId, chunk: SnapshotChunk, store: &(impl StateRead + OpLog)) {
-        let SnapshotChunk { request_id, vector, entries, last } = chunk;
-        // A new transfer id replaces a transfer that was abandoned.
-        if self.incoming.get(peer).is_none_or(|i| i.id != request_id) {
-            self.incoming.insert(peer.clone(), Incoming { id: request_id, next: None });
-        }
-        let after = entries.last().map(|(ks, k, _)| (ks.clone(), k.clone()));
+        let entries_max = u32::try_from(self.config.snapshot_entries).unwrap_or(u32::MAX);
+        let step = self.peers.get_mut(peer).expect("a peer").transfer_in.handle_chunk(&chunk, entries_max);
+        let SnapshotChunk { vector, entries, .. } = chunk;
         if let Err(error) = self.resolver.handle_snapshot_chunk(peer, entries, store) {
-            self.incoming.remove(peer);
+            self.peers.get_mut(peer).expect("a peer").transfer_in.cancel();
             self.apply_failed(peer, error);
             return;
         }
-        if last {
-            self.incoming.remove(peer);
+        if step == ChunkStep::MergeLast {
+            self.peers.get_mut(peer).expect("a peer").transfer_in.handle_done();
             self.resolver.handle_snapshot_done(peer, &vector);
-            self.stats.transfers_received += 1;
-        } else {
-            let entries_max = u32::try_from(self.config.snapshot_entries).unwrap_or(u32::MAX);
-            let next = SnapshotRequest { request_id, after, entries_max };
-            self.incoming.get_mut(peer).expect("inserted above").next = Some(next);
         }
     }
 
@@ -854,7 +863,7 @@ impl<R: RngCore> Node<R> {
     fn on_batch(&mut self, wall_ms: u64, peer: &DcId, ops: Vec<Op>, store: &(impl StateRead + OpLog)) {
         if !self.applies_now(&ops) {
             self.stats.gaps += 1;
-            let held = self.held_back.entry(peer.clone()).or_default();
+            let held = &mut self.peers.get_mut(peer).expect("a peer").held_back;
             held.push_back(ops);
             while held.len() > self.config.replicator.inflight_max {
                 held.pop_front();
@@ -863,15 +872,15 @@ impl<R: RngCore> Node<R> {
         }
         self.apply_batch(wall_ms, peer, ops, store);
         // What was held back may apply now (a gap can be filled by any peer's batch).
-        while let Some((from, i)) = self.held_back.iter().find_map(|(from, held)| {
-            held.iter().position(|ops| self.applies_now(ops)).map(|i| (from.clone(), i))
+        while let Some((from, i)) = self.peers.iter().find_map(|(from, p)| {
+            p.held_back.iter().position(|ops| self.applies_now(ops)).map(|i| (from.clone(), i))
         }) {
-            let ops = self.held_back.get_mut(&from).and_then(|h| h.remove(i)).expect("found");
+            let ops = self.peers.get_mut(&from).and_then(|p| p.held_back.remove(i)).expect("found");
             self.apply_batch(wall_ms, &from, ops, store);
         }
-        for held in self.held_back.values_mut() {
-            let applied = self.resolver.applied();
-            held.retain(|ops| !ops.iter().all(|op| applied.covers(&op.dot)));
+        let applied = self.resolver.applied();
+        for p in self.peers.values_mut() {
+            p.held_back.retain(|ops| !ops.iter().all(|op| applied.covers(&op.dot)));
         }
     }
 
@@ -883,7 +892,7 @@ impl<R: RngCore> Node<R> {
     }
 
     fn apply_batch(&mut self, wall_ms: u64, peer: &DcId, ops: Vec<Op>, store: &(impl StateRead + OpLog)) {
-        match self.resolver.handle_batch(wall_ms, peer, ops, store) {
+        match self.resolver.handle_batch(WallMs(wall_ms), peer, ops, store) {
             Ok(()) => {}
             Err(ApplyError::Gap { .. }) => self.stats.gaps += 1,
             Err(error) => self.apply_failed(peer, error),
@@ -892,7 +901,8 @@ impl<R: RngCore> Node<R> {
 
     /// What `peer` sent could not be applied: counted, kept for status, and alarmed.
     fn apply_failed(&mut self, peer: &DcId, error: ApplyError) {
-        let failures = self.apply_failures.entry(peer.clone()).or_insert((0, String::new()));
+        let p = self.peers.get_mut(peer).expect("a peer");
+        let failures = p.apply_failures.get_or_insert((0, String::new()));
         failures.0 += 1;
         failures.1 = error.to_string();
         self.effects.push_back(Effect::Alarm(Alarm::ApplyFailed { peer: peer.clone(), error }));
@@ -901,72 +911,22 @@ impl<R: RngCore> Node<R> {
     /// Whether `peer` came back with less than it had acknowledged and has not yet reported
     /// holding all of it again (it lost its disk, or was restored from an old copy).
     pub fn peer_regressed(&self, peer: &DcId) -> bool {
-        self.regressed.contains(peer)
+        self.peers.get(peer).is_some_and(|p| p.regressed)
     }
 
     /// Batches and snapshot chunks from `peer` that could not be applied (other than gaps,
     /// which a resend repairs), and the last reason: replication from it is stalled.
     pub fn apply_failures(&self, peer: &DcId) -> Option<&(u64, String)> {
-        self.apply_failures.get(peer)
-    }
-
-    /// Sends `peer` the next chunk of the transfer `id`, after `after`.
-    fn send_chunk(
-        &mut self,
-        now_ms: u64,
-        peer: &DcId,
-        id: u64,
-        after: Option<(Keyspace, Key)>,
-        entries_max: usize,
-    ) {
-        let retransmit_ms = self.config.replicator.retransmit_ms;
-        let Some(out) = self.outgoing.get_mut(peer).filter(|o| o.id == id) else { return };
-        out.deadline_ms = now_ms + retransmit_ms;
-        if after.is_some() && !out.taken {
-            out.taken = true;
-            self.stats.transfers_sent += 1;
-        }
-        let Some(snapshot) = out.snapshot.as_ref() else { return };
-        let entries_max = entries_max.clamp(1, self.config.snapshot_entries);
-        match snapshot.chunk(after.as_ref(), entries_max) {
-            Ok(mut entries) => {
-                let mut last = entries.len() < entries_max;
-                // Bounded by bytes too, so a chunk fits a frame (always at least one entry).
-                let mut bytes = 0;
-                if let Some(cut) = entries.iter().position(|(_, _, state)| {
-                    bytes += state_bytes(state);
-                    bytes > self.config.replicator.batch_bytes_max
-                }) {
-                    entries.truncate(cut.max(1));
-                    last = false;
-                }
-                if last {
-                    out.snapshot = None;
-                }
-                let chunk = SnapshotChunk { request_id: id, vector: out.vector.clone(), entries, last };
-                self.effects
-                    .push_back(Effect::Send { to: peer.clone(), message: Message::SnapshotChunk(chunk) });
-            }
-            Err(e) => self.fail(format!("reading a snapshot for {peer} failed: {e}")),
-        }
+        self.peers.get(peer).and_then(|p| p.apply_failures.as_ref())
     }
 
     /// Starts a state transfer to `peer` if it needs one, none is under way and the peer looks
     /// alive (a snapshot cut for a silent peer would be for nobody); forgets a finished one once
     /// the peer holds its vector, and an abandoned one at its deadline.
     fn transfer(&mut self, now_ms: u64, peer: &DcId, store: &(impl StateRead + OpLog)) {
-        let peer_seen = self.replicators[peer].peer_seen().clone();
-        let done = |o: &Outgoing| o.snapshot.is_none() && peer_seen.dominates(&o.vector);
-        if let Some(out) = self.outgoing.get(peer).filter(|o| done(o) || now_ms >= o.deadline_ms) {
-            if done(out) && !out.taken {
-                self.stats.transfers_sent += 1;
-            }
-            self.outgoing.remove(peer);
-        }
-        if self.replicators[peer].compacted().is_empty()
-            || self.outgoing.contains_key(peer)
-            || self.health.suspected(peer)
-        {
+        let p = self.peers.get_mut(peer).expect("a peer");
+        p.transfer_out.handle_progress(now_ms, p.replicator.peer_seen());
+        if p.replicator.compacted().is_empty() || p.transfer_out.is_active() || self.health.suspected(peer) {
             return;
         }
         let snapshot = match store.snapshot() {
@@ -975,39 +935,39 @@ impl<R: RngCore> Node<R> {
         };
         let id = self.next_transfer;
         self.next_transfer += 1;
-        let vector = snapshot.vector().clone();
-        let deadline_ms = now_ms + self.config.replicator.retransmit_ms;
-        let out = Outgoing { id, vector, deadline_ms, snapshot: Some(snapshot), taken: false };
-        self.outgoing.insert(peer.clone(), out);
-        self.send_chunk(now_ms, peer, id, None, self.config.snapshot_entries);
+        let limits = self.chunk_limits();
+        let chunk =
+            self.peers.get_mut(peer).expect("a peer").transfer_out.start(now_ms, id, snapshot, limits);
+        self.send_chunk(peer, chunk);
     }
 
     fn on_hello(&mut self, now_ms: u64, peer: &DcId, hello: Hello) {
-        if self.replicators[peer].is_open() {
+        let p = &self.peers[peer];
+        if p.replicator.is_open() {
             return; // A duplicate: the link's position must not rewind.
         }
-        let acked = self.acked.get(peer).cloned().unwrap_or_default();
         let fingerprint = hello.topology_fingerprint;
-        match check_hello(&self.topology, &self.local, peer, &hello.dc, fingerprint, &hello.seen, &acked) {
+        match check_hello(&self.topology, &self.local, peer, &hello.dc, fingerprint, &hello.seen, &p.acked) {
             Err(refusal) => {
                 self.stats.links_refused += 1;
                 self.effects.push_back(Effect::Alarm(Alarm::LinkRefused { peer: peer.clone(), refusal }));
                 self.effects.push_back(Effect::Close { peer: peer.clone() });
-                self.handle_disconnected(now_ms, peer);
+                self.disconnect(now_ms, peer);
             }
             Ok(accepted) => {
+                let p = self.peers.get_mut(peer).expect("a peer");
                 if let Some(lost) = accepted.regressed {
-                    self.regressed.insert(peer.clone());
+                    p.regressed = true;
                     self.effects.push_back(Effect::Alarm(Alarm::PeerRegressed { peer: peer.clone(), lost }));
                 }
-                self.awaiting_hello.remove(peer);
+                p.returned = self.durable.get(peer);
+                self.timers.stop(&Timer::Hello(peer.clone()));
                 let own = hello.seen.get(&self.local);
                 self.resolver.handle_peer_seen(own);
-                self.own_reported = self.own_reported.max(own);
-                self.returned.insert(peer.clone(), self.durable.get(peer));
-                self.hello_from.insert(peer.clone());
+                self.gate.handle_hello(peer, own);
                 self.learn_durable(peer, &hello.seen, true);
-                self.replicators.get_mut(peer).expect("checked").handle_open(&accepted.resume_from);
+                let p = self.peers.get_mut(peer).expect("a peer");
+                p.replicator.handle_open(&accepted.resume_from);
             }
         }
     }
@@ -1017,191 +977,160 @@ impl<R: RngCore> Node<R> {
     /// its own word moves its replicator: vectors relayed by others may predate the loss and
     /// would stop this DC from sending the lost ops again.
     fn learn_durable(&mut self, dc: &DcId, seen: &VersionVector, direct: bool) {
-        if direct && self.regressed.contains(dc) && self.acked.get(dc).is_none_or(|a| seen.dominates(a)) {
-            self.regressed.remove(dc);
-        }
-        let trusted = direct || !self.regressed.contains(dc);
-        if let Some(r) = self.replicators.get_mut(dc).filter(|_| trusted) {
-            r.handle_peer_seen(seen);
+        if let Some(p) = self.peers.get_mut(dc) {
+            if direct && p.regressed && seen.dominates(&p.acked) {
+                p.regressed = false;
+            }
+            if direct || !p.regressed {
+                p.replicator.handle_peer_seen(seen);
+            }
+            p.known_durable.join(seen);
         }
         self.sync.handle_durable(dc, seen);
-        self.known_durable.entry(dc.clone()).or_default().join(seen);
         if direct {
             self.health.handle_peer_durable(dc, seen);
         }
     }
 
-    fn report(&mut self, peer: &DcId, seen: VersionVector) {
-        let reports = self.reports.entry(peer.clone()).or_default();
-        if reports.back() != Some(&seen) {
-            reports.push_back(seen);
+    /// Every deadline now armed: the node's own and each machine's.
+    fn deadlines(&self) -> Vec<(Timer, u64)> {
+        let mut all: Vec<(Timer, u64)> = self.timers.iter().map(|(t, at)| (t.clone(), at)).collect();
+        let machines = [
+            (Timer::Health, self.health.poll_timeout()),
+            (Timer::Sync, self.sync.poll_timeout()),
+            (Timer::Relay, self.relay.poll_timeout()),
+            (Timer::StartGate, self.gate.poll_timeout()),
+        ];
+        all.extend(machines.into_iter().filter_map(|(t, at)| Some((t, at?))));
+        for (id, p) in &self.peers {
+            let peer = [
+                (Timer::Replicator(id.clone()), p.replicator.poll_timeout()),
+                (Timer::Dial(id.clone()), p.dialer.poll_timeout()),
+                (Timer::Transfer(id.clone()), p.transfer_out.poll_timeout()),
+            ];
+            all.extend(peer.into_iter().filter_map(|(t, at)| Some((t, at?))));
         }
-        while reports.len() > REPORTS_MAX {
-            reports.pop_front();
-        }
+        all
     }
 
-    /// When [`Node::handle_timeout`] is next due.
-    pub fn poll_timeout(&self) -> u64 {
+    /// When [`Node::handle_timeout`] is next due; `None` once the DC failed (it serves nothing
+    /// until the runtime restarts it from its store).
+    pub fn poll_timeout(&self) -> Option<MonoMs> {
         if self.failed {
-            // A failed DC serves nothing until the runtime restarts it from its store.
-            return u64::MAX;
+            return None;
         }
-        let mut t = self.health.poll_timeout().min(self.next_gc_ms).min(self.next_compact_ms);
-        let others = [self.sync.poll_timeout(), self.relay.poll_timeout()];
-        for x in others.into_iter().flatten() {
-            t = t.min(x);
-        }
-        for r in self.replicators.values() {
-            if let Some(x) = r.poll_timeout() {
-                t = t.min(x);
-            }
-        }
-        for d in self.dialers.values() {
-            if let Some(x) = d.poll_timeout() {
-                t = t.min(x);
-            }
-        }
-        for t_out in
-            self.outgoing.values().map(|o| o.deadline_ms).chain(self.awaiting_hello.values().copied())
-        {
-            t = t.min(t_out);
-        }
-        let startup_ms = self.started_ms + self.config.startup_wait_ms;
-        if !self.ready && !self.startup_waited && self.startup_bound_applies() {
-            t = t.min(startup_ms);
-        }
-        t
+        self.deadlines().into_iter().map(|(_, at)| at).min().map(MonoMs)
     }
 
-    /// Timers due at `now_ms`.
-    pub fn handle_timeout(&mut self, now_ms: u64, wall_ms: u64, store: &(impl StateRead + OpLog)) {
-        if self.health.poll_timeout() <= now_ms {
-            self.health.handle_timeout(now_ms);
-            while let Some(event) = self.health.poll_event() {
-                if let HealthEvent::Changed { peer, to: crate::health::Health::Down, .. } = &event {
-                    // Link liveness follows the failure detector: a link whose peer went silent
-                    // is closed and dialed again, rather than held until the transport's idle
-                    // timeout (a dead process, a one-way cut, a half-open connection).
-                    if self.replicators.get(peer).is_some_and(|r| r.is_open())
-                        || self.awaiting_hello.contains_key(peer)
-                    {
-                        self.effects.push_back(Effect::Close { peer: peer.clone() });
-                        self.handle_disconnected(now_ms, peer);
-                    }
-                    continue;
-                }
-                if event == HealthEvent::SendHeartbeat {
-                    let known = self.health.known();
-                    for (peer, r) in &self.replicators {
-                        if r.is_open() {
-                            let echo = self.health.echo(peer, now_ms);
-                            let heartbeat =
-                                Heartbeat { seen: self.durable.clone(), known: known.clone(), wall_ms, echo };
-                            let message = Message::Heartbeat(heartbeat);
-                            self.effects.push_back(Effect::Send { to: peer.clone(), message });
-                        }
-                    }
-                }
-            }
-            self.resolver.handle_clock_skewed(self.health.clock_skewed());
-        }
-        let silent: Vec<DcId> =
-            self.awaiting_hello.iter().filter(|(_, t)| **t <= now_ms).map(|(p, _)| p.clone()).collect();
-        for peer in silent {
-            self.awaiting_hello.remove(&peer);
-            self.effects.push_back(Effect::Close { peer: peer.clone() });
-            self.handle_disconnected(now_ms, &peer);
-        }
-        self.sync.handle_timeout(now_ms);
-        for r in self.replicators.values_mut() {
-            r.handle_timeout(now_ms);
-        }
-        for (peer, dialer) in &mut self.dialers {
-            if let Some(dial) = dialer.poll_dial(now_ms) {
-                self.effects.push_back(Effect::Dial { peer: peer.clone(), endpoint: dial.endpoint });
-            }
-        }
-        if now_ms >= self.next_compact_ms {
-            self.next_compact_ms = now_ms + self.config.compact_interval_ms;
-            self.compact(now_ms, store);
-        }
-        if now_ms >= self.next_gc_ms {
-            self.next_gc_ms = now_ms + self.config.gc_interval_ms;
-            self.collect_tombstones(store);
+    /// Timers due at `now_ms`, handled in [`Timer`]'s order.
+    pub fn handle_timeout(&mut self, now: MonoMs, wall: WallMs, store: &(impl StateRead + OpLog)) {
+        let (now_ms, wall_ms) = (now.0, wall.0);
+        let mut due: Vec<Timer> =
+            self.deadlines().into_iter().filter(|(_, at)| *at <= now_ms).map(|(t, _)| t).collect();
+        due.sort();
+        for timer in due {
+            self.on_timer(timer, now_ms, wall_ms, store);
         }
         self.drive(now_ms, store);
     }
 
-    /// Emits a compaction of the log, if it moved: below what every DC holds durably, and
-    /// beyond that everything older than the retention age, or everything durable once the log
-    /// exceeds its byte cap (a peer left behind catches up by state transfer).
-    fn compact(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
-        let planted = self.config.planted == Some(PlantedBug::CompactBelowLaggingPeer);
-        let mut below = self.durable.clone();
-        let mut most = VersionVector::new();
-        let mut every_peer_known = true;
-        for peer in self.replicators.keys() {
-            match self.known_durable.get(peer) {
-                Some(v) if planted => most.join(v),
-                Some(v) => below.meet(v),
-                None => every_peer_known = false,
+    /// One due timer. Each machine checks its own deadline again (an earlier timer of this round
+    /// may have moved it); the wake-up-only timers (relay, start gate, transfer) are served by
+    /// the `drive` that follows.
+    fn on_timer(&mut self, timer: Timer, now_ms: u64, wall_ms: u64, store: &(impl StateRead + OpLog)) {
+        match timer {
+            Timer::Health => self.on_health_tick(now_ms, wall_ms),
+            Timer::Hello(peer) => {
+                // The link never said Hello: closed and dialed again rather than left silent.
+                if self.timers.is_due(&Timer::Hello(peer.clone()), now_ms) {
+                    self.timers.stop(&Timer::Hello(peer.clone()));
+                    self.effects.push_back(Effect::Close { peer: peer.clone() });
+                    self.disconnect(now_ms, &peer);
+                }
             }
-        }
-        if planted {
-            below.meet(&most);
-        } else if !every_peer_known {
-            below = VersionVector::new();
-        }
-        let age_ms = self.config.log_retention_age_ms;
-        let step_ms = (age_ms / 64).max(1);
-        if self.retention_samples.back().is_none_or(|(t, _)| now_ms >= t + step_ms) {
-            self.retention_samples.push_back((now_ms, self.durable.clone()));
-        }
-        while self.retention_samples.get(1).is_some_and(|(t, _)| t + age_ms <= now_ms) {
-            self.retention_samples.pop_front();
-        }
-        if let Some((t, aged)) = self.retention_samples.front() {
-            if t + age_ms <= now_ms {
-                below.join(aged);
+            Timer::Sync => self.sync.handle_timeout(now_ms),
+            Timer::Replicator(peer) => {
+                self.peers.get_mut(&peer).expect("a peer").replicator.handle_timeout(now_ms)
             }
+            Timer::Dial(peer) => {
+                if let Some(dial) = self.peers.get_mut(&peer).expect("a peer").dialer.poll_dial(now_ms) {
+                    self.effects.push_back(Effect::Dial { peer, endpoint: dial.endpoint });
+                }
+            }
+            Timer::Compact => {
+                self.timers.set(Timer::Compact, now_ms + self.config.compact_interval_ms);
+                self.compact(now_ms, store);
+            }
+            Timer::Gc => {
+                self.timers.set(Timer::Gc, now_ms + self.config.gc_interval_ms);
+                self.collect_tombstones(store);
+            }
+            Timer::Transfer(_) | Timer::Relay | Timer::StartGate => {}
         }
-        match store.log_bytes() {
-            Ok(bytes) if bytes > self.config.log_retention_bytes => {
-                // Over the cap: give up what only peers without a link need (they catch up by
-                // state transfer), never what connected peers still lack.
-                let mut connected = self.durable.clone();
-                for (peer, r) in &self.replicators {
-                    if r.is_open() {
-                        connected.meet(self.known_durable.get(peer).unwrap_or(&VersionVector::new()));
+    }
+
+    /// The failure detector's tick: peers judged down have their links closed, heartbeats go
+    /// out on every open link.
+    fn on_health_tick(&mut self, now_ms: u64, wall_ms: u64) {
+        if self.health.poll_timeout().is_none_or(|t| t > now_ms) {
+            return;
+        }
+        self.health.handle_timeout(now_ms);
+        while let Some(event) = self.health.poll_event() {
+            if let HealthEvent::Changed { peer, to: crate::health::Health::Down, .. } = &event {
+                // Link liveness follows the failure detector: a link whose peer went silent is
+                // closed and dialed again, rather than held until the transport's idle timeout
+                // (a dead process, a one-way cut, a half-open connection).
+                let awaiting_hello = self.timers.get(&Timer::Hello(peer.clone())).is_some();
+                if self.peers.get(peer).is_some_and(|p| p.replicator.is_open()) || awaiting_hello {
+                    self.effects.push_back(Effect::Close { peer: peer.clone() });
+                    self.disconnect(now_ms, peer);
+                }
+                continue;
+            }
+            if event == HealthEvent::SendHeartbeat {
+                let known = self.health.known();
+                for (peer, p) in &self.peers {
+                    if p.replicator.is_open() {
+                        let echo = self.health.echo(peer, now_ms);
+                        let heartbeat =
+                            Heartbeat { seen: self.durable.clone(), known: known.clone(), wall_ms, echo };
+                        let message = Message::Heartbeat(heartbeat);
+                        self.effects.push_back(Effect::Send { to: peer.clone(), message });
                     }
                 }
-                below.join(&connected);
             }
-            Ok(_) => {}
-            Err(e) => return self.fail(format!("reading the log size failed: {e}")),
         }
-        if !self.compacted_below.dominates(&below) {
-            self.compacted_below.join(&below);
+        self.resolver.handle_clock_skewed(self.health.clock_skewed());
+    }
+
+    /// Emits a compaction of the log if its floor rose ([`crate::retention`]).
+    fn compact(&mut self, now_ms: u64, store: &(impl StateRead + OpLog)) {
+        let log_bytes = match store.log_bytes() {
+            Ok(bytes) => bytes,
+            Err(e) => return self.fail(format!("reading the log size failed: {e}")),
+        };
+        let holdings: Vec<PeerHolding<'_>> = self
+            .peers
+            .values()
+            .map(|p| PeerHolding { known: &p.known_durable, connected: p.replicator.is_open() })
+            .collect();
+        let planted = self.config.planted == Some(PlantedBug::CompactBelowLaggingPeer);
+        if let Some(below) = self.retention.handle_tick(now_ms, &self.durable, &holdings, log_bytes, planted)
+        {
             self.effects.push_back(Effect::Compact { below });
         }
     }
 
-    /// One round of tombstone GC over the next keys, under DESIGN.md's rule: `stable` is the
-    /// meet of every DC's reported `seen`, taking from each peer its newest report whose own
-    /// entry this DC has applied (so no write concurrent with a collected delete is in flight).
+    /// One round of tombstone GC over the next keys, below the stable vector ([`crate::gc`]).
     fn collect_tombstones(&mut self, store: &(impl StateRead + OpLog)) {
-        let mut stable = self.durable.clone();
-        if self.config.planted != Some(PlantedBug::EarlyTombstoneGc) {
-            for peer in self.replicators.keys() {
-                let reports = self.reports.entry(peer.clone()).or_default();
-                let Some(i) = reports.iter().rposition(|r| r.get(peer) <= self.durable.get(peer)) else {
-                    return;
-                };
-                reports.drain(..i);
-                stable.meet(&reports[0]);
-            }
-        }
+        let stable = if self.config.planted == Some(PlantedBug::EarlyTombstoneGc) {
+            self.durable.clone()
+        } else {
+            let reports = self.peers.iter_mut().map(|(id, p)| (id, &mut p.reports));
+            let Some(stable) = stable_vector(&self.durable, reports) else { return };
+            stable
+        };
         let scan = match store.scan_tombstoned(self.gc_cursor.as_ref(), self.config.gc_scan_keys) {
             Ok(scan) => scan,
             Err(e) => return self.fail(format!("scanning keys for tombstone GC failed: {e}")),
@@ -1225,7 +1154,11 @@ impl<R: RngCore> Node<R> {
                 Output::Persist { id, mut batch } => {
                     self.uncommitted_ops += batch.ops.len();
                     self.persists.push_back((id, batch.seen.clone(), batch.ops.len()));
-                    batch.acked = std::mem::take(&mut self.acked_pending).into_iter().collect();
+                    batch.acked = self
+                        .peers
+                        .iter_mut()
+                        .filter_map(|(id, p)| Some((id.clone(), p.acked_pending.take()?)))
+                        .collect();
                     self.effects.push_back(Effect::Persist { id, batch });
                 }
                 Output::Written { request, dot, keyspace, summary } => {
@@ -1242,7 +1175,9 @@ impl<R: RngCore> Node<R> {
                 }
                 Output::Conflict(c) => self.effects.push_back(Effect::Conflict(c)),
                 Output::ChunkMerged { from } => {
-                    if let Some(request) = self.incoming.get_mut(&from).and_then(|i| i.next.take()) {
+                    if let Some(request) =
+                        self.peers.get_mut(&from).and_then(|p| p.transfer_in.poll_request())
+                    {
                         let message = Message::SnapshotRequest(request);
                         self.effects.push_back(Effect::Send { to: from, message });
                     }
@@ -1253,34 +1188,8 @@ impl<R: RngCore> Node<R> {
         self.transmit(now_ms, store);
         // Outcomes the planted sync-ack bug released while sending.
         self.reply();
-        self.gate(now_ms);
-    }
-
-    /// Whether writes may start after `startup_wait_ms` without every peer's Hello: only on a
-    /// settled store (or with the planted bug that drops this rule).
-    fn startup_bound_applies(&self) -> bool {
-        self.settled || self.config.planted == Some(PlantedBug::NewDiskSkipsPeers)
-    }
-
-    /// The start gate (DESIGN.md, "Durability rules"): no write is named before this DC knows
-    /// which of its seqs are free. Every own op a peer reported holding must be back. And the
-    /// peers must have reported: all of them, or, on a settled store (whose log names every dot
-    /// this DC ever issued), as many as answered within `startup_wait_ms`. A store that is not
-    /// settled (a new or replaced disk) waits for every peer however long it takes: a peer that
-    /// did not answer may hold seqs this DC issued before it lost its disk. Once passed on an
-    /// unsettled store, the store is marked settled ahead of the first write.
-    fn gate(&mut self, now_ms: u64) {
-        if self.ready {
-            return;
-        }
-        let heard_all = self.replicators.keys().all(|p| self.hello_from.contains(p));
-        let waited = now_ms >= self.started_ms + self.config.startup_wait_ms;
-        self.startup_waited = waited;
-        let own_back = self.durable.get(&self.local) >= self.own_reported;
-        let reported = heard_all || (waited && self.startup_bound_applies());
-        self.ready = reported && own_back;
-        if self.ready && !self.settled {
-            self.settled = true;
+        if self.gate.handle_progress(now_ms, self.durable.get(&self.local)) {
+            // The gate opened on a store that had not passed it: recorded before the first write.
             let identity =
                 crate::StoreIdentity { topology_fingerprint: self.topology.fingerprint(), settled: true };
             self.resolver.handle_identity(identity);
@@ -1297,11 +1206,11 @@ impl<R: RngCore> Node<R> {
         if self.config.planted == Some(PlantedBug::NoRelay) {
             suspect.clear();
         }
-        let peers: Vec<DcId> = self.replicators.keys().cloned().collect();
+        let peers: Vec<DcId> = self.peers.keys().cloned().collect();
         for peer in peers {
             let want = self.targets(&peer, &held_long, &suspect, now_ms);
             loop {
-                let r = self.replicators.get_mut(&peer).expect("listed");
+                let r = &mut self.peers.get_mut(&peer).expect("listed").replicator;
                 match r.poll_batch(now_ms, &want, store) {
                     Ok(Some(ops)) => {
                         if self.config.planted == Some(PlantedBug::SyncAckOnSend) {
@@ -1317,9 +1226,10 @@ impl<R: RngCore> Node<R> {
                 }
             }
             self.transfer(now_ms, &peer, store);
-            let compacted = self.replicators[&peer].compacted();
-            if !compacted.is_empty() && self.transfer_alarmed.get(&peer) != Some(&compacted) {
-                self.transfer_alarmed.insert(peer.clone(), compacted.clone());
+            let p = self.peers.get_mut(&peer).expect("listed");
+            let compacted = p.replicator.compacted();
+            if !compacted.is_empty() && p.transfer_alarmed.as_ref() != Some(&compacted) {
+                p.transfer_alarmed = Some(compacted.clone());
                 let alarm = Alarm::StateTransferNeeded { peer: peer.clone(), origins: compacted };
                 self.effects.push_back(Effect::Alarm(alarm));
             }

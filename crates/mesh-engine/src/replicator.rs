@@ -20,7 +20,7 @@
 //! peer confirmed (go-back-N: the receiver applies each origin in order, holding back a batch
 //! that arrives past a gap until the gap fills, and duplicates are harmless).
 
-use crate::commit::OpLog;
+use crate::commit::{LogReadError, OpLog};
 use mesh_core::{DcId, Op, VersionVector};
 use std::collections::{BTreeSet, VecDeque};
 
@@ -127,7 +127,8 @@ pub struct LogReadFailed {
 
 /// The relay rule (DESIGN.md, "Replication protocol"): per origin, how far this DC should bring
 /// `peer`. Its own ops: everything durable here. The peer's own ops: what it lacked when its
-/// Hello came (`returned`), so a DC that lost ops gets them back. A third DC's ops: only those
+/// Hello came (`returned`), so a DC that lost ops gets them back (whatever its health: it is
+/// the one they go to). A third DC's ops: only those
 /// this DC has held for the relay delay (`held_long`, see [`RelayClock`]) — the peer normally
 /// has them from their origin by then, and its reports raise `peer_seen` so nothing is sent —
 /// or all of them when that origin is suspect or down from here; none while the peer gets that
@@ -145,10 +146,12 @@ pub fn targets(
     durable
         .iter()
         .map(|(origin, seq)| {
-            let upto = if origin == local || suspect.contains(origin) {
+            let upto = if origin == local {
                 seq
             } else if origin == peer {
                 returned.min(seq)
+            } else if suspect.contains(origin) {
+                seq
             } else if direct.contains(origin) {
                 0
             } else {
@@ -324,15 +327,19 @@ impl Replicator {
                 break;
             }
             let want = usize::try_from(upto - from).unwrap_or(usize::MAX).min(room);
-            let page = log
-                .read_ops(&origin, from, want, self.config.batch_bytes_max - bytes)
-                .map_err(|e| LogReadFailed { origin: origin.clone(), detail: e.to_string() })?;
-            let Some(page) = page.filter(|p| !p.is_empty()) else {
+            let page = match log.read_ops(&origin, from, want, self.config.batch_bytes_max - bytes) {
+                Ok(page) => page,
+                Err(LogReadError::Compacted { .. }) => Vec::new(),
+                Err(LogReadError::Store(e)) => {
+                    return Err(LogReadFailed { origin: origin.clone(), detail: e.to_string() })
+                }
+            };
+            if page.is_empty() {
                 // The log has nothing after `from` although this DC holds later ops durably:
                 // they were compacted away; the peer needs a state transfer for this origin.
                 link.compacted.insert(origin);
                 continue;
-            };
+            }
             for op in page {
                 assert_eq!(op.dot.origin, origin, "the log returned another origin's op");
                 if op.dot.seq > upto {

@@ -19,6 +19,7 @@
 
 use crate::commit::{CommitBatch, IdempotencyRecord, StateRead};
 use crate::sync::RequestId;
+use crate::time::{MonoMs, WallMs};
 use crate::PlantedBug;
 use mesh_core::topology::Topology;
 use mesh_core::{
@@ -28,8 +29,16 @@ use mesh_core::{
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-/// Names a persist effect; reported back through [`Resolver::handle_committed`].
-pub type PersistId = u64;
+/// Names a persist effect; reported back through [`Resolver::handle_committed`]. Assigned in
+/// increasing order, from 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PersistId(pub u64);
+
+impl std::fmt::Display for PersistId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A client write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,7 +323,7 @@ impl Resolver {
             pending_keys: VecDeque::new(),
             held: VecDeque::new(),
             open: None,
-            next_persist: 1,
+            next_persist: PersistId(1),
             skewed: false,
             outputs: VecDeque::new(),
             skew_excess_events: 0,
@@ -357,14 +366,15 @@ impl Resolver {
 
     /// On restart: the idempotency records the store kept (see
     /// [`StateRead::idempotency_records`]), so a client retrying across the restart inside the
-    /// window still gets the first write's outcome. `now_ms` and `wall_ms` are the runtime and
-    /// wall clocks now; records older than the window are skipped.
+    /// window still gets the first write's outcome. `now` and `wall` are the runtime and wall
+    /// clocks now; records older than the window are skipped.
     pub fn handle_restored_idempotency(
         &mut self,
         records: Vec<IdempotencyRecord>,
-        now_ms: u64,
-        wall_ms: u64,
+        now: MonoMs,
+        wall: WallMs,
     ) {
+        let (now_ms, wall_ms) = (now.0, wall.0);
         for r in records {
             let age_ms = wall_ms.saturating_sub(r.wall_ms);
             if age_ms > self.idempotency_window_ms {
@@ -392,8 +402,8 @@ impl Resolver {
 
     /// On restart: the highest HLC in this DC's store (its log's last ops), so local writes keep
     /// ordering after the ones before the restart even if the wall clock went backwards.
-    pub fn handle_restored_hlc(&mut self, hlc: mesh_core::Hlc, wall_ms: u64) {
-        self.clock.observe(hlc, wall_ms);
+    pub fn handle_restored_hlc(&mut self, hlc: mesh_core::Hlc, wall: WallMs) {
+        self.clock.observe(hlc, wall.0);
     }
 
     /// The health monitor's verdict on this DC's clock ([`crate::health::HealthMonitor::clock_skewed`]).
@@ -413,17 +423,18 @@ impl Resolver {
         store.state(keyspace, key).map_err(|e| e.to_string())
     }
 
-    /// A client write at `now_ms` (runtime clock) when the wall clock reads `wall_ms`. On success
+    /// A client write at `now` (runtime clock) when the wall clock reads `wall`. On success
     /// the write is named and persisted; [`Output::Written`] follows its commit. A retry with a
     /// remembered idempotency key writes nothing: it gets the first write's [`Output::Written`],
     /// at once if that write is durable, else with it. On error nothing changed.
     pub fn handle_write(
         &mut self,
-        now_ms: u64,
-        wall_ms: u64,
+        now: MonoMs,
+        wall: WallMs,
         write: WriteRequest,
         store: &impl StateRead,
     ) -> Result<(), WriteError> {
+        let (now_ms, wall_ms) = (now.0, wall.0);
         self.forget_idempotency_keys(now_ms);
         if let Some(key) = &write.idempotency_key {
             if let Some(r) = self.idempotency.get(key) {
@@ -535,11 +546,12 @@ impl Resolver {
     /// acknowledged to `from` once durable. On error, the ops before the failing one stay applied.
     pub fn handle_batch(
         &mut self,
-        wall_ms: u64,
+        wall: WallMs,
         from: &DcId,
         ops: Vec<Op>,
         store: &impl StateRead,
     ) -> Result<(), ApplyError> {
+        let wall_ms = wall.0;
         let mut result = Ok(());
         for op in ops {
             if self.applied.covers(&op.dot) {
@@ -711,7 +723,7 @@ impl Resolver {
             return open.id;
         }
         let id = self.next_persist;
-        self.next_persist += 1;
+        self.next_persist = PersistId(id.0 + 1);
         self.held.push_back((id, Vec::new()));
         self.open = Some(OpenPersist { id, batch: CommitBatch::default(), states: HashMap::new() });
         id

@@ -30,8 +30,15 @@ pub fn resolve_mode(keyspace_mode: Mode, critical: bool, request: Option<Mode>) 
     }
 }
 
-/// Identifies a client request to the runtime.
-pub type RequestId = u64;
+/// Identifies a client request; the runtime assigns it, unique among its requests in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// How a write finished.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 use mesh_core::{DcId, VersionVector};
 use mesh_engine::health::{Health, HealthConfig, HealthEvent, HealthMonitor, Lag};
+use mesh_engine::{MonoMs, WallMs};
 use mesh_wire::{Heartbeat, HeartbeatEcho};
 use std::collections::BTreeMap;
 
@@ -25,14 +26,19 @@ fn heartbeat(seen: VersionVector, wall_ms: u64) -> Heartbeat {
 }
 
 fn beat(m: &mut HealthMonitor, now_ms: u64, from: &str) {
-    assert!(m.handle_heartbeat(now_ms, 1_000_000 + now_ms, &dc(from), &heartbeat(VersionVector::new(), 0)));
+    assert!(m.handle_heartbeat(
+        MonoMs(now_ms),
+        WallMs(1_000_000 + now_ms),
+        &dc(from),
+        &heartbeat(VersionVector::new(), 0)
+    ));
 }
 
 /// Runs ticks up to `until_ms`, returning the health changes of `peer` with their times.
 fn tick_until(m: &mut HealthMonitor, until_ms: u64, peer: &str) -> Vec<(u64, Health)> {
     let mut changes = Vec::new();
-    while m.poll_timeout() <= until_ms {
-        let now = m.poll_timeout();
+    while m.poll_timeout().expect("always armed") <= until_ms {
+        let now = m.poll_timeout().expect("always armed");
         m.handle_timeout(now);
         while let Some(e) = m.poll_event() {
             if let HealthEvent::Changed { peer: p, to, .. } = e {
@@ -107,14 +113,14 @@ fn lag_is_measured_in_ops_and_in_time_since_the_oldest_data_the_peer_lacks_arriv
     // b has applied what this DC had at 600 ms (a:60), and reports it at 1,000 ms: the ops it
     // lacks arrived by the 700 ms tick.
     assert!(m.status(&dc("b"), 1_000).unwrap().lag.is_none(), "no lag before b is heard from");
-    m.handle_heartbeat(1_000, 0, &dc("b"), &heartbeat(vv(&[("a", 60)]), 0));
+    m.handle_heartbeat(MonoMs(1_000), WallMs(0), &dc("b"), &heartbeat(vv(&[("a", 60)]), 0));
     let lag = m.status(&dc("b"), 1_000).unwrap().lag.unwrap();
     assert_eq!(lag, Lag { ops: 40, ms: 300, at_least: false });
     // Caught up: no lag.
-    m.handle_heartbeat(1_050, 0, &dc("b"), &heartbeat(vv(&[("a", 100)]), 0));
+    m.handle_heartbeat(MonoMs(1_050), WallMs(0), &dc("b"), &heartbeat(vv(&[("a", 100)]), 0));
     assert_eq!(m.status(&dc("b"), 1_050).unwrap().lag.unwrap(), Lag { ops: 0, ms: 0, at_least: false });
     // c reports nothing applied: it lacks everything since the first write, sampled at 100 ms.
-    m.handle_heartbeat(1_000, 0, &dc("c"), &heartbeat(VersionVector::new(), 0));
+    m.handle_heartbeat(MonoMs(1_000), WallMs(0), &dc("c"), &heartbeat(VersionVector::new(), 0));
     assert_eq!(m.status(&dc("c"), 1_000).unwrap().lag.unwrap(), Lag { ops: 100, ms: 900, at_least: false });
     // With only 3 samples kept, that lag is known only as a lower bound.
     let mut short =
@@ -123,7 +129,7 @@ fn lag_is_measured_in_ops_and_in_time_since_the_oldest_data_the_peer_lacks_arriv
         short.handle_local_seen(&vv(&[("a", tick * 10)]));
         short.handle_timeout(tick * 100);
     }
-    short.handle_heartbeat(1_000, 0, &dc("c"), &heartbeat(VersionVector::new(), 0));
+    short.handle_heartbeat(MonoMs(1_000), WallMs(0), &dc("c"), &heartbeat(VersionVector::new(), 0));
     assert_eq!(
         short.status(&dc("c"), 1_000).unwrap().lag.unwrap(),
         Lag { ops: 100, ms: 200, at_least: true }
@@ -135,7 +141,7 @@ fn an_ack_between_heartbeats_brings_the_lag_to_zero_at_once() {
     // Issue 13: one PUT, then status read a caught-up peer as 1 op and ~200 ms behind until
     // its next heartbeat.
     let mut m = monitor();
-    m.handle_heartbeat(100, 0, &dc("b"), &heartbeat(VersionVector::new(), 0));
+    m.handle_heartbeat(MonoMs(100), WallMs(0), &dc("b"), &heartbeat(VersionVector::new(), 0));
     m.handle_local_seen(&vv(&[("a", 1)]));
     m.handle_timeout(200);
     assert_eq!(m.status(&dc("b"), 210).unwrap().lag.unwrap().ops, 1);
@@ -147,7 +153,12 @@ fn an_ack_between_heartbeats_brings_the_lag_to_zero_at_once() {
 /// ms and answered at its wall `t3`, which reached us at our wall `t4`.
 fn round_trip(m: &mut HealthMonitor, from: &str, t1: u64, held: u64, t3: u64, t4: u64) {
     let echo = Some(HeartbeatEcho { wall_ms: t1, held_ms: held });
-    assert!(m.handle_heartbeat(0, t4, &dc(from), &Heartbeat { echo, ..heartbeat(VersionVector::new(), t3) }));
+    assert!(m.handle_heartbeat(
+        MonoMs(0),
+        WallMs(t4),
+        &dc(from),
+        &Heartbeat { echo, ..heartbeat(VersionVector::new(), t3) }
+    ));
 }
 
 #[test]
@@ -209,7 +220,7 @@ fn queueing_and_pauses_are_not_read_as_clock_offset() {
 fn a_heartbeat_echoes_the_peers_last_one_with_the_time_it_was_held() {
     let mut m = monitor();
     assert_eq!(m.echo(&dc("b"), 0), None, "nothing to echo before b is heard from");
-    m.handle_heartbeat(1_000, 5, &dc("b"), &heartbeat(VersionVector::new(), 777));
+    m.handle_heartbeat(MonoMs(1_000), WallMs(5), &dc("b"), &heartbeat(VersionVector::new(), 777));
     assert_eq!(m.echo(&dc("b"), 1_040), Some(HeartbeatEcho { wall_ms: 777, held_ms: 40 }));
     assert_eq!(m.status(&dc("b"), 0).unwrap().clock_offset_ms, None, "one-way readings are not offsets");
 }
@@ -220,8 +231,8 @@ fn known_vectors_relay_what_peers_reported_about_others_and_strangers_are_ignore
     let mut known = BTreeMap::new();
     known.insert(dc("c"), vv(&[("c", 7)]));
     let with_known = Heartbeat { known, ..heartbeat(vv(&[("b", 3)]), 0) };
-    assert!(m.handle_heartbeat(0, 0, &dc("b"), &with_known));
-    assert!(!m.handle_heartbeat(0, 0, &dc("zz"), &heartbeat(vv(&[("zz", 1)]), 0)));
+    assert!(m.handle_heartbeat(MonoMs(0), WallMs(0), &dc("b"), &with_known));
+    assert!(!m.handle_heartbeat(MonoMs(0), WallMs(0), &dc("zz"), &heartbeat(vv(&[("zz", 1)]), 0)));
     let k = m.known();
     assert_eq!(k.get(&dc("b")), Some(&vv(&[("b", 3)])));
     assert_eq!(k.get(&dc("c")), Some(&vv(&[("c", 7)])), "c's vector learned through b");
@@ -232,8 +243,8 @@ fn known_vectors_relay_what_peers_reported_about_others_and_strangers_are_ignore
 fn a_heartbeat_is_asked_for_every_interval() {
     let mut m = monitor();
     let mut sends = Vec::new();
-    while m.poll_timeout() <= 1_000 {
-        let now = m.poll_timeout();
+    while m.poll_timeout().expect("always armed") <= 1_000 {
+        let now = m.poll_timeout().expect("always armed");
         m.handle_timeout(now);
         while let Some(e) = m.poll_event() {
             if e == HealthEvent::SendHeartbeat {
@@ -249,7 +260,7 @@ fn lag_after_an_idle_period_counts_from_when_the_missing_data_arrived() {
     let mut m = monitor();
     m.handle_local_seen(&vv(&[("a", 1)]));
     m.handle_timeout(0);
-    m.handle_heartbeat(0, 0, &dc("b"), &heartbeat(vv(&[("a", 1)]), 0));
+    m.handle_heartbeat(MonoMs(0), WallMs(0), &dc("b"), &heartbeat(vv(&[("a", 1)]), 0));
     // An hour of nothing, then a write; b is 100 ms behind it.
     let mut t = 0;
     while t < 3_600_000 {

@@ -3,7 +3,7 @@
 
 use mesh_core::{DcId, Dot, Hlc, Key, Keyspace, Op, OpKind, VersionVector};
 use mesh_engine::replicator::{targets, RelayClock, Replicator, ReplicatorConfig};
-use mesh_engine::OpLog;
+use mesh_engine::{LogReadError, OpLog};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn dc(s: &str) -> DcId {
@@ -51,9 +51,9 @@ impl OpLog for Log {
         after: u64,
         ops_max: usize,
         _: usize,
-    ) -> Result<Option<Vec<Op>>, Self::Error> {
+    ) -> Result<Vec<Op>, LogReadError<Self::Error>> {
         if self.first.get(origin).is_some_and(|f| after + 1 < *f) {
-            return Ok(None);
+            return Err(LogReadError::Compacted { origin: origin.clone(), after_seq: after });
         }
         let page = self
             .ops
@@ -61,7 +61,7 @@ impl OpLog for Log {
             .take(ops_max)
             .map(|(_, op)| op.clone())
             .collect();
-        Ok(Some(page))
+        Ok(page)
     }
 
     fn log_bytes(&self) -> Result<u64, Self::Error> {

@@ -9,7 +9,8 @@ use mesh_core::{
 use mesh_engine::resolver::{
     ApplyError, Output, PersistId, Resolver, WriteError, WriteRequest, WriteSummary,
 };
-use mesh_engine::{CommitBatch, IdempotencyRecord, StateRead};
+use mesh_engine::sync::RequestId;
+use mesh_engine::{CommitBatch, IdempotencyRecord, MonoMs, StateRead, WallMs};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ fn topology() -> Arc<Topology> {
 /// A client write without context or idempotency key.
 fn write_request(request: u64, keyspace: &str, key: &str, kind: OpKind) -> WriteRequest {
     WriteRequest {
-        request,
+        request: RequestId(request),
         keyspace: Keyspace::new(keyspace).unwrap(),
         key: Key::new(key).unwrap(),
         kind,
@@ -98,8 +99,8 @@ impl Harness {
 
     fn write(&mut self, request: u64, keyspace: &str, key: &str, kind: OpKind) -> Result<(), WriteError> {
         let r = self.resolver.handle_write(
-            request,
-            1_000 + request,
+            MonoMs(request),
+            WallMs(1_000 + request),
             write_request(request, keyspace, key, kind),
             &self.store,
         );
@@ -108,7 +109,7 @@ impl Harness {
     }
 
     fn apply(&mut self, from: &str, ops: Vec<Op>) -> Result<(), ApplyError> {
-        let r = self.resolver.handle_batch(1_000, &dc(from), ops, &self.store);
+        let r = self.resolver.handle_batch(WallMs(1_000), &dc(from), ops, &self.store);
         self.drain();
         r
     }
@@ -156,7 +157,7 @@ fn a_local_write_completes_only_after_its_commit() {
     assert_eq!(
         h.take_released(),
         [Output::Written {
-            request: 1,
+            request: RequestId(1),
             dot: Dot::new(dc("us-east"), 1),
             keyspace: Keyspace::new("users").unwrap(),
             summary: Some(WriteSummary::Put),
@@ -226,7 +227,7 @@ fn writes_between_two_polls_share_one_persist_holding_each_key_once() {
     let mut h = Harness::new("us-east");
     for (request, key, value) in [(1, "u1", "a"), (2, "u2", "b"), (3, "u1", "c")] {
         let write = write_request(request, "users", key, OpKind::Put(value.as_bytes().to_vec()));
-        h.resolver.handle_write(request, 1_000 + request, write, &h.store).unwrap();
+        h.resolver.handle_write(MonoMs(request), WallMs(1_000 + request), write, &h.store).unwrap();
     }
     h.drain();
     assert_eq!(h.uncommitted.len(), 1, "one persist for the three writes");
@@ -244,7 +245,7 @@ fn writes_between_two_polls_share_one_persist_holding_each_key_once() {
         .take_released()
         .into_iter()
         .filter_map(|o| match o {
-            Output::Written { request, .. } => Some(request),
+            Output::Written { request, .. } => Some(request.0),
             _ => None,
         })
         .collect();
@@ -387,7 +388,7 @@ fn a_context_naming_a_write_this_dc_has_not_issued_is_refused_not_misnamed() {
     let mut h = Harness::new("us-east");
     let mut write = write_request(1, "users", "u", OpKind::Put(b"v".to_vec()));
     write.context = Some([(dc("us-east"), 5)].into_iter().collect());
-    let refused = h.resolver.handle_write(1, 1_001, write, &h.store);
+    let refused = h.resolver.handle_write(MonoMs(1), WallMs(1_001), write, &h.store);
     assert!(matches!(refused, Err(WriteError::UnissuedDot(_))), "{refused:?}");
     h.write(2, "users", "u", OpKind::Put(b"w".to_vec())).unwrap();
     assert_eq!(h.commit_all()[0].ops[0].dot.seq, 1, "the refused write used no seq");
@@ -410,7 +411,8 @@ fn bad_writes_are_refused_without_using_a_seq() {
 fn a_restarted_resolver_continues_after_the_durable_seq() {
     let seen: VersionVector = [(dc("us-east"), 41), (dc("us-west"), 7)].into_iter().collect();
     let mut r = Resolver::new(dc("us-east"), topology(), seen);
-    r.handle_write(0, 5, write_request(1, "users", "k", OpKind::Delete), &Store::default()).unwrap();
+    r.handle_write(MonoMs(0), WallMs(5), write_request(1, "users", "k", OpKind::Delete), &Store::default())
+        .unwrap();
     let Some(Output::Persist { batch, .. }) = r.poll_output() else { panic!("a persist") };
     assert_eq!(batch.ops[0].dot.seq, 42);
 }
@@ -424,27 +426,31 @@ fn a_retry_with_the_same_idempotency_key_writes_nothing_and_gets_the_first_outco
     };
     let first = Dot::new(dc("us-east"), 1);
     let ks = Keyspace::new("page_views").unwrap();
-    h.resolver.handle_write(0, 0, w(1, "k1", 5), &h.store).unwrap();
+    h.resolver.handle_write(MonoMs(0), WallMs(0), w(1, "k1", 5), &h.store).unwrap();
     // Retried before the first write is durable: answered with it, once it is.
-    h.resolver.handle_write(10, 10, w(2, "k1", 5), &h.store).unwrap();
+    h.resolver.handle_write(MonoMs(10), WallMs(10), w(2, "k1", 5), &h.store).unwrap();
     h.drain();
     assert_eq!(h.uncommitted.len(), 1, "the retry wrote nothing");
     assert_eq!(h.take_released(), []);
     h.commit_all();
-    let written =
-        |request, summary| Output::Written { request, dot: first.clone(), keyspace: ks.clone(), summary };
+    let written = |request, summary| Output::Written {
+        request: RequestId(request),
+        dot: first.clone(),
+        keyspace: ks.clone(),
+        summary,
+    };
     // Only the write itself changed something; its retries report no change.
     assert_eq!(h.take_released(), [written(1, Some(WriteSummary::Counter(5))), written(2, None)]);
     // Retried after: answered at once.
-    h.resolver.handle_write(20, 20, w(3, "k1", 5), &h.store).unwrap();
+    h.resolver.handle_write(MonoMs(20), WallMs(20), w(3, "k1", 5), &h.store).unwrap();
     h.drain();
     assert_eq!(h.take_released(), [written(3, None)]);
     assert!(h.uncommitted.is_empty());
     // The same key for another write is refused.
-    let err = h.resolver.handle_write(30, 30, w(4, "k1", 6), &h.store).unwrap_err();
+    let err = h.resolver.handle_write(MonoMs(30), WallMs(30), w(4, "k1", 6), &h.store).unwrap_err();
     assert_eq!(err, WriteError::IdempotencyKeyReused("k1".into()));
     // After the window (600 s in mesh.toml's default) the key is forgotten: a new write.
-    h.resolver.handle_write(700_000, 700_000, w(5, "k1", 5), &h.store).unwrap();
+    h.resolver.handle_write(MonoMs(700_000), WallMs(700_000), w(5, "k1", 5), &h.store).unwrap();
     h.drain();
     assert_eq!(h.commit_all()[0].ops[0].dot.seq, 2);
     let state = h.store.state(&ks, &Key::new("home").unwrap()).unwrap().unwrap();
@@ -503,9 +509,11 @@ fn a_batch_that_fails_midway_keeps_and_acks_what_applied_before() {
 #[test]
 fn after_a_restart_local_writes_order_after_the_stored_ones_even_if_the_wall_clock_went_back() {
     let mut h = Harness::new("us-east");
-    h.resolver.handle_restored_hlc(Hlc::new(5_000, 3), 5_100);
+    h.resolver.handle_restored_hlc(Hlc::new(5_000, 3), WallMs(5_100));
     // The wall clock now reads 2,000 ms (it went back).
-    h.resolver.handle_write(0, 2_000, write_request(1, "users", "k", OpKind::Delete), &h.store).unwrap();
+    h.resolver
+        .handle_write(MonoMs(0), WallMs(2_000), write_request(1, "users", "k", OpKind::Delete), &h.store)
+        .unwrap();
     h.drain();
     assert!(h.commit_all()[0].ops[0].hlc > Hlc::new(5_000, 3));
 }
@@ -517,24 +525,29 @@ fn a_retry_after_a_restart_inside_the_window_still_gets_the_first_outcome() {
         idempotency_key: Some("retry-me".into()),
         ..write_request(id, "page_views", "home", OpKind::CounterAdd(5))
     };
-    h.resolver.handle_write(0, 50_000, w(1), &h.store).unwrap();
+    h.resolver.handle_write(MonoMs(0), WallMs(50_000), w(1), &h.store).unwrap();
     h.drain();
     let batches = h.commit_all();
     assert_eq!(batches[0].idempotency.len(), 1, "the key is committed with the write");
     // Restart: a new resolver, restored from what the store kept, 60 s later.
     let mut restarted = Resolver::new(dc("us-east"), topology(), batches[0].seen.clone());
     let records = h.store.idempotency_records(0).unwrap();
-    restarted.handle_restored_idempotency(records.clone(), 10, 110_000);
-    restarted.handle_write(20, 110_000, w(2), &h.store).unwrap();
+    restarted.handle_restored_idempotency(records.clone(), MonoMs(10), WallMs(110_000));
+    restarted.handle_write(MonoMs(20), WallMs(110_000), w(2), &h.store).unwrap();
     let ks = Keyspace::new("page_views").unwrap();
     assert_eq!(
         restarted.poll_output(),
-        Some(Output::Written { request: 2, dot: Dot::new(dc("us-east"), 1), keyspace: ks, summary: None })
+        Some(Output::Written {
+            request: RequestId(2),
+            dot: Dot::new(dc("us-east"), 1),
+            keyspace: ks,
+            summary: None
+        })
     );
     assert_eq!(restarted.poll_output(), None, "nothing written again");
     // Restored after the window (600 s): forgotten, so the retry is a new write.
     let mut late = Resolver::new(dc("us-east"), topology(), batches[0].seen.clone());
-    late.handle_restored_idempotency(records, 10, 50_000 + 600_001);
-    late.handle_write(20, 700_000, w(3), &h.store).unwrap();
+    late.handle_restored_idempotency(records, MonoMs(10), WallMs(50_000 + 600_001));
+    late.handle_write(MonoMs(20), WallMs(700_000), w(3), &h.store).unwrap();
     assert!(matches!(late.poll_output(), Some(Output::Persist { .. })));
 }

@@ -225,7 +225,7 @@ async fn write(
     kind: OpKind,
 ) -> Result<Response, ApiError> {
     let request = WriteRequest {
-        request: 0,
+        request: mesh_engine::sync::RequestId::default(),
         keyspace,
         key,
         kind,
@@ -737,8 +737,14 @@ async fn batch(
         };
         let (ks, k) = ids(&keyspace, &key).map_err(at)?;
         check_write(&state.topology, &ks, &kind).map_err(|e| at(write_error(e.into())))?;
-        let request =
-            WriteRequest { request: 0, keyspace: ks, key: k, kind, context: None, idempotency_key: None };
+        let request = WriteRequest {
+            request: mesh_engine::sync::RequestId::default(),
+            keyspace: ks,
+            key: k,
+            kind,
+            context: None,
+            idempotency_key: None,
+        };
         writes.push((request, options));
     }
     let results = ask(&state, |reply| DcMsg::WriteBatch { writes, reply }, Duration::from_secs(120)).await?;

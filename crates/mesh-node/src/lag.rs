@@ -10,6 +10,7 @@
 //! clocks' offset (status shows each peer's).
 
 use mesh_core::{DcId, Op};
+use mesh_engine::resolver::PersistId;
 use mesh_wire::{Batch, CommitTime};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -36,7 +37,7 @@ pub struct ReplicationLag {
     own: VecDeque<CommitTime>,
     /// Each origin's commits as its batches reported them, ascending by last seq.
     received: BTreeMap<DcId, VecDeque<CommitTime>>,
-    persists: BTreeMap<u64, PersistOps>,
+    persists: BTreeMap<PersistId, PersistOps>,
 }
 
 impl ReplicationLag {
@@ -46,7 +47,7 @@ impl ReplicationLag {
     }
 
     /// Persist `id` is about to be submitted with these ops.
-    pub fn on_persist(&mut self, id: u64, ops: &[Op]) {
+    pub fn on_persist(&mut self, id: PersistId, ops: &[Op]) {
         let mut p = PersistOps::default();
         for op in ops {
             let seq = op.dot.seq;
@@ -66,7 +67,7 @@ impl ReplicationLag {
 
     /// Persist `id` is durable since `unix_us`. Returns the lags to record: (origin, lag in µs,
     /// number of ops).
-    pub fn on_committed(&mut self, id: u64, unix_us: u64) -> Vec<(DcId, u64, u64)> {
+    pub fn on_committed(&mut self, id: PersistId, unix_us: u64) -> Vec<(DcId, u64, u64)> {
         let Some(p) = self.persists.remove(&id) else { return Vec::new() };
         if let Some(last_seq) = p.own_last {
             push(&mut self.own, CommitTime { last_seq, unix_us });
@@ -148,10 +149,10 @@ mod tests {
         let (mut origin, mut here) =
             (ReplicationLag::new(east.clone()), ReplicationLag::new(DcId::new("us-west").unwrap()));
         // us-east commits ops 1..=3 at t=1,000 µs and 4..=5 at t=3,000 µs.
-        origin.on_persist(1, &[op("us-east", 1), op("us-east", 2), op("us-east", 3)]);
-        assert!(origin.on_committed(1, 1_000).is_empty(), "own ops have no lag");
-        origin.on_persist(2, &[op("us-east", 4), op("us-east", 5)]);
-        origin.on_committed(2, 3_000);
+        origin.on_persist(PersistId(1), &[op("us-east", 1), op("us-east", 2), op("us-east", 3)]);
+        assert!(origin.on_committed(PersistId(1), 1_000).is_empty(), "own ops have no lag");
+        origin.on_persist(PersistId(2), &[op("us-east", 4), op("us-east", 5)]);
+        origin.on_committed(PersistId(2), 3_000);
         // One batch with ops 2..=5 reports both commits.
         let mut batch =
             Batch { ops: (2..=5).map(|s| op("us-east", s)).collect(), trace: None, commit_times: vec![] };
@@ -164,13 +165,13 @@ mod tests {
         here.on_received(&east, &batch.commit_times);
         // us-west applies them with one of its own ops and commits at t=5,500 µs.
         here.on_persist(
-            7,
+            PersistId(7),
             &[op("us-east", 2), op("us-east", 3), op("us-west", 1), op("us-east", 4), op("us-east", 5)],
         );
-        let lags = here.on_committed(7, 5_500);
+        let lags = here.on_committed(PersistId(7), 5_500);
         assert_eq!(lags, [(east.clone(), 4_500, 2), (east.clone(), 2_500, 2)]);
         // An origin that reported nothing is not measured.
-        here.on_persist(8, &[op("eu-central", 1)]);
-        assert!(here.on_committed(8, 6_000).is_empty());
+        here.on_persist(PersistId(8), &[op("eu-central", 1)]);
+        assert!(here.on_committed(PersistId(8), 6_000).is_empty());
     }
 }

@@ -1,6 +1,8 @@
-//! mesh-node: the IO shell around the engine. So far: mutual TLS between DCs ([`tls`]) and the
-//! QUIC transport that carries mesh-wire frames between them ([`transport`]). The actors that
-//! run `mesh_engine::node::Node`, the configuration loader and the HTTP API come next.
+//! mesh-node: the IO shell around the engine. [`runtime`] runs each DC's
+//! `mesh_engine::node::Node` in ractor actors over the durable store and QUIC links
+//! ([`transport`], mutual TLS from [`tls`]); [`config`] loads mesh.toml; [`http`] and [`resp`]
+//! are the client APIs; [`metrics`], [`lag`] and [`traces`] are what operators see
+//! (docs/architecture.md draws the whole).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;

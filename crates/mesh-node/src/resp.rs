@@ -1005,7 +1005,14 @@ impl Connection {
     ) -> Result<WriteRequest, Reply> {
         let (keyspace, key) = self.route(key)?;
         self.kind_of(&keyspace, &[kind.value_kind()])?;
-        Ok(WriteRequest { request: 0, keyspace, key, kind, context, idempotency_key: None })
+        Ok(WriteRequest {
+            request: mesh_engine::sync::RequestId::default(),
+            keyspace,
+            key,
+            kind,
+            context,
+            idempotency_key: None,
+        })
     }
 
     fn write(

@@ -14,8 +14,9 @@ use mesh_core::{DcId, Dot, Key, Keyspace, ReadResult, Topology};
 use mesh_engine::health::PeerStatus;
 use mesh_engine::node::{Effect, Node, NodeConfig, NodeStats, NodeWriteError, Startup, WriteOptions};
 use mesh_engine::replicator::ReplicatorStats;
-use mesh_engine::resolver::{WriteRequest, WriteSummary};
-use mesh_engine::sync::SyncOutcome;
+use mesh_engine::resolver::{PersistId, WriteRequest, WriteSummary};
+use mesh_engine::sync::{RequestId, SyncOutcome};
+use mesh_engine::{MonoMs, WallMs};
 use mesh_store::{CommitBatch, DurableStore, LogRead, Store, StoreError};
 use mesh_wire::{CodecConfig, Message};
 use opentelemetry::KeyValue;
@@ -259,10 +260,12 @@ pub enum DcMsg {
     },
     /// A dial failed.
     DialFailed(DcId),
+    /// An [`Effect::Compact`] failed ([`Node::handle_compact_failed`]).
+    CompactFailed(String),
     /// A persist finished.
     Committed {
         /// Its id.
-        id: u64,
+        id: PersistId,
         /// Its outcome.
         result: Result<(), StoreError>,
         /// The wall clock when the store reported it, in µs since the Unix epoch.
@@ -366,8 +369,8 @@ pub struct DcState {
     store: Arc<DurableStore>,
     links: BTreeMap<DcId, LinkHandle>,
     next_link: u64,
-    replies: BTreeMap<u64, Waiter>,
-    next_request: u64,
+    replies: BTreeMap<RequestId, Waiter>,
+    next_request: RequestId,
     /// Batches being answered.
     batches: BTreeMap<u64, PendingBatch>,
     next_batch: u64,
@@ -383,7 +386,7 @@ pub struct DcState {
     /// The value bytes `conflict_log` holds.
     conflict_log_bytes: usize,
     /// Spans of traced writes waiting for their answer, by request.
-    write_spans: BTreeMap<u64, opentelemetry_sdk::trace::Span>,
+    write_spans: BTreeMap<RequestId, opentelemetry_sdk::trace::Span>,
     /// The `traceparent` of traced writes of this DC, by seq, for the batches that carry them.
     traced_seqs: BTreeMap<u64, String>,
     /// Traced batches received and not yet durable here: what they bring (per origin, the
@@ -395,9 +398,9 @@ pub struct DcState {
     tombstones_held: Option<(u64, Instant)>,
     /// Client writes waiting for their answer: arrival and resolved mode, for the latency
     /// histogram.
-    arrivals: BTreeMap<u64, (Instant, &'static str)>,
+    arrivals: BTreeMap<RequestId, (Instant, &'static str)>,
     /// Persists waiting for their commit: submission and ops, for the commit histograms.
-    submitted: BTreeMap<u64, (Instant, usize)>,
+    submitted: BTreeMap<PersistId, (Instant, usize)>,
     /// The armed wake-up: when, and its number.
     tick: Option<(Instant, u64)>,
     /// The number of the last wake-up armed.
@@ -408,6 +411,10 @@ pub struct DcState {
 
 fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn wall() -> WallMs {
+    WallMs(wall_ms())
 }
 
 fn wall_us() -> u64 {
@@ -426,14 +433,14 @@ struct Logged {
 pub struct DcActor;
 
 impl DcActor {
-    fn now_ms(state: &DcState) -> u64 {
-        state.args.started.elapsed().as_millis() as u64
+    fn now(state: &DcState) -> MonoMs {
+        MonoMs(state.args.started.elapsed().as_millis() as u64)
     }
 
     /// Logs what changed since the last call: a peer's health, state transfers taken up or
     /// received. Never per op.
     fn log_transitions(state: &mut DcState) {
-        let now = Self::now_ms(state);
+        let now = Self::now(state);
         let local = &state.args.local;
         for dc in state.args.topology.dcs.iter().filter(|d| &d.id != local) {
             let Some(health) = state.node.peer_health(&dc.id) else { continue };
@@ -473,7 +480,7 @@ impl DcActor {
                 state.tombstones_held = Some((n, Instant::now()));
             }
         }
-        let now = Self::now_ms(state);
+        let now = Self::now(state);
         let local = &state.args.local;
         let peers = state
             .args
@@ -721,6 +728,9 @@ impl DcActor {
                     }
                 }
                 Effect::Compact { below } => {
+                    // Concurrent with later effects, as the effect's contract allows; a failure
+                    // goes back to the node, which alarms and tries again.
+                    let me = myself.clone();
                     let store = state.store.clone();
                     let dc = state.args.local.clone();
                     tokio::task::spawn_blocking(move || {
@@ -732,7 +742,10 @@ impl DcActor {
                                 ms = started.elapsed().as_millis() as u64,
                                 "log compacted"
                             ),
-                            Err(e) => tracing::error!(%dc, error = %e, "log compaction failed"),
+                            Err(e) => {
+                                let _ =
+                                    me.cast(DcMsg::CompactFailed(format!("compacting the log failed: {e}")));
+                            }
                         }
                     });
                 }
@@ -758,20 +771,21 @@ impl DcActor {
                         Alarm::ApplyFailed { peer, .. } => {
                             metrics.apply_failures.add(1, &[KeyValue::new("peer", peer.to_string())]);
                         }
-                        Alarm::StateTransferNeeded { .. } | Alarm::StoreFailed(_) => {}
+                        Alarm::StateTransferNeeded { .. }
+                        | Alarm::StoreFailed(_)
+                        | Alarm::CompactionFailed(_) => {}
                     }
                     match &alarm {
-                        Alarm::StoreFailed(_) => tracing::error!(dc = %state.args.local, ?alarm, "alarm"),
+                        Alarm::StoreFailed(_) | Alarm::CompactionFailed(_) => {
+                            tracing::error!(dc = %state.args.local, ?alarm, "alarm")
+                        }
                         _ => tracing::warn!(dc = %state.args.local, ?alarm, "alarm"),
                     }
                 }
             }
         }
-        let due_ms = state.node.poll_timeout();
-        if due_ms == u64::MAX {
-            return;
-        }
-        let due = state.args.started + Duration::from_millis(due_ms);
+        let Some(due_ms) = state.node.poll_timeout() else { return };
+        let due = state.args.started + Duration::from_millis(due_ms.ms());
         // A wake-up armed for no later than `due` (even one already in the mailbox) serves.
         if state.tick.is_none_or(|(t, _)| due < t) {
             state.ticks_armed += 1;
@@ -809,7 +823,7 @@ impl DcActor {
     }
 
     fn connected(myself: &ActorRef<DcMsg>, state: &mut DcState, link: Link) {
-        let now = Self::now_ms(state);
+        let now = Self::now(state);
         let Link { peer, connection, mut writer, mut reader, dialed } = link;
         if let Some(old) = state.links.get(&peer) {
             // Two links at once: both DCs dialed, or the peer restarted and dialed in while the
@@ -947,7 +961,7 @@ impl Actor for DcActor {
                  returned this DC's own ops, so no seq is named twice (docs/operations.md, Recover)"
             );
         }
-        let startup = Startup { now_ms, wall_ms: wall_ms(), seen: store.seen()?, acked, settled };
+        let startup = Startup { now: MonoMs(now_ms), wall: wall(), seen: store.seen()?, acked, settled };
         let config = NodeConfig::new(&args.topology);
         let node = Node::new(
             args.local.clone(),
@@ -983,7 +997,7 @@ impl Actor for DcActor {
             links: BTreeMap::new(),
             next_link: 0,
             replies: BTreeMap::new(),
-            next_request: 1,
+            next_request: RequestId(1),
             batches: BTreeMap::new(),
             next_batch: 1,
             conflicts: BTreeMap::new(),
@@ -1023,11 +1037,11 @@ impl Actor for DcActor {
         msg: DcMsg,
         state: &mut DcState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = Self::now_ms(state);
+        let now = Self::now(state);
         match msg {
             DcMsg::Write { mut write, options, traceparent, reply } => {
                 write.request = state.next_request;
-                state.next_request += 1;
+                state.next_request = RequestId(write.request.0 + 1);
                 let request = write.request;
                 let mode = Self::mode_label(state, &write, &options);
                 state.arrivals.insert(request, (Instant::now(), mode));
@@ -1044,7 +1058,7 @@ impl Actor for DcActor {
                         state.write_spans.insert(request, span);
                     }
                 }
-                match state.node.handle_write(now, wall_ms(), write, options, &*state.store) {
+                match state.node.handle_write(now, wall(), write, options, &*state.store) {
                     Ok(()) => {
                         Self::log_backpressure(state, false, true);
                         state.replies.insert(request, Waiter::One(reply));
@@ -1072,14 +1086,14 @@ impl Actor for DcActor {
                     .into_iter()
                     .map(|(mut write, options)| {
                         write.request = state.next_request;
-                        state.next_request += 1;
+                        state.next_request = RequestId(write.request.0 + 1);
                         let mode = Self::mode_label(state, &write, &options);
                         state.arrivals.insert(write.request, (arrived, mode));
                         (write, options)
                     })
                     .collect();
                 let requests: Vec<_> = writes.iter().map(|(w, _)| w.request).collect();
-                let results = state.node.handle_write_batch(now, wall_ms(), writes, &*state.store);
+                let results = state.node.handle_write_batch(now, wall(), writes, &*state.store);
                 let refused =
                     results.iter().any(|r| matches!(r, Err(NodeWriteError::Busy | NodeWriteError::SyncBusy)));
                 Self::log_backpressure(state, refused, results.iter().any(Result::is_ok));
@@ -1118,7 +1132,7 @@ impl Actor for DcActor {
             }
             DcMsg::Wait { seq, replicas, timeout_ms, reply } => {
                 let request = state.next_request;
-                state.next_request += 1;
+                state.next_request = RequestId(request.0 + 1);
                 match state.node.handle_wait(now, request, seq, replicas, timeout_ms) {
                     Ok(()) => {
                         state.replies.insert(request, Waiter::Wait(reply));
@@ -1166,7 +1180,7 @@ impl Actor for DcActor {
                     .map(|d| {
                         let link = state.node.replicator(&d.id).map(|r| r.stats()).unwrap_or_default();
                         let counters = state.args.metrics.links.peer(d.id.as_str());
-                        let ago = link.last_sent_ms.map(|t| now.saturating_sub(t));
+                        let ago = link.last_sent_ms.map(|t| now.ms().saturating_sub(t));
                         PeerReport {
                             dc: d.id.clone(),
                             connected: state.links.contains_key(&d.id),
@@ -1235,7 +1249,7 @@ impl Actor for DcActor {
                             state.traced_applies.push(entry);
                         }
                     }
-                    state.node.handle_message(now, wall_ms(), &peer, message, &*state.store);
+                    state.node.handle_message(now, wall(), &peer, message, &*state.store);
                 }
             }
             DcMsg::DialFailed(peer) => {
@@ -1243,6 +1257,7 @@ impl Actor for DcActor {
                 state.args.metrics.links.peer(peer.as_str()).dials_failed.fetch_add(1, Ordering::Relaxed);
                 state.node.handle_dial_failed(now, &peer);
             }
+            DcMsg::CompactFailed(detail) => state.node.handle_compact_failed(detail),
             DcMsg::Committed { id, result, unix_us } => {
                 // A commit of unknown outcome poisons the store: fail, so the supervisor reopens
                 // it and restarts this DC from what is durable.
@@ -1265,7 +1280,7 @@ impl Actor for DcActor {
                     return Ok(());
                 }
                 state.tick = None;
-                state.node.handle_timeout(now, wall_ms(), &*state.store);
+                state.node.handle_timeout(now, wall(), &*state.store);
             }
             DcMsg::Fail(reason) => return Err(reason.into()),
         }

@@ -41,7 +41,7 @@ async fn live(
 
 async fn write(actor: &ActorRef<DcMsg>, key: &str) -> bool {
     let request = WriteRequest {
-        request: 0,
+        request: mesh_engine::sync::RequestId::default(),
         keyspace: Keyspace::new("users").unwrap(),
         key: Key::new(key).unwrap(),
         kind: OpKind::Put(key.as_bytes().to_vec()),

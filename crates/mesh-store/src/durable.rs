@@ -582,7 +582,11 @@ impl DurableStore {
                         what: "log statistics",
                         detail: format!("{log_ops} ops logged, a chunk of {n} removed"),
                     })?;
-                    log_bytes -= value.value().len() as u64;
+                    let size = value.value().len() as u64;
+                    log_bytes = log_bytes.checked_sub(size).ok_or_else(|| StoreError::Corrupt {
+                        what: "log statistics",
+                        detail: format!("{log_bytes} log bytes counted, a chunk of {size} removed"),
+                    })?;
                 }
             }
             meta.insert(LOG_STATS, encode(&(log_ops, log_bytes)).as_slice()).map_err(db_err)?;

@@ -299,8 +299,8 @@ impl mesh_engine::SnapshotRead for EngineSnapshot {
         &self,
         after: Option<&(Keyspace, Key)>,
         entries_max: usize,
-    ) -> Result<Vec<(Keyspace, Key, KeyState)>, String> {
-        self.0.chunk(after, entries_max).map_err(|e| e.to_string())
+    ) -> Result<Vec<(Keyspace, Key, KeyState)>, mesh_engine::SnapshotError> {
+        Ok(self.0.chunk(after, entries_max)?)
     }
 }
 
@@ -340,11 +340,13 @@ macro_rules! state_read {
                 after_seq: u64,
                 ops_max: usize,
                 bytes_max: usize,
-            ) -> Result<Option<Vec<Op>>, StoreError> {
+            ) -> Result<Vec<Op>, mesh_engine::LogReadError<StoreError>> {
                 match self.read_log(origin, after_seq, ops_max, bytes_max) {
-                    Ok(ops) => Ok(Some(ops)),
-                    Err(StoreError::Compacted { .. }) => Ok(None),
-                    Err(e) => Err(e),
+                    Ok(ops) => Ok(ops),
+                    Err(StoreError::Compacted { origin, after_seq, .. }) => {
+                        Err(mesh_engine::LogReadError::Compacted { origin, after_seq })
+                    }
+                    Err(e) => Err(mesh_engine::LogReadError::Store(e)),
                 }
             }
 
