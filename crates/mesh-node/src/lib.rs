@@ -8,7 +8,9 @@
 pub mod config;
 pub mod http;
 pub mod lag;
+pub mod link;
 pub mod metrics;
+pub mod pool;
 pub mod resp;
 pub mod runtime;
 pub mod tls;

@@ -1,15 +1,20 @@
-//! The actors that run one DC: a supervisor and the DC actor it restarts.
+//! The actors that run one DC: a supervisor, the resolver actor ([`DcActor`]) and the
+//! connection pool ([`crate::pool::PoolActor`], with a replicator actor per link,
+//! [`crate::link::LinkActor`]); docs/architecture.md draws them and their messages.
 //!
-//! The DC actor owns the engine's [`Node`] and carries out its effects: QUIC sends through each
-//! link's writer task, commits through the durable store's group commit (whose completion comes
-//! back as a message, so nothing that depends on a commit leaves before it), dials, compactions
-//! and client replies. It holds no replication logic of its own (shared/STYLE.md rule 11). The
-//! supervisor restarts it from the store when it fails (a panic, or a commit of unknown outcome,
-//! for which the store is reopened); the current actor is published through a watch channel so
-//! the HTTP API and the accept loop always reach the live one.
+//! The resolver owns the engine's [`Node`] and carries out its effects: sends through each
+//! link's replicator actor, commits through the durable store's group commit (whose completion
+//! comes back as a message, so nothing that depends on a commit leaves before it), dials and
+//! closes through the pool, compactions and client replies. It holds no replication logic of
+//! its own (shared/STYLE.md rule 11). The supervisor restarts whichever child fails (the
+//! resolver from the store: a panic, or a commit of unknown outcome, for which the store is
+//! reopened); the live resolver and pool are published through watch channels so the HTTP API,
+//! the RESP front end and the accept loop always reach the live ones.
 
+use crate::link::LinkMsg;
 use crate::metrics::Metrics;
-use crate::transport::{self, Link};
+use crate::pool::{LinkRef, PoolMsg};
+use crate::transport;
 use mesh_core::{DcId, Dot, Key, Keyspace, ReadResult, Topology};
 use mesh_engine::health::PeerStatus;
 use mesh_engine::node::{Effect, Node, NodeConfig, NodeStats, NodeWriteError, Startup, WriteOptions};
@@ -24,12 +29,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// A client write's answer: its dot, how it finished and what it changed, or why it was refused.
 pub type WriteResult = Result<WriteDone, NodeWriteError>;
@@ -240,8 +244,17 @@ pub enum DcMsg {
     },
     /// The status.
     Status(RpcReplyPort<DcStatus>),
-    /// A link to a peer is up.
-    Connected(Box<Link>),
+    /// A link to a peer is up (from the connection pool).
+    Connected {
+        /// The peer.
+        peer: DcId,
+        /// The link.
+        link: LinkRef,
+    },
+    /// A dial connected, but the link already up was kept (from the connection pool).
+    DialSuperseded(DcId),
+    /// The connection pool restarted: every link it held ended and every dial failed.
+    PoolRestarted(ActorRef<PoolMsg>),
     /// A link went down.
     LinkDown {
         /// The peer.
@@ -257,6 +270,9 @@ pub enum DcMsg {
         link: u64,
         /// The message.
         message: Message,
+        /// The link's credit for this message, returned when it is handled (the link reads
+        /// the next frame only with a credit: a resolver that falls behind pushes back).
+        credit: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// A dial failed.
     DialFailed(DcId),
@@ -351,24 +367,15 @@ enum Waiter {
     Wait(RpcReplyPort<Result<SyncOutcome, NodeWriteError>>),
 }
 
-struct LinkHandle {
-    id: u64,
-    tx: mpsc::UnboundedSender<Message>,
-    connection: quinn::Connection,
-    /// Whether this DC dialed it.
-    dialed: bool,
-    /// When it opened, and when a message last came on it.
-    opened: Instant,
-    last_heard: Instant,
-}
-
 /// The DC actor's state.
 pub struct DcState {
     args: DcArgs,
     node: Node<StdRng>,
     store: Arc<DurableStore>,
-    links: BTreeMap<DcId, LinkHandle>,
-    next_link: u64,
+    /// The open links, as the connection pool announced them.
+    links: BTreeMap<DcId, LinkRef>,
+    /// The connection pool (`None` while it restarts).
+    pool: Option<ActorRef<PoolMsg>>,
     replies: BTreeMap<RequestId, Waiter>,
     next_request: RequestId,
     /// Batches being answered.
@@ -642,7 +649,7 @@ impl DcActor {
                         }
                     }
                     if let Some(link) = state.links.get(&to) {
-                        let _ = link.tx.send(message);
+                        let _ = link.actor.cast(LinkMsg::Send(message));
                     }
                 }
                 Effect::Persist { id, batch } => {
@@ -704,27 +711,18 @@ impl DcActor {
                     }
                 }
                 Effect::Dial { peer, endpoint } => {
-                    let me = myself.clone();
-                    let (ep, codec) = (state.args.endpoint.clone(), state.args.codec.clone());
-                    tokio::spawn(async move {
-                        let dialed = async {
-                            let address = resolve(&endpoint).await?;
-                            transport::dial(&ep, address, &peer, &codec).await.map_err(|e| e.to_string())
-                        };
-                        match tokio::time::timeout(Duration::from_secs(5), dialed).await {
-                            Ok(Ok(link)) => {
-                                let _ = me.cast(DcMsg::Connected(Box::new(link)));
-                            }
-                            _ => {
-                                let _ = me.cast(DcMsg::DialFailed(peer));
-                            }
-                        }
-                    });
+                    // The dial MUST report an outcome: without a pool to carry it out, it failed.
+                    let dial = PoolMsg::Dial { peer: peer.clone(), endpoint, resolver: myself.clone() };
+                    if state.pool.as_ref().is_none_or(|pool| pool.cast(dial).is_err()) {
+                        let _ = myself.cast(DcMsg::DialFailed(peer));
+                    }
                 }
                 Effect::Close { peer } => {
-                    if let Some(link) = state.links.remove(&peer) {
-                        tracing::info!(dc = %state.args.local, %peer, reason = "the failure detector judged the peer down", "link closed");
-                        link.connection.close(2u32.into(), b"closed");
+                    if state.links.remove(&peer).is_some() {
+                        if let Some(pool) = &state.pool {
+                            let reason = "the failure detector judged the peer down, or its Hello failed";
+                            let _ = pool.cast(PoolMsg::Close { peer, reason });
+                        }
                     }
                 }
                 Effect::Compact { below } => {
@@ -821,108 +819,18 @@ impl DcActor {
             let _ = port.send(results.into_iter().map(|r| r.expect("every result is in")).collect());
         }
     }
-
-    fn connected(myself: &ActorRef<DcMsg>, state: &mut DcState, link: Link) {
-        let now = Self::now(state);
-        let Link { peer, connection, mut writer, mut reader, dialed } = link;
-        if let Some(old) = state.links.get(&peer) {
-            // Two links at once: both DCs dialed, or the peer restarted and dialed in while the
-            // old connection is still open here. A link heard from (or opened) within two
-            // heartbeats is alive.
-            let window =
-                Duration::from_millis(2 * state.args.topology.config.replication.heartbeat_interval_ms);
-            let alive = old.last_heard.elapsed() < window || old.opened.elapsed() < window;
-            let local = &state.args.local;
-            let dialer = |dialed: bool| if dialed { local.clone() } else { peer.clone() };
-            if mesh_engine::pool::keep_existing_link(&dialer(old.dialed), &dialer(dialed), alive) {
-                tracing::debug!(dc = %local, %peer, "second link refused: one is up (both DCs dialed)");
-                connection.close(3u32.into(), b"duplicate");
-                let labels = [KeyValue::new("peer", peer.to_string()), KeyValue::new("reason", "duplicate")];
-                state.args.metrics.links_refused.add(1, &labels);
-                if dialed {
-                    state.node.handle_dial_superseded(now, &peer);
-                }
-                return;
-            }
-            let old = state.links.remove(&peer).expect("checked");
-            old.connection.close(3u32.into(), b"replaced");
-            state.node.handle_disconnected(now, &peer);
-        }
-        state.next_link += 1;
-        let id = state.next_link;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-        let me = myself.clone();
-        let conn = connection.clone();
-        let writer_peer = peer.clone();
-        let metrics = state.args.metrics.clone();
-        let counters = metrics.links.peer(peer.as_str());
-        tokio::spawn(async move {
-            let wire = [KeyValue::new("peer", writer_peer.to_string()), KeyValue::new("kind", "wire")];
-            let raw = [KeyValue::new("peer", writer_peer.to_string()), KeyValue::new("kind", "raw")];
-            while let Some(message) = rx.recv().await {
-                match writer.send(&message).await {
-                    Ok((wire_bytes, raw_bytes)) => {
-                        if matches!(message, Message::SnapshotChunk(_)) {
-                            metrics
-                                .transfer_bytes
-                                .add(wire_bytes as u64, &[KeyValue::new("direction", "sent")]);
-                        }
-                        metrics.bytes_sent.add(wire_bytes as u64, &wire);
-                        metrics.bytes_sent.add(raw_bytes as u64, &raw);
-                        counters.wire_bytes.fetch_add(wire_bytes as u64, Ordering::Relaxed);
-                        counters.raw_bytes.fetch_add(raw_bytes as u64, Ordering::Relaxed);
-                    }
-                    Err(_) => break,
-                }
-            }
-            conn.close(0u32.into(), b"");
-            let _ = me.cast(DcMsg::LinkDown { peer: writer_peer, link: id });
-        });
-        let me = myself.clone();
-        let reader_peer = peer.clone();
-        let metrics = state.args.metrics.clone();
-        tokio::spawn(async move {
-            let wire = [KeyValue::new("peer", reader_peer.to_string()), KeyValue::new("kind", "wire")];
-            let raw = [KeyValue::new("peer", reader_peer.to_string()), KeyValue::new("kind", "raw")];
-            while let Ok(Some(message)) = reader.next().await {
-                let (wire_bytes, raw_bytes) = reader.take_counts();
-                if matches!(message, Message::SnapshotChunk(_)) {
-                    metrics.transfer_bytes.add(wire_bytes, &[KeyValue::new("direction", "received")]);
-                }
-                metrics.bytes_received.add(wire_bytes, &wire);
-                metrics.bytes_received.add(raw_bytes, &raw);
-                if me.cast(DcMsg::Peer { peer: reader_peer.clone(), link: id, message }).is_err() {
-                    return;
-                }
-            }
-            let _ = me.cast(DcMsg::LinkDown { peer: reader_peer, link: id });
-        });
-        let opened = Instant::now();
-        state
-            .links
-            .insert(peer.clone(), LinkHandle { id, tx, connection, dialed, opened, last_heard: opened });
-        tracing::info!(dc = %state.args.local, %peer, dialed, "link up");
-        state.node.handle_connected(now, &peer);
-    }
-}
-
-async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = endpoint.parse() {
-        return Ok(a);
-    }
-    tokio::net::lookup_host(endpoint)
-        .await
-        .map_err(|e| format!("{endpoint}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{endpoint}: no address"))
 }
 
 impl Actor for DcActor {
     type Msg = DcMsg;
     type State = DcState;
-    type Arguments = DcArgs;
+    type Arguments = (DcArgs, Option<ActorRef<PoolMsg>>);
 
-    async fn pre_start(&self, myself: ActorRef<DcMsg>, args: DcArgs) -> Result<DcState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DcMsg>,
+        (args, pool): (DcArgs, Option<ActorRef<PoolMsg>>),
+    ) -> Result<DcState, ActorProcessingErr> {
         let window_ms = args.topology.config.replication.idempotency_window_s.saturating_mul(1_000);
         let options = mesh_store::Options { idempotency_window_ms: window_ms, ..Default::default() };
         // Replaying the write-ahead records can take seconds: off the async threads, so the API
@@ -995,7 +903,7 @@ impl Actor for DcActor {
             node,
             store,
             links: BTreeMap::new(),
-            next_link: 0,
+            pool,
             replies: BTreeMap::new(),
             next_request: RequestId(1),
             batches: BTreeMap::new(),
@@ -1016,6 +924,10 @@ impl Actor for DcActor {
             ticks_armed: 0,
             ready: false,
         };
+        // Links from now on come here; those the pool announced to a resolver before go.
+        if let Some(pool) = &state.pool {
+            let _ = pool.cast(PoolMsg::Attach(myself.clone()));
+        }
         Self::effects(&myself, &mut state);
         Ok(state)
     }
@@ -1025,9 +937,8 @@ impl Actor for DcActor {
         _myself: ActorRef<DcMsg>,
         state: &mut DcState,
     ) -> Result<(), ActorProcessingErr> {
-        for link in state.links.values() {
-            link.connection.close(4u32.into(), b"restarting");
-        }
+        // The links go down with the next resolver's Attach, or with the pool.
+        let _ = state;
         Ok(())
     }
 
@@ -1209,22 +1120,32 @@ impl Actor for DcActor {
                     conflicts: state.conflicts.clone(),
                 });
             }
-            DcMsg::Connected(link) => Self::connected(&myself, state, *link),
+            DcMsg::Connected { peer, link } => {
+                // The pool reported the link it replaces down first.
+                state.links.insert(peer.clone(), link);
+                state.node.handle_connected(now, &peer);
+            }
+            DcMsg::DialSuperseded(peer) => state.node.handle_dial_superseded(now, &peer),
+            DcMsg::PoolRestarted(pool) => {
+                tracing::warn!(dc = %state.args.local, "the connection pool restarted: its links ended, its dials failed");
+                for (peer, _) in std::mem::take(&mut state.links) {
+                    state.node.handle_disconnected(now, &peer);
+                }
+                for dc in state.args.topology.dcs.iter().filter(|d| d.id != state.args.local) {
+                    state.node.handle_dial_failed(now, &dc.id);
+                }
+                state.pool = Some(pool);
+            }
             DcMsg::LinkDown { peer, link } => {
                 if state.links.get(&peer).is_some_and(|l| l.id == link) {
-                    state.args.metrics.links.peer(peer.as_str()).links_lost.fetch_add(1, Ordering::Relaxed);
-                    let lost = state.links.remove(&peer).expect("checked");
-                    let reason = lost
-                        .connection
-                        .close_reason()
-                        .map_or("the stream ended".to_string(), |r| r.to_string());
-                    tracing::info!(dc = %state.args.local, %peer, %reason, "link down");
+                    state.links.remove(&peer);
                     state.node.handle_disconnected(now, &peer);
                 }
             }
-            DcMsg::Peer { peer, link, message } => {
-                if let Some(handle) = state.links.get_mut(&peer).filter(|l| l.id == link) {
-                    handle.last_heard = Instant::now();
+            DcMsg::Peer { peer, link, message, credit } => {
+                // The credit goes back to the link once this message is handled.
+                let _credit = credit;
+                if state.links.get(&peer).is_some_and(|l| l.id == link) {
                     if let Message::Batch(batch) = &message {
                         state.lag.on_received(&peer, &batch.commit_times);
                         let trace = batch.trace.as_ref().filter(|t| t.traceparent.len() <= TRACEPARENT_BYTES);
@@ -1289,24 +1210,58 @@ impl Actor for DcActor {
     }
 }
 
-/// Restarts the DC actor when it fails, and publishes the live one.
+/// Supervises one DC's resolver actor ([`DcActor`]) and its connection pool
+/// ([`crate::pool::PoolActor`], which supervises a replicator actor per link), restarts
+/// whichever fails, and publishes the live ones.
+///
+/// A resolver that fails is started again from the store (every acknowledged write is there);
+/// it attaches to the pool, which closes the links announced to the one before. A pool that
+/// fails takes its links with it; the new one is announced to the resolver
+/// (`DcMsg::PoolRestarted`), which counts them down and its dials failed, and dials again.
 pub struct Supervisor;
 
 /// The supervisor's state.
 pub struct SupervisorState {
     args: DcArgs,
     current: watch::Sender<Option<ActorRef<DcMsg>>>,
+    pool_tx: watch::Sender<Option<ActorRef<PoolMsg>>>,
+    resolver: Option<ActorRef<DcMsg>>,
+    pool: Option<ActorRef<PoolMsg>>,
     restarts: u64,
 }
 
 impl Supervisor {
-    async fn spawn_child(
+    async fn spawn_resolver(
         myself: &ActorRef<()>,
-        args: &DcArgs,
-        current: &watch::Sender<Option<ActorRef<DcMsg>>>,
+        state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (child, _) = Actor::spawn_linked(None, DcActor, args.clone(), myself.get_cell()).await?;
-        current.send_replace(Some(child));
+        let args = (state.args.clone(), state.pool.clone());
+        let (child, _) = Actor::spawn_linked(None, DcActor, args, myself.get_cell()).await?;
+        state.resolver = Some(child.clone());
+        state.current.send_replace(Some(child));
+        Ok(())
+    }
+
+    async fn spawn_pool(
+        myself: &ActorRef<()>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = crate::pool::PoolArgs {
+            local: state.args.local.clone(),
+            topology: state.args.topology.clone(),
+            endpoint: state.args.endpoint.clone(),
+            codec: state.args.codec.clone(),
+            metrics: state.args.metrics.clone(),
+            resolver: state.resolver.clone(),
+        };
+        let (pool, _) = Actor::spawn_linked(None, crate::pool::PoolActor, args, myself.get_cell()).await?;
+        if let Some(resolver) = &state.resolver {
+            // Before the accept loop can reach the new pool, so the resolver hears of the restart
+            // before any of its links.
+            let _ = resolver.cast(DcMsg::PoolRestarted(pool.clone()));
+        }
+        state.pool = Some(pool.clone());
+        state.pool_tx.send_replace(Some(pool));
         Ok(())
     }
 }
@@ -1314,15 +1269,18 @@ impl Supervisor {
 impl Actor for Supervisor {
     type Msg = ();
     type State = SupervisorState;
-    type Arguments = (DcArgs, watch::Sender<Option<ActorRef<DcMsg>>>);
+    type Arguments =
+        (DcArgs, watch::Sender<Option<ActorRef<DcMsg>>>, watch::Sender<Option<ActorRef<PoolMsg>>>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<()>,
-        (args, current): Self::Arguments,
+        (args, current, pool_tx): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        Self::spawn_child(&myself, &args, &current).await?;
-        Ok(SupervisorState { args, current, restarts: 0 })
+        let mut state = SupervisorState { args, current, pool_tx, resolver: None, pool: None, restarts: 0 };
+        Self::spawn_pool(&myself, &mut state).await?;
+        Self::spawn_resolver(&myself, &mut state).await?;
+        Ok(state)
     }
 
     async fn handle_supervisor_evt(
@@ -1331,25 +1289,33 @@ impl Actor for Supervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(_, reason) = event {
-            state.restarts += 1;
-            tracing::error!(dc = %state.args.local, %reason, restarts = state.restarts, "DC actor failed; restarting from the store");
+        let SupervisionEvent::ActorFailed(cell, reason) = event else { return Ok(()) };
+        state.restarts += 1;
+        let id = cell.get_id();
+        if state.resolver.as_ref().is_some_and(|r| r.get_id() == id) {
+            tracing::error!(dc = %state.args.local, %reason, restarts = state.restarts, "actor restarted: the resolver failed; restarting it from the store");
             state.current.send_replace(None);
+            state.resolver = None;
             // The failed actor's store handle is dropped with it; give its committer a moment.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            Self::spawn_child(&myself, &state.args, &state.current).await?;
+            Self::spawn_resolver(&myself, state).await?;
+        } else if state.pool.as_ref().is_some_and(|p| p.get_id() == id) {
+            tracing::error!(dc = %state.args.local, %reason, restarts = state.restarts, "actor restarted: the connection pool failed; its links are dialed again");
+            state.pool_tx.send_replace(None);
+            state.pool = None;
+            Self::spawn_pool(&myself, state).await?;
         }
         Ok(())
     }
 }
 
-/// Accepts incoming links and hands each to the live DC actor.
+/// Accepts incoming links and hands each to the live connection pool.
 pub fn spawn_accept_loop(
     local: DcId,
     endpoint: quinn::Endpoint,
     candidates: Vec<DcId>,
     codec: CodecConfig,
-    current: watch::Receiver<Option<ActorRef<DcMsg>>>,
+    current: watch::Receiver<Option<ActorRef<PoolMsg>>>,
     metrics: Metrics,
 ) {
     tokio::spawn(async move {
@@ -1365,8 +1331,11 @@ pub fn spawn_accept_loop(
                 match accepted {
                     Ok(Ok(link)) => {
                         let live = current.borrow().clone();
-                        if let Some(actor) = live {
-                            let _ = actor.cast(DcMsg::Connected(Box::new(link)));
+                        match live {
+                            Some(pool) => {
+                                let _ = pool.cast(PoolMsg::Accepted(Box::new(link)));
+                            }
+                            None => link.connection.close(4u32.into(), b"restarting"),
                         }
                     }
                     // The handshake failed: no certificate of the mesh CA, or none naming a DC.

@@ -1,5 +1,6 @@
-//! The DC actor under its supervisor: when it fails, a new one starts from the store, and every
-//! write acknowledged before is still there.
+//! A DC's actors under their supervisor: when the resolver, the connection pool or a link's
+//! replicator actor fails, a new one takes over, and every write acknowledged before is still
+//! there and replicates.
 
 use mesh_core::{builtin_resolvers, DcId, Key, Keyspace, OpKind, ReadValue, Topology};
 use mesh_engine::node::WriteOptions;
@@ -106,7 +107,8 @@ async fn a_failed_dc_actor_is_restarted_from_the_store_with_every_acknowledged_w
         traces: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx)).await.unwrap();
+    let (pool_tx, _pool_rx) = tokio::sync::watch::channel(None);
+    let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx, pool_tx)).await.unwrap();
     let first = live(&rx, None).await;
     let mut acked = Vec::new();
     for i in 0..50 {
@@ -157,4 +159,159 @@ fn a_store_from_before_identities_that_holds_data_keeps_its_bounded_start() {
     )
     .unwrap();
     assert!(check_store_identity(&store, &topology, false).unwrap(), "settled: it ran before");
+}
+
+/// Two DCs in this process on loopback QUIC, each under its supervisor: (supervisor, live
+/// resolver, live pool) watches per DC.
+struct Pair {
+    supervisors: Vec<ActorRef<()>>,
+    resolvers: Vec<tokio::sync::watch::Receiver<Option<ActorRef<DcMsg>>>>,
+    pools: Vec<tokio::sync::watch::Receiver<Option<ActorRef<mesh_node::pool::PoolMsg>>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_pair() -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::generate_ca().unwrap();
+    let names = ["east", "west"];
+    let p = Path::new("mem");
+    let mut endpoints = Vec::new();
+    for name in names {
+        let material =
+            Material::from_pem(&ca.cert, &tls::issue(&ca, &DcId::new(name).unwrap()).unwrap(), &[p, p, p])
+                .unwrap();
+        endpoints.push(mesh_node::transport::endpoint("127.0.0.1:0".parse().unwrap(), &material).unwrap());
+    }
+    let mut text = String::from("[replication]\nheartbeat_interval_ms = 100\n");
+    for (i, (name, endpoint)) in names.iter().zip(&endpoints).enumerate() {
+        // The API addresses are names only: no API is served here.
+        let listen = endpoint.local_addr().unwrap();
+        text += &format!("[[dcs]]\nid = \"{name}\"\nlisten = \"{listen}\"\napi = \"127.0.0.1:{}\"\n", i + 1);
+    }
+    text += "[keyspaces.users]\nstrategy = \"lww\"\n";
+    let topology = Arc::new(Topology::new(toml::from_str(&text).unwrap(), &builtin_resolvers()).unwrap());
+    let mut pair = Pair { supervisors: Vec::new(), resolvers: Vec::new(), pools: Vec::new(), _dir: dir };
+    for (name, endpoint) in names.iter().zip(endpoints) {
+        let local = DcId::new(*name).unwrap();
+        let metrics = mesh_node::metrics::Metrics::new(name).unwrap();
+        let args = DcArgs {
+            local: local.clone(),
+            topology: topology.clone(),
+            store_path: pair._dir.path().join(format!("{name}.redb")),
+            endpoint: endpoint.clone(),
+            codec: CodecConfig::default(),
+            started: Instant::now(),
+            metrics: metrics.clone(),
+            adopt_topology: false,
+            traces: None,
+        };
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let (pool_tx, pool_rx) = tokio::sync::watch::channel(None);
+        let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx, pool_tx)).await.unwrap();
+        let candidates = names.iter().map(|n| DcId::new(*n).unwrap()).collect();
+        mesh_node::runtime::spawn_accept_loop(
+            local,
+            endpoint,
+            candidates,
+            CodecConfig::default(),
+            pool_rx.clone(),
+            metrics,
+        );
+        pair.supervisors.push(supervisor);
+        pair.resolvers.push(rx);
+        pair.pools.push(pool_rx);
+    }
+    pair
+}
+
+/// Waits until `actor` reads `key` as written by [`write`].
+async fn replicated(rx: &tokio::sync::watch::Receiver<Option<ActorRef<DcMsg>>>, key: &str) {
+    let start = Instant::now();
+    loop {
+        let actor = live(rx, None).await;
+        if read(&actor, key).await == key.as_bytes() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{key} never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes at east until 20 are acknowledged (the first after a restart may find the DC still
+/// starting), returns their keys.
+async fn acknowledged_writes(pair: &Pair, prefix: &str) -> Vec<String> {
+    let mut acked = Vec::new();
+    let start = Instant::now();
+    let mut i = 0;
+    while acked.len() < 20 {
+        let key = format!("{prefix}-{i}");
+        i += 1;
+        if write(&live(&pair.resolvers[0], None).await, &key).await {
+            acked.push(key);
+        } else {
+            assert!(start.elapsed() < Duration::from_secs(20), "east takes no writes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_actor_kind_restarts_without_losing_an_acknowledged_write() {
+    use mesh_node::link::LinkMsg;
+    use mesh_node::pool::PoolMsg;
+    let pair = start_pair().await;
+    let mut acked = acknowledged_writes(&pair, "before").await;
+    for kind in ["link", "pool", "resolver"] {
+        match kind {
+            "link" => {
+                // A replicator actor fails: its link goes down and is dialed again.
+                let pool = pair.pools[0].borrow().clone().expect("a pool");
+                let start = Instant::now();
+                let links = loop {
+                    let links =
+                        pool.call(PoolMsg::Links, Some(Duration::from_secs(5))).await.unwrap().unwrap();
+                    if !links.is_empty() {
+                        break links;
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(20), "east never linked to west");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let failed = links[0].1.get_id();
+                links[0].1.cast(LinkMsg::Fail("forced by the test".into())).unwrap();
+                // A new link (and replicator actor) replaces it.
+                loop {
+                    let links =
+                        pool.call(PoolMsg::Links, Some(Duration::from_secs(5))).await.unwrap().unwrap();
+                    if links.iter().any(|(_, actor)| actor.get_id() != failed) {
+                        break;
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(20), "the link was not replaced");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            "pool" => {
+                let pool = pair.pools[0].borrow().clone().expect("a pool");
+                pool.cast(PoolMsg::Fail("forced by the test".into())).unwrap();
+                let start = Instant::now();
+                while pair.pools[0].borrow().as_ref().is_none_or(|p| p.get_id() == pool.get_id()) {
+                    assert!(start.elapsed() < Duration::from_secs(10), "the pool was not restarted");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            _ => {
+                let resolver = live(&pair.resolvers[0], None).await;
+                resolver.cast(DcMsg::Fail("forced by the test".into())).unwrap();
+                live(&pair.resolvers[0], Some(&resolver)).await;
+            }
+        }
+        acked.extend(acknowledged_writes(&pair, &format!("after-{kind}")).await);
+        for key in &acked {
+            replicated(&pair.resolvers[0], key).await;
+            replicated(&pair.resolvers[1], key).await;
+        }
+    }
+    for supervisor in &pair.supervisors {
+        supervisor.stop(None);
+    }
 }

@@ -235,11 +235,12 @@ async fn serve(
         tokio::spawn(resp.serve(listener));
     }
     let server = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped()).await });
-    let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx))
+    let (pool_tx, pool_rx) = tokio::sync::watch::channel(None);
+    let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx, pool_tx))
         .await
         .map_err(|e| format!("starting {local}: {e}"))?;
     let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
-    runtime::spawn_accept_loop(local.clone(), endpoint.clone(), candidates, codec, current_rx, metrics);
+    runtime::spawn_accept_loop(local.clone(), endpoint.clone(), candidates, codec, pool_rx, metrics);
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     tracing::info!(dc = %local, "meshd stopping: closing links and the store");
     supervisor.stop(Some("shutdown".into()));
