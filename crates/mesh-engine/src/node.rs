@@ -183,7 +183,9 @@ pub enum Alarm {
     },
     /// The store failed a read; the DC stops serving until restarted.
     StoreFailed(String),
-    /// A compaction of the log failed (the log keeps the entries; it is tried again).
+    /// A compaction of the log failed. The node emits its floor again at the next compaction;
+    /// a store that cannot tell what the failed compaction left (the durable store) refuses
+    /// further commits, and the DC restarts from it.
     CompactionFailed(String),
 }
 
@@ -958,6 +960,8 @@ impl<R: RngCore> Node<R> {
                 let p = self.peers.get_mut(peer).expect("a peer");
                 if let Some(lost) = accepted.regressed {
                     p.regressed = true;
+                    // What it held before the loss no longer counts for the log floor.
+                    p.known_durable = hello.seen.clone();
                     self.effects.push_back(Effect::Alarm(Alarm::PeerRegressed { peer: peer.clone(), lost }));
                 }
                 p.returned = self.durable.get(peer);
@@ -983,8 +987,8 @@ impl<R: RngCore> Node<R> {
             }
             if direct || !p.regressed {
                 p.replicator.handle_peer_seen(seen);
+                p.known_durable.join(seen);
             }
-            p.known_durable.join(seen);
         }
         self.sync.handle_durable(dc, seen);
         if direct {

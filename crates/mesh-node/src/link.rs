@@ -88,7 +88,17 @@ pub struct LinkState {
     metrics: Metrics,
     /// What the reader needs, until [`LinkMsg::Start`].
     unstarted: Option<Reader>,
-    reader: Option<JoinHandle<()>>,
+    reader: Option<AbortOnDrop>,
+}
+
+/// The reader task, aborted when the actor's state goes, also when the actor is killed (its
+/// supervisor stopped) and `post_stop` does not run.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Reader {
@@ -167,9 +177,7 @@ impl Actor for LinkActor {
         _myself: ActorRef<LinkMsg>,
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(task) = state.reader.take() {
-            task.abort();
-        }
+        state.reader = None;
         state.connection.close(0u32.into(), b"");
         Ok(())
     }
@@ -183,8 +191,8 @@ impl Actor for LinkActor {
         match msg {
             LinkMsg::Start => {
                 if let Some(reader) = state.unstarted.take() {
-                    state.reader =
-                        Some(Self::read(myself, state.peer.clone(), state.metrics.clone(), reader));
+                    let task = Self::read(myself, state.peer.clone(), state.metrics.clone(), reader);
+                    state.reader = Some(AbortOnDrop(task));
                 }
             }
             LinkMsg::Send(message) => match state.writer.send(&message).await {
@@ -209,9 +217,7 @@ impl Actor for LinkActor {
                 myself.stop(Some(reason.to_string()));
             }
             LinkMsg::Fail(reason) => {
-                if let Some(task) = state.reader.take() {
-                    task.abort();
-                }
+                state.reader = None;
                 state.connection.close(4u32.into(), b"link actor failed");
                 return Err(reason.into());
             }

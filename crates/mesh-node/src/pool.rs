@@ -35,6 +35,10 @@ use std::time::{Duration, Instant};
 /// How long a dial may take, resolution and handshake included.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The last link number given, in this process (so a restarted pool never reuses one, and the
+/// resolver's filter on link numbers keeps rejecting a dead link's late messages).
+static LAST_LINK: AtomicU64 = AtomicU64::new(0);
+
 /// A link as the resolver holds it.
 #[derive(Clone)]
 pub struct LinkRef {
@@ -66,10 +70,13 @@ pub enum PoolMsg {
     },
     /// The accept loop accepted a link.
     Accepted(Box<Link>),
-    /// Close the link to `peer` (`Effect::Close`); it is not reported down.
+    /// Close link `link` to `peer` (`Effect::Close`) if it is still the one up; it is not
+    /// reported down.
     Close {
         /// The peer.
         peer: DcId,
+        /// The link the resolver closed (a later one to the same peer stays).
+        link: u64,
         /// Why, for the log.
         reason: &'static str,
     },
@@ -118,7 +125,6 @@ pub struct PoolState {
     links: BTreeMap<DcId, PoolLink>,
     /// Links ending, by actor, until their actor stops: (peer, id, resolver, report).
     ending: BTreeMap<ractor::ActorId, (DcId, u64, ActorRef<DcMsg>, bool)>,
-    next_link: u64,
     origin: Instant,
 }
 
@@ -195,8 +201,7 @@ impl PoolActor {
             }
             Self::end(state, &peer, "replaced", true);
         }
-        state.next_link += 1;
-        let id = state.next_link;
+        let id = LAST_LINK.fetch_add(1, Ordering::Relaxed) + 1;
         let last_heard_ms = Arc::new(AtomicU64::new(state.origin.elapsed().as_millis() as u64));
         let args = LinkArgs {
             local: state.args.local.clone(),
@@ -260,7 +265,7 @@ impl Actor for PoolActor {
             resolver,
             links: BTreeMap::new(),
             ending: BTreeMap::new(),
-            next_link: 0,
+
             origin: Instant::now(),
         })
     }
@@ -293,6 +298,11 @@ impl Actor for PoolActor {
                 });
             }
             PoolMsg::Dialed { peer, resolver, result } => match result {
+                // A dial of a resolver that has been replaced: nobody waits for it, and its link
+                // must not replace the current resolver's.
+                Ok(link) if state.resolver.as_ref().is_none_or(|r| r.get_id() != resolver.get_id()) => {
+                    link.connection.close(4u32.into(), b"restarting");
+                }
                 Ok(link) => Self::connected(&myself, state, *link, resolver).await,
                 Err(e) => {
                     tracing::debug!(dc = %state.args.local, %peer, error = %e, "dial failed");
@@ -303,12 +313,12 @@ impl Actor for PoolActor {
                 Some(resolver) => Self::connected(&myself, state, *link, resolver).await,
                 None => link.connection.close(4u32.into(), b"starting"),
             },
-            PoolMsg::Close { peer, reason } => {
-                if let Some(link) = state.links.get_mut(&peer) {
-                    link.closed_by_resolver = true;
+            PoolMsg::Close { peer, link, reason } => {
+                if let Some(up) = state.links.get_mut(&peer).filter(|l| l.id == link) {
+                    up.closed_by_resolver = true;
                     tracing::info!(dc = %state.args.local, %peer, reason, "link closed");
+                    Self::end(state, &peer, "closed", false);
                 }
-                Self::end(state, &peer, "closed", false);
             }
             PoolMsg::Attach(resolver) => {
                 let stale: Vec<DcId> = state

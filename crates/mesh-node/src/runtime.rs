@@ -718,10 +718,10 @@ impl DcActor {
                     }
                 }
                 Effect::Close { peer } => {
-                    if state.links.remove(&peer).is_some() {
+                    if let Some(link) = state.links.remove(&peer) {
                         if let Some(pool) = &state.pool {
                             let reason = "the failure detector judged the peer down, or its Hello failed";
-                            let _ = pool.cast(PoolMsg::Close { peer, reason });
+                            let _ = pool.cast(PoolMsg::Close { peer, link: link.id, reason });
                         }
                     }
                 }
@@ -1121,8 +1121,11 @@ impl Actor for DcActor {
                 });
             }
             DcMsg::Connected { peer, link } => {
-                // The pool reported the link it replaces down first.
-                state.links.insert(peer.clone(), link);
+                // The pool reports a link it replaces down first; one this DC closed meanwhile
+                // is not reported, so a link still held here is over.
+                if state.links.insert(peer.clone(), link).is_some() {
+                    state.node.handle_disconnected(now, &peer);
+                }
                 state.node.handle_connected(now, &peer);
             }
             DcMsg::DialSuperseded(peer) => state.node.handle_dial_superseded(now, &peer),

@@ -187,7 +187,7 @@ impl World {
             // dial replaces it, as the node's runtime replaces a link it no longer hears from
             // (mesh_engine::pool::keep_existing_link).
             if !self.owns(dc, old) || !self.owns(peer, old) {
-                self.close(dc, peer);
+                self.close(dc, peer, None);
             }
         }
         if !up || self.network.conns.contains_key(&key) {
@@ -221,19 +221,21 @@ impl World {
         let cut = self.cut(a, b) || self.cut(b, a);
         let dead = !self.owns(a, conn) || !self.owns(b, conn);
         if (cut || dead) && self.network.conns.get(&(a.min(b), a.max(b))) == Some(&conn) {
-            self.close(a, b);
+            self.close(a, b, None);
         }
     }
 
-    /// Closes connection `conn` between `a` and `b` if it is still the open one.
+    /// `a`'s node closed connection `conn` to `b` (`Effect::Close`), if it is still the open
+    /// one: only `b` hears of it, as the effect's contract says.
     pub(super) fn close_if_open(&mut self, a: usize, b: usize, conn: u64) {
         if self.network.conns.get(&(a.min(b), a.max(b))) == Some(&conn) {
-            self.close(a, b);
+            self.close(a, b, Some(a));
         }
     }
 
-    /// Closes the connection between `a` and `b`; each end whose process owns it hears so.
-    fn close(&mut self, a: usize, b: usize) {
+    /// Closes the connection between `a` and `b`; each end whose process owns it hears so, but
+    /// `closer`, whose node closed it.
+    fn close(&mut self, a: usize, b: usize, closer: Option<usize>) {
         let Some(conn) = self.network.conns.get(&(a.min(b), a.max(b))).copied() else { return };
         let owners = [self.owns(a, conn), self.owns(b, conn)];
         self.network.conns.remove(&(a.min(b), a.max(b)));
@@ -244,7 +246,7 @@ impl World {
         }
         let now = MonoMs(self.now_ms);
         for ((x, y), owner) in [(a, b), (b, a)].into_iter().zip(owners) {
-            if !owner {
+            if !owner || closer == Some(x) {
                 continue;
             }
             let other = self.dcs[y].id.clone();
