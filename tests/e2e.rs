@@ -21,6 +21,10 @@ mod prometheus;
 #[path = "e2e/dashboard.rs"]
 mod dashboard;
 
+/// `meshd up`: up only once every DC answers; a DC that cannot start fails the command.
+#[path = "e2e/up.rs"]
+mod up;
+
 /// A mesh of `meshd run` processes, killed when dropped.
 struct Mesh {
     dir: tempfile::TempDir,

@@ -13,6 +13,7 @@ use mesh_node::runtime::{self, DcArgs, Supervisor};
 use mesh_node::tls::Material;
 use mesh_node::transport;
 use mesh_wire::CodecConfig;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -109,11 +110,49 @@ fn up(config_path: &Path) -> Result<(), String> {
         }
         children.push((dc.id.clone(), child));
     }
-    println!("{} DCs up; Ctrl-C stops them all", children.len());
+    let apis: Vec<SocketAddr> = loaded.topology.dcs.iter().filter(|d| d.active).map(|d| d.api).collect();
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(stopped());
+    let outcome = runtime.block_on(async {
+        // Up means every DC's API answers (it does while the store opens): a DC that exits first
+        // (a port taken, a bad data directory) fails the whole command, with its own message
+        // above this one.
+        let deadline = tokio::time::Instant::now() + UP_WITHIN;
+        loop {
+            if let Some(exited) = exited(&mut children) {
+                return Err(exited);
+            }
+            let mut answering = 0;
+            for api in &apis {
+                answering += usize::from(tokio::net::TcpStream::connect(api).await.is_ok());
+            }
+            if answering == apis.len() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("not every DC's API answered within {}s", UP_WITHIN.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("{} DCs up; Ctrl-C stops them all", children.len());
+        // Until Ctrl-C or SIGTERM, or until a DC exits by itself.
+        let watch = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(exited) = exited(&mut children) {
+                    return exited;
+                }
+            }
+        };
+        tokio::select! {
+            _ = stopped() => Ok(()),
+            exited = watch => Err(exited),
+        }
+    });
     for (dc, mut child) in children {
+        if child.try_wait().ok().flatten().is_some() {
+            continue;
+        }
         // SIGTERM lets each DC close its links and its store.
         #[cfg(unix)]
         {
@@ -124,7 +163,19 @@ fn up(config_path: &Path) -> Result<(), String> {
         }
         println!("{dc} stopped");
     }
-    Ok(())
+    outcome.map_err(|e| format!("{e}; the other DCs were stopped"))
+}
+
+/// How long `meshd up` waits for every DC's API.
+const UP_WITHIN: Duration = Duration::from_secs(60);
+
+/// The first DC of `children` whose process has exited, said as an error.
+fn exited(children: &mut [(DcId, std::process::Child)]) -> Option<String> {
+    children.iter_mut().find_map(|(dc, child)| match child.try_wait() {
+        Ok(Some(status)) => Some(format!("{dc} exited ({status}); its own message is above")),
+        Ok(None) => None,
+        Err(e) => Some(format!("{dc}: {e}")),
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
