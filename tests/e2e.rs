@@ -610,6 +610,9 @@ fn concurrent_writes_forced_by_pausing_a_dc_resolve_identically_everywhere() {
     }
     let (code, body) = http(mesh.apis[0], "GET", "/v1/conflicts?limit=0", b"");
     assert_eq!(code, 400, "{body}");
+    let (code, body) = http(mesh.apis[0], "GET", "/v1/conflicts?keyspace=nosuch", b"");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("unknown_keyspace"), "{body}");
 }
 
 /// Dials `target` as a peer with `cert` (trusting the mesh CA at `ca`) and sends a Hello for

@@ -515,6 +515,9 @@ async fn conflicts(
         ),
         None => None,
     };
+    if let Some(ks) = keyspace.as_ref().filter(|ks| state.topology.keyspace(ks).is_none()) {
+        return Err(ApiError(StatusCode::NOT_FOUND, "unknown_keyspace", format!("unknown keyspace {ks}")));
+    }
     let records =
         ask(&state, |reply| DcMsg::Conflicts { keyspace, limit, reply }, Duration::from_secs(10)).await?;
     let records: Vec<Value> = records
