@@ -369,7 +369,7 @@ fn print_human(command: &Command, body: &str) {
             for c in v["conflicts"].as_array().into_iter().flatten() {
                 println!(
                     "{} {}/{} ({}): winner {}",
-                    c["at_unix_ms"],
+                    unix_ms_text(c["at_unix_ms"].as_u64()),
                     c["keyspace"].as_str().unwrap_or("?"),
                     c["key"].as_str().unwrap_or("?"),
                     c["strategy"].as_str().unwrap_or("?"),
@@ -441,5 +441,23 @@ fn print_human(command: &Command, body: &str) {
             println!("(! marks a lag above max_replication_lag_ms = {})", v["max_replication_lag_ms"]);
         }
         _ => println!("ok {}", v["dot"].as_str().unwrap_or("")),
+    }
+}
+
+/// A Unix time in ms as RFC 3339 UTC (`2026-12-01T04:25:31.123Z`); `?` when missing or out of
+/// range.
+fn unix_ms_text(ms: Option<u64>) -> String {
+    let at =
+        ms.and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok());
+    at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conflict_times_read_as_rfc3339_utc() {
+        assert_eq!(super::unix_ms_text(Some(1_764_563_131_123)), "2025-12-01T04:25:31.123Z");
+        assert_eq!(super::unix_ms_text(None), "?");
     }
 }
