@@ -150,8 +150,11 @@ impl PoolActor {
         let Some(link) = state.links.remove(peer) else { return };
         let report = !link.closed_by_resolver && !report_now;
         if report_now && !link.closed_by_resolver {
+            // Replaced by a newer link to the same peer (both DCs dialed at once, normal at
+            // start, or the peer came back): not a lost link.
             link.connection.close(3u32.into(), reason.as_bytes());
-            Self::report_down(&state.args, peer, link.id, &link.resolver, &link.connection);
+            tracing::info!(dc = %state.args.local, %peer, reason, "link down");
+            let _ = link.resolver.cast(DcMsg::LinkDown { peer: peer.clone(), link: link.id });
         }
         state.ending.insert(link.actor.get_id(), (peer.clone(), link.id, link.resolver.clone(), report));
         let _ = link.actor.cast(LinkMsg::Close { code: 3, reason });

@@ -91,10 +91,10 @@ pub fn run(base: &str, token: &str) -> Result<(), String> {
                                     Cell::from(health.clone())
                                         .style(Style::default().fg(health_color(&health))),
                                     Cell::from(format!("{:.2}", p["phi"].as_f64().unwrap_or(-1.0))),
-                                    Cell::from(p["lag_ops"].to_string()),
-                                    Cell::from(p["lag_ms"].to_string()),
-                                    Cell::from(p["queued_ops"].to_string()),
-                                    Cell::from(p["replication_lag"]["p99_ms"].to_string()),
+                                    Cell::from(shown(&p["lag_ops"])),
+                                    Cell::from(shown(&p["lag_ms"])),
+                                    Cell::from(shown(&p["queued_ops"])),
+                                    Cell::from(shown(&p["replication_lag"]["p99_ms"])),
                                 ])
                             })
                             .collect();
@@ -117,4 +117,13 @@ pub fn run(base: &str, token: &str) -> Result<(), String> {
             }
         }
     })
+}
+
+/// A status number as shown: `-` where there is none yet (no samples, no link).
+fn shown(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        "-".into()
+    } else {
+        v.to_string()
+    }
 }
