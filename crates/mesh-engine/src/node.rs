@@ -997,24 +997,23 @@ impl<R: RngCore> Node<R> {
     }
 
     /// Every deadline now armed: the node's own and each machine's.
-    fn deadlines(&self) -> Vec<(Timer, u64)> {
-        let mut all: Vec<(Timer, u64)> = self.timers.iter().map(|(t, at)| (t.clone(), at)).collect();
+    fn deadlines(&self) -> impl Iterator<Item = (Timer, u64)> + '_ {
+        let own = self.timers.iter().map(|(t, at)| (t.clone(), at));
         let machines = [
             (Timer::Health, self.health.poll_timeout()),
             (Timer::Sync, self.sync.poll_timeout()),
             (Timer::Relay, self.relay.poll_timeout()),
             (Timer::StartGate, self.gate.poll_timeout()),
         ];
-        all.extend(machines.into_iter().filter_map(|(t, at)| Some((t, at?))));
-        for (id, p) in &self.peers {
-            let peer = [
+        let peers = self.peers.iter().flat_map(|(id, p)| {
+            [
                 (Timer::Replicator(id.clone()), p.replicator.poll_timeout()),
                 (Timer::Dial(id.clone()), p.dialer.poll_timeout()),
                 (Timer::Transfer(id.clone()), p.transfer_out.poll_timeout()),
-            ];
-            all.extend(peer.into_iter().filter_map(|(t, at)| Some((t, at?))));
-        }
-        all
+            ]
+        });
+        let armed = machines.into_iter().chain(peers).filter_map(|(t, at)| Some((t, at?)));
+        own.chain(armed)
     }
 
     /// When [`Node::handle_timeout`] is next due; `None` once the DC failed (it serves nothing
@@ -1023,14 +1022,13 @@ impl<R: RngCore> Node<R> {
         if self.failed {
             return None;
         }
-        self.deadlines().into_iter().map(|(_, at)| at).min().map(MonoMs)
+        self.deadlines().map(|(_, at)| at).min().map(MonoMs)
     }
 
     /// Timers due at `now_ms`, handled in [`Timer`]'s order.
     pub fn handle_timeout(&mut self, now: MonoMs, wall: WallMs, store: &(impl StateRead + OpLog)) {
         let (now_ms, wall_ms) = (now.0, wall.0);
-        let mut due: Vec<Timer> =
-            self.deadlines().into_iter().filter(|(_, at)| *at <= now_ms).map(|(t, _)| t).collect();
+        let mut due: Vec<Timer> = self.deadlines().filter(|(_, at)| *at <= now_ms).map(|(t, _)| t).collect();
         due.sort();
         for timer in due {
             self.on_timer(timer, now_ms, wall_ms, store);

@@ -86,6 +86,10 @@ pub struct LinkState {
     connection: quinn::Connection,
     writer: FrameWriter,
     metrics: Metrics,
+    /// The link's byte counters for status, and its labels for the metrics, taken once.
+    counters: Arc<crate::metrics::LinkCounter>,
+    wire: [KeyValue; 2],
+    raw: [KeyValue; 2],
     /// What the reader needs, until [`LinkMsg::Start`].
     unstarted: Option<Reader>,
     reader: Option<AbortOnDrop>,
@@ -110,6 +114,13 @@ struct Reader {
     origin: Instant,
 }
 
+/// The labels of a link's byte counts on the wire and before compression
+/// (`mesh_bytes_sent_total` and `mesh_bytes_received_total`).
+fn byte_labels(peer: &DcId) -> ([KeyValue; 2], [KeyValue; 2]) {
+    let peer = KeyValue::new("peer", peer.to_string());
+    ([peer.clone(), KeyValue::new("kind", "wire")], [peer, KeyValue::new("kind", "raw")])
+}
+
 /// The replicator actor of one link. See the module docs.
 pub struct LinkActor;
 
@@ -119,8 +130,7 @@ impl LinkActor {
         let Reader { local, id, mut reader, resolver, last_heard_ms, origin } = r;
         let credits = Arc::new(Semaphore::new(INBOUND_CREDITS));
         tokio::spawn(async move {
-            let wire = [KeyValue::new("peer", peer.to_string()), KeyValue::new("kind", "wire")];
-            let raw = [KeyValue::new("peer", peer.to_string()), KeyValue::new("kind", "raw")];
+            let (wire, raw) = byte_labels(&peer);
             let reason = loop {
                 let Ok(credit) = credits.clone().acquire_owned().await else { break "closed".to_string() };
                 let message = match reader.next().await {
@@ -169,7 +179,9 @@ impl Actor for LinkActor {
             origin,
         } = args;
         let unstarted = Some(Reader { local, id, reader, resolver, last_heard_ms, origin });
-        Ok(LinkState { peer, connection, writer, metrics, unstarted, reader: None })
+        let counters = metrics.links.peer(peer.as_str());
+        let (wire, raw) = byte_labels(&peer);
+        Ok(LinkState { peer, connection, writer, metrics, counters, wire, raw, unstarted, reader: None })
     }
 
     async fn post_stop(
@@ -197,18 +209,14 @@ impl Actor for LinkActor {
             }
             LinkMsg::Send(message) => match state.writer.send(&message).await {
                 Ok((wire_bytes, raw_bytes)) => {
-                    let peer = state.peer.to_string();
                     let metrics = &state.metrics;
                     if matches!(message, Message::SnapshotChunk(_)) {
                         metrics.transfer_bytes.add(wire_bytes as u64, &[KeyValue::new("direction", "sent")]);
                     }
-                    let wire = [KeyValue::new("peer", peer.clone()), KeyValue::new("kind", "wire")];
-                    let raw = [KeyValue::new("peer", peer), KeyValue::new("kind", "raw")];
-                    metrics.bytes_sent.add(wire_bytes as u64, &wire);
-                    metrics.bytes_sent.add(raw_bytes as u64, &raw);
-                    let counters = metrics.links.peer(state.peer.as_str());
-                    counters.wire_bytes.fetch_add(wire_bytes as u64, Ordering::Relaxed);
-                    counters.raw_bytes.fetch_add(raw_bytes as u64, Ordering::Relaxed);
+                    metrics.bytes_sent.add(wire_bytes as u64, &state.wire);
+                    metrics.bytes_sent.add(raw_bytes as u64, &state.raw);
+                    state.counters.wire_bytes.fetch_add(wire_bytes as u64, Ordering::Relaxed);
+                    state.counters.raw_bytes.fetch_add(raw_bytes as u64, Ordering::Relaxed);
                 }
                 Err(e) => myself.stop(Some(format!("sending failed: {e}"))),
             },

@@ -26,7 +26,7 @@ use mesh_core::{DcId, Topology};
 use mesh_wire::CodecConfig;
 use opentelemetry::KeyValue;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -114,8 +114,6 @@ struct PoolLink {
     last_heard_ms: Arc<AtomicU64>,
     /// The resolver it was announced to.
     resolver: ActorRef<DcMsg>,
-    /// The resolver closed it: its end is not reported.
-    closed_by_resolver: bool,
 }
 
 /// The pool's state.
@@ -123,8 +121,9 @@ pub struct PoolState {
     args: PoolArgs,
     resolver: Option<ActorRef<DcMsg>>,
     links: BTreeMap<DcId, PoolLink>,
-    /// Links ending, by actor, until their actor stops: (peer, id, resolver, report).
-    ending: BTreeMap<ractor::ActorId, (DcId, u64, ActorRef<DcMsg>, bool)>,
+    /// The actors of links this pool ended itself, until they stop: their end is not reported
+    /// (again).
+    ending: BTreeSet<ractor::ActorId>,
     origin: Instant,
 }
 
@@ -143,34 +142,28 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
 }
 
 impl PoolActor {
-    /// Ends `peer`'s link: its actor is stopped and, unless the resolver closed it, the link is
-    /// reported down once the actor has stopped (see `handle_supervisor_evt`) — or at once here
-    /// when `report_now`, so a replacement's `Connected` cannot overtake it.
-    fn end(state: &mut PoolState, peer: &DcId, reason: &'static str, report_now: bool) {
+    /// Ends `peer`'s link on purpose and stops its actor. `replaced`: a newer link to the same
+    /// peer replaces it (both DCs dialed at once, normal at start, or the peer came back), and the
+    /// resolver hears it down now, before the replacement's `Connected`; otherwise the resolver
+    /// closed it itself, or is gone, and hears nothing.
+    fn end(state: &mut PoolState, peer: &DcId, reason: &'static str, replaced: bool) {
         let Some(link) = state.links.remove(peer) else { return };
-        let report = !link.closed_by_resolver && !report_now;
-        if report_now && !link.closed_by_resolver {
-            // Replaced by a newer link to the same peer (both DCs dialed at once, normal at
-            // start, or the peer came back): not a lost link.
+        if replaced {
             link.connection.close(3u32.into(), reason.as_bytes());
-            tracing::info!(dc = %state.args.local, %peer, reason, "link down");
-            let _ = link.resolver.cast(DcMsg::LinkDown { peer: peer.clone(), link: link.id });
+            Self::report_down(&state.args, peer, &link, reason, false);
         }
-        state.ending.insert(link.actor.get_id(), (peer.clone(), link.id, link.resolver.clone(), report));
+        state.ending.insert(link.actor.get_id());
         let _ = link.actor.cast(LinkMsg::Close { code: 3, reason });
     }
 
-    fn report_down(
-        args: &PoolArgs,
-        peer: &DcId,
-        id: u64,
-        resolver: &ActorRef<DcMsg>,
-        connection: &quinn::Connection,
-    ) {
-        args.metrics.links.peer(peer.as_str()).links_lost.fetch_add(1, Ordering::Relaxed);
-        let reason = connection.close_reason().map_or("the stream ended".to_string(), |r| r.to_string());
+    /// Logs `link` to `peer` down for `reason` and tells the resolver it was announced to;
+    /// `lost` counts it in `links_lost` (a link that ended by itself, not one replaced).
+    fn report_down(args: &PoolArgs, peer: &DcId, link: &PoolLink, reason: &str, lost: bool) {
+        if lost {
+            args.metrics.links.peer(peer.as_str()).links_lost.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::info!(dc = %args.local, %peer, %reason, "link down");
-        let _ = resolver.cast(DcMsg::LinkDown { peer: peer.clone(), link: id });
+        let _ = link.resolver.cast(DcMsg::LinkDown { peer: peer.clone(), link: link.id });
     }
 
     /// A new link (dialed for `resolver`, or accepted): kept, or refused for the one up.
@@ -238,16 +231,7 @@ impl PoolActor {
         }
         let _ = actor.cast(LinkMsg::Start);
         let opened = Instant::now();
-        let link = PoolLink {
-            id,
-            actor,
-            connection,
-            dialed,
-            opened,
-            last_heard_ms,
-            resolver,
-            closed_by_resolver: false,
-        };
+        let link = PoolLink { id, actor, connection, dialed, opened, last_heard_ms, resolver };
         state.links.insert(peer, link);
     }
 }
@@ -267,7 +251,7 @@ impl Actor for PoolActor {
             args,
             resolver,
             links: BTreeMap::new(),
-            ending: BTreeMap::new(),
+            ending: BTreeSet::new(),
 
             origin: Instant::now(),
         })
@@ -317,8 +301,7 @@ impl Actor for PoolActor {
                 None => link.connection.close(4u32.into(), b"starting"),
             },
             PoolMsg::Close { peer, link, reason } => {
-                if let Some(up) = state.links.get_mut(&peer).filter(|l| l.id == link) {
-                    up.closed_by_resolver = true;
+                if state.links.get(&peer).is_some_and(|l| l.id == link) {
                     tracing::info!(dc = %state.args.local, %peer, reason, "link closed");
                     Self::end(state, &peer, "closed", false);
                 }
@@ -332,9 +315,6 @@ impl Actor for PoolActor {
                     .collect();
                 for peer in stale {
                     // The resolver they were announced to is gone: nobody to report to.
-                    if let Some(link) = state.links.get_mut(&peer) {
-                        link.closed_by_resolver = true;
-                    }
                     Self::end(state, &peer, "restarting", false);
                 }
                 state.resolver = Some(resolver);
@@ -363,10 +343,7 @@ impl Actor for PoolActor {
             tracing::warn!(dc = %state.args.local, %reason, "link actor failed; the link goes down and is dialed again");
         }
         let id = cell.get_id();
-        if let Some((peer, link, resolver, report)) = state.ending.remove(&id) {
-            if report {
-                let _ = resolver.cast(DcMsg::LinkDown { peer, link });
-            }
+        if state.ending.remove(&id) {
             return Ok(());
         }
         // A link that ended by itself (its stream ended, a send failed, or its actor failed).
@@ -376,7 +353,8 @@ impl Actor for PoolActor {
         };
         let link = state.links.remove(&peer).expect("found");
         link.connection.close(0u32.into(), b"");
-        Self::report_down(&state.args, &peer, link.id, &link.resolver, &link.connection);
+        let reason = link.connection.close_reason().map_or("the stream ended".to_string(), |r| r.to_string());
+        Self::report_down(&state.args, &peer, &link, &reason, true);
         Ok(())
     }
 }

@@ -932,16 +932,6 @@ impl Actor for DcActor {
         Ok(state)
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<DcMsg>,
-        state: &mut DcState,
-    ) -> Result<(), ActorProcessingErr> {
-        // The links go down with the next resolver's Attach, or with the pool.
-        let _ = state;
-        Ok(())
-    }
-
     async fn handle(
         &self,
         myself: ActorRef<DcMsg>,
