@@ -1,11 +1,16 @@
 //! Health monitor: heartbeats, phi-accrual failure detection, lag and clock offset per peer.
 //!
+//! A machine of its own beside [`crate::node::Node`], so a runtime can run it apart from the
+//! commit path (meshd runs it as the health actor; the simulator steps it beside each node).
+//! The node tells it what it learns as [`crate::node::Effect::Health`] inputs
+//! ([`HealthMonitor::handle`]); it judges peers, builds the heartbeats itself and hands back
+//! [`HealthOutput`]s ([`HealthMonitor::poll_output`]): heartbeats to send, and verdicts the node
+//! takes with [`crate::node::Node::handle_health`].
+//!
 //! Call order: [`HealthMonitor::handle_timeout`] whenever [`HealthMonitor::poll_timeout`] is
-//! due (it asks for a heartbeat to be sent and re-judges every peer), then drain
-//! [`HealthMonitor::poll_event`]. Feed every heartbeat received to
-//! [`HealthMonitor::handle_heartbeat`] and every change of this DC's applied vector to
-//! [`HealthMonitor::handle_local_seen`]; each heartbeat sent to a peer carries
-//! [`HealthMonitor::echo`] of that peer, for the clock offset. Read [`HealthMonitor::status`] for `/v1/status`.
+//! due (it sends a heartbeat on every open link and re-judges every peer), and after it and
+//! after every [`HealthMonitor::handle`] drain [`HealthMonitor::poll_output`]. Read
+//! [`HealthMonitor::status`] for `/v1/status`.
 //!
 //! The failure detector is phi accrual (Hayashibara et al.): from the recent heartbeat
 //! inter-arrival times it estimates how unlikely the current silence is, as
@@ -15,7 +20,7 @@
 use crate::time::{MonoMs, WallMs};
 use mesh_core::{DcId, VersionVector};
 use mesh_wire::{Heartbeat, HeartbeatEcho};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Tuning of a [`HealthMonitor`].
 #[derive(Debug, Clone, PartialEq)]
@@ -69,21 +74,68 @@ pub enum Health {
     Down,
 }
 
-/// Something the runtime must act on.
+/// What a node tells its health monitor ([`crate::node::Effect::Health`]).
 #[derive(Debug, Clone, PartialEq)]
-pub enum HealthEvent {
-    /// Send a heartbeat to every peer, carrying this DC's `seen`, [`HealthMonitor::known`] and
-    /// the local wall clock.
-    SendHeartbeat,
-    /// A peer's health changed.
-    Changed {
+pub enum HealthInput {
+    /// This DC's durable applied vector grew to this (only what is durable: heartbeats carry
+    /// it to peers as what this DC holds).
+    LocalSeen(VersionVector),
+    /// A link to the peer came up (a handshake completed): a sign of life.
+    LinkUp(DcId),
+    /// The peer's Hello was accepted on its link: heartbeats go to it from now on.
+    LinkOpen(DcId),
+    /// The peer's link closed: no more heartbeats to it until it opens again.
+    LinkClosed(DcId),
+    /// A heartbeat arrived from the peer.
+    Heartbeat {
+        /// The peer (its certificate proved it).
+        from: DcId,
+        /// The heartbeat.
+        heartbeat: Heartbeat,
+        /// When it arrived (runtime clock).
+        at: MonoMs,
+        /// This DC's wall clock when it arrived.
+        wall: WallMs,
+    },
+    /// The peer said itself (an Ack or a Hello) that it durably holds `seen`.
+    PeerDurable {
         /// The peer.
         peer: DcId,
-        /// Its health before.
-        from: Health,
-        /// Its health now.
-        to: Health,
+        /// What it holds.
+        seen: VersionVector,
     },
+}
+
+/// What a node takes from its health monitor ([`crate::node::Node::handle_health`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthVerdict {
+    /// How a peer is judged now.
+    Peer {
+        /// The peer.
+        peer: DcId,
+        /// Its health.
+        health: Health,
+        /// Whether it counts as suspected ([`HealthMonitor::suspected`]): the node relays its
+        /// ops for it and starts no state transfer to it.
+        suspected: bool,
+    },
+    /// Whether this DC's clock is off against most peers ([`HealthMonitor::clock_skewed`]).
+    ClockSkewed(bool),
+}
+
+/// Something the runtime must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthOutput {
+    /// Send this heartbeat to the peer (on its open link).
+    Send {
+        /// The peer.
+        to: DcId,
+        /// The heartbeat.
+        heartbeat: Heartbeat,
+    },
+    /// A verdict changed (or, first thing after [`HealthMonitor::resume`], every verdict):
+    /// hand it to [`crate::node::Node::handle_health`].
+    Verdict(HealthVerdict),
 }
 
 /// How far a peer is behind this DC.
@@ -196,16 +248,23 @@ pub struct HealthMonitor {
     history: VecDeque<(u64, VersionVector)>,
     next_tick_ms: u64,
     last_tick_ms: u64,
-    events: VecDeque<HealthEvent>,
+    /// Peers whose link is open: heartbeats go to them.
+    open: BTreeSet<DcId>,
+    /// The verdicts last handed out, to hand out changes only.
+    reported: BTreeMap<DcId, (Health, bool)>,
+    reported_skew: bool,
+    outputs: VecDeque<HealthOutput>,
 }
 
 impl HealthMonitor {
     /// A monitor of `peers` (every other DC), all down until heard from, whose first tick is due
-    /// at `now_ms`.
-    pub fn new(peers: impl IntoIterator<Item = DcId>, config: HealthConfig, now_ms: u64) -> Self {
+    /// at `now`. Its verdicts start as a new node's do (down, not suspected), so only changes
+    /// are handed out.
+    pub fn new(peers: impl IntoIterator<Item = DcId>, config: HealthConfig, now: MonoMs) -> Self {
+        let now_ms = now.0;
         assert!(config.heartbeat_interval_ms > 0, "heartbeat_interval_ms is validated > 0");
         assert!(config.phi_suspect < config.phi_down, "suspect comes before down");
-        let peers = peers
+        let peers: BTreeMap<DcId, Peer> = peers
             .into_iter()
             .map(|dc| {
                 let peer = Peer {
@@ -220,6 +279,8 @@ impl HealthMonitor {
                 (dc, peer)
             })
             .collect();
+        let reported: BTreeMap<DcId, (Health, bool)> =
+            peers.keys().map(|dc| (dc.clone(), (Health::Down, false))).collect();
         Self {
             config,
             peers,
@@ -227,40 +288,129 @@ impl HealthMonitor {
             history: VecDeque::new(),
             next_tick_ms: now_ms,
             last_tick_ms: now_ms,
-            events: VecDeque::new(),
+            open: BTreeSet::new(),
+            reported,
+            reported_skew: false,
+            outputs: VecDeque::new(),
         }
     }
 
+    /// A monitor started again beside a node that kept running (the runtime's health monitor
+    /// restarted; [`crate::node::Node::health_state`] gives the arguments): it knows no history,
+    /// so a peer with a link up counts as heard from at `now` (its link is a sign of life) and is
+    /// judged afresh from there, and its first outputs hand every verdict to the node, whose
+    /// mirror of the old monitor's verdicts they replace.
+    pub fn resume(
+        peers: impl IntoIterator<Item = DcId>,
+        config: HealthConfig,
+        now: MonoMs,
+        state: Vec<HealthInput>,
+    ) -> Self {
+        let mut monitor = Self::new(peers, config, now);
+        monitor.reported.clear();
+        for input in state {
+            if let HealthInput::LinkUp(peer) = &input {
+                if let Some(p) = monitor.peers.get_mut(peer) {
+                    p.detector.heartbeat(now.0, &monitor.config);
+                    p.health = Health::Healthy;
+                }
+            }
+            monitor.apply(now, input);
+        }
+        monitor.report();
+        if !monitor.reported_skew {
+            monitor.outputs.push_back(HealthOutput::Verdict(HealthVerdict::ClockSkewed(false)));
+        }
+        monitor
+    }
+
     /// When [`HealthMonitor::handle_timeout`] is next due.
-    pub fn poll_timeout(&self) -> Option<u64> {
-        Some(self.next_tick_ms)
+    pub fn poll_timeout(&self) -> Option<MonoMs> {
+        Some(MonoMs(self.next_tick_ms))
+    }
+
+    /// The next output to act on.
+    pub fn poll_output(&mut self) -> Option<HealthOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// Takes what the node learned at `now` (runtime clock).
+    pub fn handle(&mut self, now: MonoMs, input: HealthInput) {
+        self.apply(now, input);
+        self.report();
+    }
+
+    fn apply(&mut self, now: MonoMs, input: HealthInput) {
+        match input {
+            HealthInput::LocalSeen(seen) => self.local_seen.join(&seen),
+            HealthInput::LinkUp(peer) => self.handle_link_up(&peer, now.0),
+            HealthInput::LinkOpen(peer) => {
+                if self.peers.contains_key(&peer) {
+                    self.open.insert(peer);
+                }
+            }
+            HealthInput::LinkClosed(peer) => {
+                self.open.remove(&peer);
+            }
+            HealthInput::Heartbeat { from, heartbeat, at, wall } => {
+                self.handle_heartbeat(at, wall, &from, &heartbeat);
+            }
+            HealthInput::PeerDurable { peer, seen } => self.handle_peer_durable(&peer, &seen),
+        }
+    }
+
+    /// Hands out the verdicts that changed since last reported.
+    fn report(&mut self) {
+        for dc in self.peers.keys() {
+            let verdict = (self.peers[dc].health, self.suspected(dc));
+            if self.reported.get(dc) != Some(&verdict) {
+                self.reported.insert(dc.clone(), verdict);
+                let (health, suspected) = verdict;
+                let verdict = HealthVerdict::Peer { peer: dc.clone(), health, suspected };
+                self.outputs.push_back(HealthOutput::Verdict(verdict));
+            }
+        }
+        let skewed = self.clock_skewed();
+        if skewed != self.reported_skew {
+            self.reported_skew = skewed;
+            self.outputs.push_back(HealthOutput::Verdict(HealthVerdict::ClockSkewed(skewed)));
+        }
     }
 
     /// `peer` said itself (in an Ack) that it holds `seen` durably: lag is measured against the
     /// newest word from the peer, not only its last heartbeat (so a caught-up peer reads 0 at
     /// once, not a heartbeat later).
-    pub fn handle_peer_durable(&mut self, peer: &DcId, seen: &VersionVector) {
+    fn handle_peer_durable(&mut self, peer: &DcId, seen: &VersionVector) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.seen.join(seen);
         }
     }
 
-    /// Runs a tick if one is due: asks for a heartbeat, samples this DC's applied vector for lag
-    /// and re-judges every peer.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    /// Runs a tick if one is due at `now` (`wall` is this DC's wall clock): sends a heartbeat
+    /// on every open link, samples this DC's applied vector for lag and re-judges every peer.
+    pub fn handle_timeout(&mut self, now: MonoMs, wall: WallMs) {
+        let now_ms = now.0;
         if now_ms < self.next_tick_ms {
             return;
         }
         self.next_tick_ms = now_ms + self.config.heartbeat_interval_ms;
         self.last_tick_ms = now_ms;
-        self.events.push_back(HealthEvent::SendHeartbeat);
+        if !self.open.is_empty() {
+            let known = self.known();
+            for peer in &self.open {
+                let echo = self.echo(peer, now_ms);
+                let heartbeat =
+                    Heartbeat { seen: self.local_seen.clone(), known: known.clone(), wall_ms: wall.0, echo };
+                self.outputs.push_back(HealthOutput::Send { to: peer.clone(), heartbeat });
+            }
+        }
         if self.history.back().is_none_or(|(_, v)| *v != self.local_seen) {
             self.history.push_back((now_ms, self.local_seen.clone()));
             while self.history.len() > self.config.lag_samples_max {
                 self.history.pop_front();
             }
         }
-        for (dc, peer) in &mut self.peers {
+        for peer in self.peers.values_mut() {
             peer.judged_alive_run = peer.detector.last_ms.is_some();
             let phi = peer.detector.phi(now_ms, &self.config);
             let to = if phi >= self.config.phi_down {
@@ -270,25 +420,13 @@ impl HealthMonitor {
             } else {
                 Health::Healthy
             };
-            if to != peer.health {
-                self.events.push_back(HealthEvent::Changed { peer: dc.clone(), from: peer.health, to });
-                peer.health = to;
-            }
+            peer.health = to;
         }
-    }
-
-    /// The next event to act on.
-    pub fn poll_event(&mut self) -> Option<HealthEvent> {
-        self.events.pop_front()
-    }
-
-    /// This DC's applied vector changed.
-    pub fn handle_local_seen(&mut self, seen: &VersionVector) {
-        self.local_seen.join(seen);
+        self.report();
     }
 
     /// A heartbeat from `from` arrived at `now` (runtime clock), when this DC's wall clock read
-    /// `local_wall`. Returns false, changing nothing, when `from` is not a peer.
+    /// `local_wall`. Changes nothing when `from` is not a peer.
     ///
     /// Clock offset, after NTP (RFC 5905, section 8): the heartbeat echoes this DC's last one
     /// (sent at `t1` by our clock), held `held` ms at the peer, and was sent at `t3` by the peer's
@@ -296,15 +434,9 @@ impl HealthMonitor {
     /// offset `((t3 − held − t1) + (t3 − t4)) / 2`, off by at most half the delay. Time a
     /// heartbeat spends queued (a busy or paused process, a full link) adds to the delay, so the
     /// sample with the least delay of the recent ones is the one believed.
-    pub fn handle_heartbeat(
-        &mut self,
-        now: MonoMs,
-        local_wall: WallMs,
-        from: &DcId,
-        heartbeat: &Heartbeat,
-    ) -> bool {
+    fn handle_heartbeat(&mut self, now: MonoMs, local_wall: WallMs, from: &DcId, heartbeat: &Heartbeat) {
         let (now_ms, local_wall_ms) = (now.0, local_wall.0);
-        let Some(peer) = self.peers.get_mut(from) else { return false };
+        let Some(peer) = self.peers.get_mut(from) else { return };
         if peer.detector.phi(now_ms, &self.config) >= self.config.phi_down {
             // Back from an outage: the silence says nothing about the link's normal rhythm, and
             // as one huge sample it would blind the detector to the next failure for a long time.
@@ -329,13 +461,12 @@ impl HealthMonitor {
                 peer.clock_samples.pop_front();
             }
         }
-        true
     }
 
     /// A link to `peer` came up at `now_ms`. A completed handshake is a sign of life, and the
     /// silence before it says nothing of the new link's rhythm: a peer heard from before starts
     /// afresh from now, so a link just re-established is not judged down on the old silence.
-    pub fn handle_link_up(&mut self, peer: &DcId, now_ms: u64) {
+    fn handle_link_up(&mut self, peer: &DcId, now_ms: u64) {
         if let Some(p) = self.peers.get_mut(peer).filter(|p| p.detector.last_ms.is_some()) {
             p.detector = PhiAccrual { intervals_ms: VecDeque::new(), last_ms: None };
             p.detector.heartbeat(now_ms, &self.config);
@@ -345,7 +476,7 @@ impl HealthMonitor {
 
     /// The echo for the next heartbeat to `peer` at `now_ms`: its last heartbeat and how long
     /// this DC has held it. `None` before one arrived.
-    pub fn echo(&self, peer: &DcId, now_ms: u64) -> Option<HeartbeatEcho> {
+    fn echo(&self, peer: &DcId, now_ms: u64) -> Option<HeartbeatEcho> {
         let (wall_ms, heard_ms) = self.peers.get(peer)?.last_heard?;
         Some(HeartbeatEcho { wall_ms, held_ms: now_ms.saturating_sub(heard_ms) })
     }
@@ -380,8 +511,9 @@ impl HealthMonitor {
         self.peers.get(peer).map(|p| p.health)
     }
 
-    /// The status of `peer` at `now_ms`, or `None` if it is not a peer.
-    pub fn status(&self, peer: &DcId, now_ms: u64) -> Option<PeerStatus> {
+    /// The status of `peer` at `now`, or `None` if it is not a peer.
+    pub fn status(&self, peer: &DcId, now: MonoMs) -> Option<PeerStatus> {
+        let now_ms = now.0;
         let p = self.peers.get(peer)?;
         let heard = p.detector.last_ms.is_some();
         Some(PeerStatus {

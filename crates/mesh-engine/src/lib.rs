@@ -14,7 +14,10 @@
 //!   go-back-N resends) and [`replicator::targets`] (the relay rule);
 //! - [`resolver::Resolver`] (local writes, remote apply, the durability barrier, conflict records,
 //!   idempotency keys);
-//! - [`health::HealthMonitor`] (phi-accrual failure detection, lag and clock offset per peer);
+//! - [`health::HealthMonitor`] (phi-accrual failure detection, heartbeats, lag and clock offset
+//!   per peer), which runs beside the node rather than inside it: the node feeds it
+//!   [`node::Effect::Health`] and takes its verdicts in [`node::Node::handle_health`], so a
+//!   runtime may run it apart from the commit path;
 //! - [`sync::SyncTracker`] (async, sync and hybrid writes and their acks);
 //! - [`pool::DialPolicy`] (which endpoint of a peer to dial, and when);
 //! - [`gate::StartGate`] (no seq named before this DC knows which are free);

@@ -1,5 +1,7 @@
 //! One DC's behaviours wired together: the conflict resolver, one replicator per peer, the
-//! health monitor, the sync tracker and the dial policies. Both runtimes drive this one
+//! sync tracker and the dial policies. The health monitor ([`crate::health::HealthMonitor`]) runs
+//! beside it: the node feeds it [`Effect::Health`] and takes its verdicts in
+//! [`Node::handle_health`]. Both runtimes drive this one
 //! composition (the simulator directly; the node's actors through it), so the wiring between
 //! behaviours exists once.
 //!
@@ -9,7 +11,7 @@
 //!   [`Node::handle_disconnected`] / [`Node::handle_dial_failed`] for links,
 //!   [`Node::handle_message`] for every message a peer sent, [`Node::handle_committed`] once a
 //!   persist is durable (in emission order), [`Node::handle_timeout`] when
-//!   [`Node::poll_timeout`] is due.
+//!   [`Node::poll_timeout`] is due, [`Node::handle_health`] for the health monitor's verdicts.
 //! - After each input, drain [`Node::poll_effect`] and carry the effects out in order. A
 //!   [`Effect::Persist`] is committed in emission order, then reported back; nothing that
 //!   depends on it is emitted before (DESIGN.md, "Durability rules").
@@ -20,7 +22,7 @@
 use crate::commit::{CommitBatch, OpLog, StateRead};
 use crate::gate::StartGate;
 use crate::gc::{stable_vector, Reports};
-use crate::health::{HealthConfig, HealthEvent, HealthMonitor, PeerStatus};
+use crate::health::{Health, HealthConfig, HealthInput, HealthMonitor, HealthVerdict};
 use crate::hello::{check_hello, HelloRefusal};
 use crate::planted::PlantedBug;
 use crate::pool::DialPolicy;
@@ -33,7 +35,7 @@ use crate::timer::{Timer, TimerTable};
 use crate::transfer::{ChunkLimits, ChunkStep, TransferIn, TransferOut};
 use mesh_core::topology::{Acks, Mode};
 use mesh_core::{Conflict, DcId, Dot, Hlc, Key, Keyspace, Op, ReadResult, Topology, VersionVector};
-use mesh_wire::{Ack, Batch, Heartbeat, Hello, Message, SnapshotChunk, PROTOCOL_VERSION};
+use mesh_wire::{Ack, Batch, Hello, Message, SnapshotChunk, PROTOCOL_VERSION};
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -274,6 +276,13 @@ pub enum Effect {
     /// Raise an alarm.
     /// - MUST reach the operator (a log event, a metric); the node has already acted on it.
     Alarm(Alarm),
+    /// Tell the health monitor ([`crate::health::HealthMonitor::handle`]).
+    /// - MUST reach the monitor in emission order, after the node's earlier inputs to it.
+    /// - MAY reach it later than the effects around it (another actor, another thread): the
+    ///   monitor's verdicts come back through [`Node::handle_health`] whenever they are ready.
+    /// - MAY be lost if the monitor stops; a monitor started again beside this node starts from
+    ///   [`Node::health_state`] ([`crate::health::HealthMonitor::resume`]).
+    Health(HealthInput),
 }
 
 /// Counters of the node, for status and metrics.
@@ -320,6 +329,12 @@ struct Peer {
     known_durable: VersionVector,
     /// Its recent reports of `seen`, for tombstone GC.
     reports: Reports,
+    /// The health monitor's last verdict on it (down until told otherwise, as the monitor
+    /// starts).
+    health: Health,
+    /// The health monitor counts it as suspected: its ops are relayed for it, and no state
+    /// transfer starts to it.
+    suspected: bool,
     /// It came back with less than it had acknowledged (see `learn_durable`), and has not yet
     /// reported holding it all again.
     regressed: bool,
@@ -345,7 +360,6 @@ pub struct Node<R> {
     rng: R,
     resolver: Resolver,
     sync: SyncTracker,
-    health: HealthMonitor,
     peers: BTreeMap<DcId, Peer>,
     /// Durable here: the vector every emitted vector comes from.
     durable: VersionVector,
@@ -428,6 +442,8 @@ impl<R: RngCore> Node<R> {
                     acked,
                     acked_pending: None,
                     reports: Reports::default(),
+                    health: Health::Down,
+                    suspected: false,
                     regressed: false,
                     apply_failures: None,
                     held_back: VecDeque::new(),
@@ -438,8 +454,6 @@ impl<R: RngCore> Node<R> {
                 (d.id.clone(), peer)
             })
             .collect();
-        let mut health = HealthMonitor::new(peers.keys().cloned(), config.health.clone(), now_ms);
-        health.handle_local_seen(&seen);
         let open = peers.is_empty() || !r.enabled;
         let bounded = settled || config.planted == Some(PlantedBug::NewDiskSkipsPeers);
         let gate =
@@ -455,7 +469,6 @@ impl<R: RngCore> Node<R> {
             topology,
             rng,
             resolver,
-            health,
             peers,
             durable: seen,
             persists: VecDeque::new(),
@@ -472,10 +485,67 @@ impl<R: RngCore> Node<R> {
             effects: VecDeque::new(),
             stats: NodeStats::default(),
         };
+        node.effects.push_back(Effect::Health(HealthInput::LocalSeen(node.durable.clone())));
         if failed {
             node.fail("reading the store at start failed".into());
         }
         node
+    }
+
+    /// The health monitor to run beside this node from its start: of its peers, with its
+    /// configuration, first due at `now`. The node's first effect tells it the durable vector.
+    pub fn health_monitor(&self, now: MonoMs) -> HealthMonitor {
+        HealthMonitor::new(self.peers.keys().cloned(), self.config.health.clone(), now)
+    }
+
+    /// A health monitor started again beside this node while it runs (the runtime's monitor
+    /// stopped): [`HealthMonitor::resume`] from [`Node::health_state`].
+    pub fn resume_health_monitor(&self, now: MonoMs) -> HealthMonitor {
+        HealthMonitor::resume(
+            self.peers.keys().cloned(),
+            self.config.health.clone(),
+            now,
+            self.health_state(),
+        )
+    }
+
+    /// What a health monitor started beside this running node needs to know: the durable
+    /// vector, the peers with a link up (open or awaiting its Hello) and those whose link is
+    /// open.
+    pub fn health_state(&self) -> Vec<HealthInput> {
+        let mut state = vec![HealthInput::LocalSeen(self.durable.clone())];
+        for (id, p) in &self.peers {
+            if p.replicator.is_open() || self.timers.get(&Timer::Hello(id.clone())).is_some() {
+                state.push(HealthInput::LinkUp(id.clone()));
+            }
+            if p.replicator.is_open() {
+                state.push(HealthInput::LinkOpen(id.clone()));
+            }
+        }
+        state
+    }
+
+    /// The health monitor's verdict ([`crate::health::HealthOutput::Verdict`]). A peer judged
+    /// down has its link closed and dialed again, rather than held until the transport's idle
+    /// timeout (a dead process, a one-way cut, a half-open connection). A clock judged skewed
+    /// refuses writes that order by time (DESIGN.md, "Clock skew").
+    pub fn handle_health(&mut self, now: MonoMs, verdict: HealthVerdict, store: &(impl StateRead + OpLog)) {
+        let now_ms = now.0;
+        match verdict {
+            HealthVerdict::Peer { peer, health, suspected } => {
+                let Some(p) = self.peers.get_mut(&peer) else { return };
+                let was = std::mem::replace(&mut p.health, health);
+                p.suspected = suspected;
+                let awaiting_hello = self.timers.get(&Timer::Hello(peer.clone())).is_some();
+                if health == Health::Down && was != Health::Down && (p.replicator.is_open() || awaiting_hello)
+                {
+                    self.effects.push_back(Effect::Close { peer: peer.clone() });
+                    self.disconnect(now_ms, &peer);
+                }
+            }
+            HealthVerdict::ClockSkewed(skewed) => self.resolver.handle_clock_skewed(skewed),
+        }
+        self.drive(now_ms, store);
     }
 
     /// This DC.
@@ -532,7 +602,7 @@ impl<R: RngCore> Node<R> {
 
     /// The peers the health monitor suspects.
     fn suspected_peers(&self) -> BTreeSet<DcId> {
-        self.peers.keys().filter(|p| self.health.suspected(p)).cloned().collect()
+        self.peers.iter().filter(|(_, p)| p.suspected).map(|(id, _)| id.clone()).collect()
     }
 
     /// Per origin, the last seq to get to `peer` ([`targets`]).
@@ -548,15 +618,10 @@ impl<R: RngCore> Node<R> {
         targets(&self.local, peer, &self.durable, held_long, p.returned, suspect, &direct)
     }
 
-    /// How `peer` is judged as of the last tick (cheap; [`Node::peer_status`] also measures
-    /// lag). `None` if it is not a peer.
-    pub fn peer_health(&self, peer: &DcId) -> Option<crate::health::Health> {
-        self.health.health(peer)
-    }
-
-    /// `peer`'s status at `now_ms` (health, phi, lag, clock offset).
-    pub fn peer_status(&self, peer: &DcId, now: MonoMs) -> Option<PeerStatus> {
-        self.health.status(peer, now.0)
+    /// The health monitor's last verdict on `peer` that this node took. `None` if it is not a
+    /// peer.
+    pub fn peer_health(&self, peer: &DcId) -> Option<Health> {
+        self.peers.get(peer).map(|p| p.health)
     }
 
     /// Sync writes waiting for acks.
@@ -697,7 +762,7 @@ impl<R: RngCore> Node<R> {
         self.uncommitted_ops -= ops;
         self.durable.join(&seen);
         self.resolver.handle_committed(id);
-        self.health.handle_local_seen(&self.durable);
+        self.effects.push_back(Effect::Health(HealthInput::LocalSeen(self.durable.clone())));
         self.relay.record(now_ms, &self.durable);
         self.drive(now_ms, store);
     }
@@ -714,7 +779,7 @@ impl<R: RngCore> Node<R> {
         let now_ms = now.0;
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.dialer.handle_connected(now_ms);
-        self.health.handle_link_up(peer, now_ms);
+        self.effects.push_back(Effect::Health(HealthInput::LinkUp(peer.clone())));
         self.timers.set(Timer::Hello(peer.clone()), now_ms + self.config.replicator.retransmit_ms);
         let hello = Hello {
             dc: self.local.clone(),
@@ -749,6 +814,9 @@ impl<R: RngCore> Node<R> {
 
     fn disconnect(&mut self, now_ms: u64, peer: &DcId) {
         let Some(p) = self.peers.get_mut(peer) else { return };
+        if p.replicator.is_open() {
+            self.effects.push_back(Effect::Health(HealthInput::LinkClosed(peer.clone())));
+        }
         p.replicator.handle_close();
         // A transfer restarts from a fresh snapshot on the next link, and the next link resends
         // what was held back.
@@ -787,8 +855,9 @@ impl<R: RngCore> Node<R> {
                 p.reports.record(seen);
             }
             Message::Heartbeat(heartbeat) => {
-                self.health.handle_heartbeat(MonoMs(now_ms), WallMs(wall_ms), peer, &heartbeat);
-                let Heartbeat { seen, known, .. } = heartbeat;
+                let (seen, known) = (heartbeat.seen.clone(), heartbeat.known.clone());
+                let input = HealthInput::Heartbeat { from: peer.clone(), heartbeat, at: now, wall };
+                self.effects.push_back(Effect::Health(input));
                 self.learn_durable(peer, &seen, true);
                 self.peers.get_mut(peer).expect("a peer").reports.record(seen);
                 for (dc, vv) in known {
@@ -928,7 +997,7 @@ impl<R: RngCore> Node<R> {
     fn transfer(&mut self, now_ms: u64, peer: &DcId, store: &(impl StateRead + OpLog)) {
         let p = self.peers.get_mut(peer).expect("a peer");
         p.transfer_out.handle_progress(now_ms, p.replicator.peer_seen());
-        if p.replicator.compacted().is_empty() || p.transfer_out.is_active() || self.health.suspected(peer) {
+        if p.replicator.compacted().is_empty() || p.transfer_out.is_active() || p.suspected {
             return;
         }
         let snapshot = match store.snapshot() {
@@ -972,6 +1041,7 @@ impl<R: RngCore> Node<R> {
                 self.learn_durable(peer, &hello.seen, true);
                 let p = self.peers.get_mut(peer).expect("a peer");
                 p.replicator.handle_open(&accepted.resume_from);
+                self.effects.push_back(Effect::Health(HealthInput::LinkOpen(peer.clone())));
             }
         }
     }
@@ -991,8 +1061,9 @@ impl<R: RngCore> Node<R> {
             }
         }
         self.sync.handle_durable(dc, seen);
-        if direct {
-            self.health.handle_peer_durable(dc, seen);
+        if direct && self.peers.contains_key(dc) {
+            let input = HealthInput::PeerDurable { peer: dc.clone(), seen: seen.clone() };
+            self.effects.push_back(Effect::Health(input));
         }
     }
 
@@ -1000,7 +1071,6 @@ impl<R: RngCore> Node<R> {
     fn deadlines(&self) -> impl Iterator<Item = (Timer, u64)> + '_ {
         let own = self.timers.iter().map(|(t, at)| (t.clone(), at));
         let machines = [
-            (Timer::Health, self.health.poll_timeout()),
             (Timer::Sync, self.sync.poll_timeout()),
             (Timer::Relay, self.relay.poll_timeout()),
             (Timer::StartGate, self.gate.poll_timeout()),
@@ -1026,12 +1096,12 @@ impl<R: RngCore> Node<R> {
     }
 
     /// Timers due at `now_ms`, handled in [`Timer`]'s order.
-    pub fn handle_timeout(&mut self, now: MonoMs, wall: WallMs, store: &(impl StateRead + OpLog)) {
-        let (now_ms, wall_ms) = (now.0, wall.0);
+    pub fn handle_timeout(&mut self, now: MonoMs, store: &(impl StateRead + OpLog)) {
+        let now_ms = now.0;
         let mut due: Vec<Timer> = self.deadlines().filter(|(_, at)| *at <= now_ms).map(|(t, _)| t).collect();
         due.sort();
         for timer in due {
-            self.on_timer(timer, now_ms, wall_ms, store);
+            self.on_timer(timer, now_ms, store);
         }
         self.drive(now_ms, store);
     }
@@ -1039,9 +1109,8 @@ impl<R: RngCore> Node<R> {
     /// One due timer. Each machine checks its own deadline again (an earlier timer of this round
     /// may have moved it); the wake-up-only timers (relay, start gate, transfer) are served by
     /// the `drive` that follows.
-    fn on_timer(&mut self, timer: Timer, now_ms: u64, wall_ms: u64, store: &(impl StateRead + OpLog)) {
+    fn on_timer(&mut self, timer: Timer, now_ms: u64, store: &(impl StateRead + OpLog)) {
         match timer {
-            Timer::Health => self.on_health_tick(now_ms, wall_ms),
             Timer::Hello(peer) => {
                 // The link never said Hello: closed and dialed again rather than left silent.
                 if self.timers.is_due(&Timer::Hello(peer.clone()), now_ms) {
@@ -1069,41 +1138,6 @@ impl<R: RngCore> Node<R> {
             }
             Timer::Transfer(_) | Timer::Relay | Timer::StartGate => {}
         }
-    }
-
-    /// The failure detector's tick: peers judged down have their links closed, heartbeats go
-    /// out on every open link.
-    fn on_health_tick(&mut self, now_ms: u64, wall_ms: u64) {
-        if self.health.poll_timeout().is_none_or(|t| t > now_ms) {
-            return;
-        }
-        self.health.handle_timeout(now_ms);
-        while let Some(event) = self.health.poll_event() {
-            if let HealthEvent::Changed { peer, to: crate::health::Health::Down, .. } = &event {
-                // Link liveness follows the failure detector: a link whose peer went silent is
-                // closed and dialed again, rather than held until the transport's idle timeout
-                // (a dead process, a one-way cut, a half-open connection).
-                let awaiting_hello = self.timers.get(&Timer::Hello(peer.clone())).is_some();
-                if self.peers.get(peer).is_some_and(|p| p.replicator.is_open()) || awaiting_hello {
-                    self.effects.push_back(Effect::Close { peer: peer.clone() });
-                    self.disconnect(now_ms, peer);
-                }
-                continue;
-            }
-            if event == HealthEvent::SendHeartbeat {
-                let known = self.health.known();
-                for (peer, p) in &self.peers {
-                    if p.replicator.is_open() {
-                        let echo = self.health.echo(peer, now_ms);
-                        let heartbeat =
-                            Heartbeat { seen: self.durable.clone(), known: known.clone(), wall_ms, echo };
-                        let message = Message::Heartbeat(heartbeat);
-                        self.effects.push_back(Effect::Send { to: peer.clone(), message });
-                    }
-                }
-            }
-        }
-        self.resolver.handle_clock_skewed(self.health.clock_skewed());
     }
 
     /// Emits a compaction of the log if its floor rose ([`crate::retention`]).

@@ -5,14 +5,11 @@
 use mesh_core::DcId;
 use std::collections::BTreeMap;
 
-/// A deadline of the node. Due timers are handled in this order (the derived `Ord`): the
-/// failure detector first (a peer judged down closes its link before anything is sent on it),
-/// then links, writes, dials, and the periodic log and tombstone work last.
+/// A deadline of the node. Due timers are handled in this order (the derived `Ord`): links
+/// first, then writes, dials, and the periodic log and tombstone work last. (The failure
+/// detector keeps its own timer: [`crate::health::HealthMonitor`] runs beside the node.)
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Timer {
-    /// The failure detector's tick: heartbeats go out, peers are judged
-    /// ([`crate::health::HealthMonitor`]).
-    Health,
     /// A link to the peer is up and its Hello must come by then, or the link is closed.
     Hello(DcId),
     /// The oldest sync write times out ([`crate::sync::SyncTracker`]).
@@ -75,9 +72,9 @@ mod tests {
     #[test]
     fn timers_order_the_failure_detector_first_and_housekeeping_last() {
         let p = DcId::new("p").expect("valid");
-        let mut order = vec![Timer::Gc, Timer::Dial(p.clone()), Timer::Hello(p.clone()), Timer::Health];
+        let mut order = vec![Timer::Gc, Timer::Dial(p.clone()), Timer::Hello(p.clone()), Timer::Sync];
         order.sort();
-        assert_eq!(order, vec![Timer::Health, Timer::Hello(p.clone()), Timer::Dial(p), Timer::Gc]);
+        assert_eq!(order, vec![Timer::Hello(p.clone()), Timer::Sync, Timer::Dial(p), Timer::Gc]);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub commit_ops: Histogram<u64>,
     /// What the observable gauges report, refreshed by the DC actor ([`Metrics::observe`]).
     observed: Arc<Mutex<Observed>>,
+    /// What the health gauges report, refreshed by the health actor ([`Metrics::observe_health`]).
+    health: Arc<Mutex<Vec<PeerHealthObserved>>>,
     _observers: Arc<Vec<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
@@ -88,14 +90,6 @@ pub struct PeerObserved {
     pub peer: String,
     /// A link is up.
     pub link_up: bool,
-    /// 0 healthy, 1 suspect, 2 down.
-    pub health: u64,
-    /// The failure detector's phi (`None` before a heartbeat).
-    pub phi: Option<f64>,
-    /// Ops this DC holds that the peer is not known to hold.
-    pub lag_ops: u64,
-    /// How long the oldest of them waited, in s.
-    pub lag_seconds: f64,
     /// Ops this DC has to send it.
     pub queued_ops: u64,
     /// Batches sent and not acknowledged.
@@ -106,6 +100,21 @@ pub struct PeerObserved {
     pub dials_failed: u64,
     /// Links lost.
     pub links_lost: u64,
+}
+
+/// One peer as the health actor judges it, refreshed every heartbeat interval.
+#[derive(Debug, Clone, Default)]
+pub struct PeerHealthObserved {
+    /// The peer.
+    pub peer: String,
+    /// 0 healthy, 1 suspect, 2 down.
+    pub health: u64,
+    /// The failure detector's phi (`None` before a heartbeat).
+    pub phi: Option<f64>,
+    /// Ops this DC holds that the peer is not known to hold.
+    pub lag_ops: u64,
+    /// How long the oldest of them waited, in s.
+    pub lag_seconds: f64,
     /// Its clock minus ours, in s (`None` before a round trip).
     pub clock_offset_seconds: Option<f64>,
 }
@@ -211,6 +220,7 @@ impl Metrics {
             .build();
         let meter = provider.meter_with_scope(scope);
         let observed: Arc<Mutex<Observed>> = Arc::default();
+        let health: Arc<Mutex<Vec<PeerHealthObserved>>> = Arc::default();
         let counter = |name: &'static str, description: &'static str| {
             meter.u64_counter(name).with_description(description).build()
         };
@@ -287,8 +297,9 @@ impl Metrics {
                 .with_description("Ops per persist (client writes and applied ops committed together)")
                 .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0])
                 .build(),
-            _observers: Arc::new(observers(&meter, &observed)),
+            _observers: Arc::new(observers(&meter, &observed, &health)),
             observed,
+            health,
             registry,
             _provider: Arc::new(provider),
         })
@@ -297,6 +308,11 @@ impl Metrics {
     /// Replaces what the observable instruments report.
     pub fn observe(&self, observed: Observed) {
         *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = observed;
+    }
+
+    /// Replaces what the health gauges report.
+    pub fn observe_health(&self, peers: Vec<PeerHealthObserved>) {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 
     /// Records `count` ops from `origin` that lagged `lag_us` in both histograms.
@@ -318,16 +334,53 @@ impl Metrics {
     }
 }
 
-/// The observable instruments: each reads [`Observed`] at collection time.
+/// A gauge per peer: name, unit, description, and its value from what is observed of a peer.
+type PeerGauge<P> = (&'static str, &'static str, &'static str, fn(&P) -> Option<f64>);
+
+/// Builds `gauges`, each reporting one value per peer of `peers(source)` at collection time.
+fn peer_gauges<S: Send + 'static, P: 'static, const N: usize>(
+    meter: &opentelemetry::metrics::Meter,
+    gauges: [PeerGauge<P>; N],
+    source: &Arc<Mutex<S>>,
+    peers: fn(&S) -> &[P],
+    name: fn(&P) -> &String,
+    out: &mut Vec<Box<dyn std::any::Any + Send + Sync>>,
+) {
+    for (metric, unit, description, value) in gauges {
+        let source = source.clone();
+        let gauge = meter
+            .f64_observable_gauge(metric)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |o| {
+                for p in peers(&source.lock().unwrap_or_else(|e| e.into_inner())) {
+                    if let Some(v) = value(p) {
+                        o.observe(v, &[KeyValue::new("peer", name(p).clone())]);
+                    }
+                }
+            })
+            .build();
+        out.push(Box::new(gauge));
+    }
+}
+
+/// The observable instruments: each reads [`Observed`] (or the health actor's
+/// [`PeerHealthObserved`]) at collection time.
 fn observers(
     meter: &opentelemetry::metrics::Meter,
     observed: &Arc<Mutex<Observed>>,
+    health: &Arc<Mutex<Vec<PeerHealthObserved>>>,
 ) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
-    type PeerValue = fn(&PeerObserved) -> Option<f64>;
-    let peer_gauges: [(&'static str, &'static str, &'static str, PeerValue); 8] = [
+    let link_gauges: [PeerGauge<PeerObserved>; 3] = [
         ("mesh_peer_link_up", "", "1 while a link to the peer is up", |p| {
             Some(f64::from(u8::from(p.link_up)))
         }),
+        ("mesh_peer_queued_ops", "", "Ops this DC has to send the peer", |p| Some(p.queued_ops as f64)),
+        ("mesh_peer_inflight_batches", "", "Batches sent to the peer and not acknowledged", |p| {
+            Some(p.inflight_batches as f64)
+        }),
+    ];
+    let health_gauges: [PeerGauge<PeerHealthObserved>; 5] = [
         ("mesh_peer_health", "", "The failure detector's verdict: 0 healthy, 1 suspect, 2 down", |p| {
             Some(p.health as f64)
         }),
@@ -341,29 +394,11 @@ fn observers(
         ("mesh_peer_lag", "s", "How long the oldest op the peer lacks has waited (0: caught up)", |p| {
             Some(p.lag_seconds)
         }),
-        ("mesh_peer_queued_ops", "", "Ops this DC has to send the peer", |p| Some(p.queued_ops as f64)),
-        ("mesh_peer_inflight_batches", "", "Batches sent to the peer and not acknowledged", |p| {
-            Some(p.inflight_batches as f64)
-        }),
         ("mesh_peer_clock_offset", "s", "The peer's clock minus this DC's", |p| p.clock_offset_seconds),
     ];
     let mut out: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
-    for (name, unit, description, value) in peer_gauges {
-        let observed = observed.clone();
-        let gauge = meter
-            .f64_observable_gauge(name)
-            .with_unit(unit)
-            .with_description(description)
-            .with_callback(move |o| {
-                for p in &observed.lock().unwrap_or_else(|e| e.into_inner()).peers {
-                    if let Some(v) = value(p) {
-                        o.observe(v, &[KeyValue::new("peer", p.peer.clone())]);
-                    }
-                }
-            })
-            .build();
-        out.push(Box::new(gauge));
-    }
+    peer_gauges(meter, link_gauges, observed, |o| &o.peers, |p| &p.peer, &mut out);
+    peer_gauges(meter, health_gauges, health, |h| h.as_slice(), |p| &p.peer, &mut out);
     type PeerCount = fn(&PeerObserved) -> u64;
     let peer_counters: [(&'static str, &'static str, PeerCount); 3] = [
         ("mesh_peer_retransmits", "Windows sent to the peer again after a timeout", |p| p.retransmits),

@@ -1,6 +1,7 @@
-//! The actors that run one DC: a supervisor, the resolver actor ([`DcActor`]) and the
-//! connection pool ([`crate::pool::PoolActor`], with a replicator actor per link,
-//! [`crate::link::LinkActor`]); docs/architecture.md draws them and their messages.
+//! The actors that run one DC: a supervisor, the resolver actor ([`DcActor`]), the
+//! health-monitor actor ([`crate::health::HealthActor`]) and the connection pool
+//! ([`crate::pool::PoolActor`], with a replicator actor per link, [`crate::link::LinkActor`]);
+//! docs/architecture.md draws them and their messages.
 //!
 //! The resolver owns the engine's [`Node`] and carries out its effects: sends through each
 //! link's replicator actor, commits through the durable store's group commit (whose completion
@@ -9,14 +10,16 @@
 //! its own (shared/STYLE.md rule 11). The supervisor restarts whichever child fails (the
 //! resolver from the store: a panic, or a commit of unknown outcome, for which the store is
 //! reopened); the live resolver and pool are published through watch channels so the HTTP API,
-//! the RESP front end and the accept loop always reach the live ones.
+//! the RESP front end and the accept loop always reach the live ones. The resolver hands the
+//! node's health inputs to the health actor and takes its verdicts back.
 
+use crate::health::HealthMsg;
 use crate::link::LinkMsg;
 use crate::metrics::Metrics;
 use crate::pool::{LinkRef, PoolMsg};
 use crate::transport;
 use mesh_core::{DcId, Dot, Key, Keyspace, ReadResult, Topology};
-use mesh_engine::health::PeerStatus;
+use mesh_engine::health::{HealthInput, HealthVerdict, PeerStatus};
 use mesh_engine::node::{Effect, Node, NodeConfig, NodeStats, NodeWriteError, Startup, WriteOptions};
 use mesh_engine::replicator::ReplicatorStats;
 use mesh_engine::resolver::{PersistId, WriteRequest, WriteSummary};
@@ -276,6 +279,10 @@ pub enum DcMsg {
     },
     /// A dial failed.
     DialFailed(DcId),
+    /// The health monitor's verdict (`mesh_engine::node::Node::handle_health`).
+    Health(HealthVerdict),
+    /// The health actor restarted: it is told the node's state again.
+    HealthRestarted(ActorRef<HealthMsg>),
     /// An [`Effect::Compact`] failed ([`Node::handle_compact_failed`]).
     CompactFailed(String),
     /// A persist finished.
@@ -376,6 +383,8 @@ pub struct DcState {
     links: BTreeMap<DcId, LinkRef>,
     /// The connection pool (`None` while it restarts).
     pool: Option<ActorRef<PoolMsg>>,
+    /// The health-monitor actor (`None` while it restarts).
+    health: Option<ActorRef<HealthMsg>>,
     replies: BTreeMap<RequestId, Waiter>,
     next_request: RequestId,
     /// Batches being answered.
@@ -431,7 +440,6 @@ fn wall_us() -> u64 {
 /// What the DC actor last logged (see [`DcActor::log_transitions`]).
 #[derive(Debug, Default)]
 struct Logged {
-    health: BTreeMap<DcId, mesh_engine::health::Health>,
     transfers: (u64, u64),
     backpressure: bool,
 }
@@ -444,29 +452,10 @@ impl DcActor {
         MonoMs(state.args.started.elapsed().as_millis() as u64)
     }
 
-    /// Logs what changed since the last call: a peer's health, state transfers taken up or
-    /// received. Never per op.
+    /// Logs what changed since the last call: state transfers taken up or received (the health
+    /// actor logs peers' health). Never per op.
     fn log_transitions(state: &mut DcState) {
-        let now = Self::now(state);
         let local = &state.args.local;
-        for dc in state.args.topology.dcs.iter().filter(|d| &d.id != local) {
-            let Some(health) = state.node.peer_health(&dc.id) else { continue };
-            let first = !state.logged.health.contains_key(&dc.id);
-            if first {
-                // The first verdict (down until the first heartbeat) is where the log starts.
-                state.logged.health.insert(dc.id.clone(), health);
-            } else if state.logged.health.get(&dc.id) != Some(&health) {
-                let phi = state.node.peer_status(&dc.id, now).map_or(-1.0, |s| {
-                    if s.phi.is_finite() {
-                        s.phi
-                    } else {
-                        -1.0
-                    }
-                });
-                tracing::info!(dc = %local, peer = %dc.id, ?health, phi, "peer health");
-                state.logged.health.insert(dc.id.clone(), health);
-            }
-        }
         let stats = state.node.stats();
         let transfers = (stats.transfers_sent, stats.transfers_received);
         if transfers.0 > state.logged.transfers.0 {
@@ -478,16 +467,15 @@ impl DcActor {
         state.logged.transfers = transfers;
     }
 
-    /// Refreshes what the observable instruments report (per peer link, health, lag, queue).
+    /// Refreshes what the observable instruments report (per peer link and queue; the health
+    /// actor reports health, lag and clock offset).
     fn publish_observed(state: &mut DcState) {
-        use mesh_engine::health::Health;
         // Counting tombstones reads the store's index: every few seconds, not every refresh.
         if state.tombstones_held.is_none_or(|(_, at)| at.elapsed() >= TOMBSTONES_COUNT_EVERY) {
             if let Ok(n) = state.store.tombstones_held() {
                 state.tombstones_held = Some((n, Instant::now()));
             }
         }
-        let now = Self::now(state);
         let local = &state.args.local;
         let peers = state
             .args
@@ -496,27 +484,16 @@ impl DcActor {
             .iter()
             .filter(|d| &d.id != local)
             .map(|d| {
-                let status = state.node.peer_status(&d.id, now);
                 let counters = state.args.metrics.links.peer(d.id.as_str());
                 let replicator = state.node.replicator(&d.id);
-                let lag = status.as_ref().and_then(|s| s.lag);
                 crate::metrics::PeerObserved {
                     peer: d.id.to_string(),
                     link_up: state.links.contains_key(&d.id),
-                    health: match status.as_ref().map(|s| s.health) {
-                        Some(Health::Healthy) => 0,
-                        Some(Health::Suspect) => 1,
-                        Some(Health::Down) | None => 2,
-                    },
-                    phi: status.as_ref().map(|s| s.phi).filter(|p| p.is_finite()),
-                    lag_ops: lag.map_or(0, |l| l.ops),
-                    lag_seconds: lag.map_or(0.0, |l| l.ms as f64 / 1000.0),
                     queued_ops: state.node.queued_ops(&d.id),
                     inflight_batches: replicator.map_or(0, |r| r.inflight() as u64),
                     retransmits: replicator.map_or(0, |r| r.stats().retransmits),
                     dials_failed: counters.dials_failed.load(Ordering::Relaxed),
                     links_lost: counters.links_lost.load(Ordering::Relaxed),
-                    clock_offset_seconds: status.and_then(|s| s.clock_offset_ms).map(|ms| ms as f64 / 1000.0),
                 }
             })
             .collect();
@@ -725,6 +702,18 @@ impl DcActor {
                         }
                     }
                 }
+                Effect::Health(input) => {
+                    let message = match input {
+                        HealthInput::LinkOpen(peer) if state.links.contains_key(&peer) => {
+                            HealthMsg::Open { link: state.links[&peer].clone(), peer }
+                        }
+                        input => HealthMsg::Input(input),
+                    };
+                    // Lost with a health actor that stopped: its successor starts from a reset.
+                    if let Some(health) = &state.health {
+                        let _ = health.cast(message);
+                    }
+                }
                 Effect::Compact { below } => {
                     // Concurrent with later effects, as the effect's contract allows; a failure
                     // goes back to the node, which alarms and tries again.
@@ -794,6 +783,20 @@ impl DcActor {
         }
     }
 
+    /// Tells the health actor to start over beside this node: a monitor resumed from the node's
+    /// state, the open links, and this resolver for its verdicts.
+    fn reset_health(myself: &ActorRef<DcMsg>, state: &DcState) {
+        let Some(health) = &state.health else { return };
+        let monitor = Box::new(state.node.resume_health_monitor(Self::now(state)));
+        let links = state
+            .links
+            .iter()
+            .filter(|(peer, _)| state.node.replicator(peer).is_some_and(|r| r.is_open()))
+            .map(|(peer, link)| (peer.clone(), link.clone()))
+            .collect();
+        let _ = health.cast(HealthMsg::Reset { monitor, links, resolver: myself.clone() });
+    }
+
     /// Delivers a write's answer to whoever waits for it.
     fn answer(state: &mut DcState, waiter: Waiter, result: WriteResult) {
         match waiter {
@@ -824,12 +827,12 @@ impl DcActor {
 impl Actor for DcActor {
     type Msg = DcMsg;
     type State = DcState;
-    type Arguments = (DcArgs, Option<ActorRef<PoolMsg>>);
+    type Arguments = (DcArgs, Option<ActorRef<PoolMsg>>, Option<ActorRef<HealthMsg>>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<DcMsg>,
-        (args, pool): (DcArgs, Option<ActorRef<PoolMsg>>),
+        (args, pool, health): Self::Arguments,
     ) -> Result<DcState, ActorProcessingErr> {
         let window_ms = args.topology.config.replication.idempotency_window_s.saturating_mul(1_000);
         let options = mesh_store::Options { idempotency_window_ms: window_ms, ..Default::default() };
@@ -904,6 +907,7 @@ impl Actor for DcActor {
             store,
             links: BTreeMap::new(),
             pool,
+            health,
             replies: BTreeMap::new(),
             next_request: RequestId(1),
             batches: BTreeMap::new(),
@@ -928,6 +932,7 @@ impl Actor for DcActor {
         if let Some(pool) = &state.pool {
             let _ = pool.cast(PoolMsg::Attach(myself.clone()));
         }
+        Self::reset_health(&myself, &state);
         Self::effects(&myself, &mut state);
         Ok(state)
     }
@@ -1085,7 +1090,7 @@ impl Actor for DcActor {
                         PeerReport {
                             dc: d.id.clone(),
                             connected: state.links.contains_key(&d.id),
-                            status: state.node.peer_status(&d.id, now),
+                            status: None,
                             queued_ops: state.node.queued_ops(&d.id),
                             regressed: state.node.peer_regressed(&d.id),
                             apply_failures: state.node.apply_failures(&d.id).cloned(),
@@ -1100,7 +1105,7 @@ impl Actor for DcActor {
                         }
                     })
                     .collect();
-                let _ = reply.send(DcStatus {
+                let mut status = DcStatus {
                     lag_alert_ms: state.args.topology.config.replication.max_replication_lag_ms,
                     dc: state.args.local.clone(),
                     ready: state.node.is_ready(),
@@ -1108,6 +1113,20 @@ impl Actor for DcActor {
                     peers,
                     stats: state.node.stats(),
                     conflicts: state.conflicts.clone(),
+                };
+                // Health, lag and clock offsets are the health actor's: asked off this actor,
+                // and left unknown if it does not answer (it may be restarting).
+                let health = state.health.clone();
+                tokio::spawn(async move {
+                    if let Some(health) = health {
+                        let asked = health.call(HealthMsg::Status, Some(Duration::from_secs(2))).await;
+                        if let Ok(ractor::rpc::CallResult::Success(mut judged)) = asked {
+                            for peer in &mut status.peers {
+                                peer.status = judged.remove(&peer.dc);
+                            }
+                        }
+                    }
+                    let _ = reply.send(status);
                 });
             }
             DcMsg::Connected { peer, link } => {
@@ -1172,6 +1191,12 @@ impl Actor for DcActor {
                 state.node.handle_dial_failed(now, &peer);
             }
             DcMsg::CompactFailed(detail) => state.node.handle_compact_failed(detail),
+            DcMsg::Health(verdict) => state.node.handle_health(now, verdict, &*state.store),
+            DcMsg::HealthRestarted(health) => {
+                tracing::warn!(dc = %state.args.local, "the health monitor restarted: it starts again from this DC's state");
+                state.health = Some(health);
+                Self::reset_health(&myself, state);
+            }
             DcMsg::Committed { id, result, unix_us } => {
                 // A commit of unknown outcome poisons the store: fail, so the supervisor reopens
                 // it and restarts this DC from what is durable.
@@ -1194,7 +1219,7 @@ impl Actor for DcActor {
                     return Ok(());
                 }
                 state.tick = None;
-                state.node.handle_timeout(now, wall(), &*state.store);
+                state.node.handle_timeout(now, &*state.store);
             }
             DcMsg::Fail(reason) => return Err(reason.into()),
         }
@@ -1203,14 +1228,17 @@ impl Actor for DcActor {
     }
 }
 
-/// Supervises one DC's resolver actor ([`DcActor`]) and its connection pool
-/// ([`crate::pool::PoolActor`], which supervises a replicator actor per link), restarts
-/// whichever fails, and publishes the live ones.
+/// Supervises one DC's resolver actor ([`DcActor`]), its health-monitor actor
+/// ([`crate::health::HealthActor`]) and its connection pool ([`crate::pool::PoolActor`], which
+/// supervises a replicator actor per link), restarts whichever fails, and publishes the live
+/// ones.
 ///
 /// A resolver that fails is started again from the store (every acknowledged write is there);
-/// it attaches to the pool, which closes the links announced to the one before. A pool that
-/// fails takes its links with it; the new one is announced to the resolver
-/// (`DcMsg::PoolRestarted`), which counts them down and its dials failed, and dials again.
+/// it attaches to the pool, which closes the links announced to the one before, and resets the
+/// health actor. A pool that fails takes its links with it; the new one is announced to the
+/// resolver (`DcMsg::PoolRestarted`), which counts them down and its dials failed, and dials
+/// again. A health actor that fails is announced to the resolver (`DcMsg::HealthRestarted`),
+/// which resets it from the node's state.
 pub struct Supervisor;
 
 /// The supervisor's state.
@@ -1218,8 +1246,10 @@ pub struct SupervisorState {
     args: DcArgs,
     current: watch::Sender<Option<ActorRef<DcMsg>>>,
     pool_tx: watch::Sender<Option<ActorRef<PoolMsg>>>,
+    health_tx: watch::Sender<Option<ActorRef<HealthMsg>>>,
     resolver: Option<ActorRef<DcMsg>>,
     pool: Option<ActorRef<PoolMsg>>,
+    health: Option<ActorRef<HealthMsg>>,
     restarts: u64,
 }
 
@@ -1228,10 +1258,29 @@ impl Supervisor {
         myself: &ActorRef<()>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let args = (state.args.clone(), state.pool.clone());
+        let args = (state.args.clone(), state.pool.clone(), state.health.clone());
         let (child, _) = Actor::spawn_linked(None, DcActor, args, myself.get_cell()).await?;
         state.resolver = Some(child.clone());
         state.current.send_replace(Some(child));
+        Ok(())
+    }
+
+    async fn spawn_health(
+        myself: &ActorRef<()>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = crate::health::HealthArgs {
+            local: state.args.local.clone(),
+            started: state.args.started,
+            metrics: state.args.metrics.clone(),
+        };
+        let (health, _) =
+            Actor::spawn_linked(None, crate::health::HealthActor, args, myself.get_cell()).await?;
+        if let Some(resolver) = &state.resolver {
+            let _ = resolver.cast(DcMsg::HealthRestarted(health.clone()));
+        }
+        state.health = Some(health.clone());
+        state.health_tx.send_replace(Some(health));
         Ok(())
     }
 
@@ -1262,16 +1311,31 @@ impl Supervisor {
 impl Actor for Supervisor {
     type Msg = ();
     type State = SupervisorState;
-    type Arguments =
-        (DcArgs, watch::Sender<Option<ActorRef<DcMsg>>>, watch::Sender<Option<ActorRef<PoolMsg>>>);
+    /// The DC, and where the live resolver, pool and health actor are published.
+    type Arguments = (
+        DcArgs,
+        watch::Sender<Option<ActorRef<DcMsg>>>,
+        watch::Sender<Option<ActorRef<PoolMsg>>>,
+        watch::Sender<Option<ActorRef<HealthMsg>>>,
+    );
 
     async fn pre_start(
         &self,
         myself: ActorRef<()>,
-        (args, current, pool_tx): Self::Arguments,
+        (args, current, pool_tx, health_tx): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let mut state = SupervisorState { args, current, pool_tx, resolver: None, pool: None, restarts: 0 };
+        let mut state = SupervisorState {
+            args,
+            current,
+            pool_tx,
+            health_tx,
+            resolver: None,
+            pool: None,
+            health: None,
+            restarts: 0,
+        };
         Self::spawn_pool(&myself, &mut state).await?;
+        Self::spawn_health(&myself, &mut state).await?;
         Self::spawn_resolver(&myself, &mut state).await?;
         Ok(state)
     }
@@ -1297,6 +1361,11 @@ impl Actor for Supervisor {
             state.pool_tx.send_replace(None);
             state.pool = None;
             Self::spawn_pool(&myself, state).await?;
+        } else if state.health.as_ref().is_some_and(|h| h.get_id() == id) {
+            tracing::error!(dc = %state.args.local, %reason, restarts = state.restarts, "actor restarted: the health monitor failed; it starts again from the resolver's state");
+            state.health_tx.send_replace(None);
+            state.health = None;
+            Self::spawn_health(&myself, state).await?;
         }
         Ok(())
     }

@@ -3,8 +3,10 @@
 //! there and replicates.
 
 use mesh_core::{builtin_resolvers, DcId, Key, Keyspace, OpKind, ReadValue, Topology};
+use mesh_engine::health::{Health, PeerStatus};
 use mesh_engine::node::WriteOptions;
 use mesh_engine::resolver::WriteRequest;
+use mesh_node::health::HealthMsg;
 use mesh_node::runtime::{check_store_identity, DcArgs, DcMsg, Supervisor};
 use mesh_node::tls::{self, Material};
 use mesh_wire::CodecConfig;
@@ -108,7 +110,9 @@ async fn a_failed_dc_actor_is_restarted_from_the_store_with_every_acknowledged_w
     };
     let (tx, rx) = tokio::sync::watch::channel(None);
     let (pool_tx, _pool_rx) = tokio::sync::watch::channel(None);
-    let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx, pool_tx)).await.unwrap();
+    let (health_tx, _) = tokio::sync::watch::channel(None);
+    let (supervisor, _) =
+        ractor::Actor::spawn(None, Supervisor, (args, tx, pool_tx, health_tx)).await.unwrap();
     let first = live(&rx, None).await;
     let mut acked = Vec::new();
     for i in 0..50 {
@@ -162,11 +166,12 @@ fn a_store_from_before_identities_that_holds_data_keeps_its_bounded_start() {
 }
 
 /// Two DCs in this process on loopback QUIC, each under its supervisor: (supervisor, live
-/// resolver, live pool) watches per DC.
+/// resolver, live pool, live health actor) watches per DC.
 struct Pair {
     supervisors: Vec<ActorRef<()>>,
     resolvers: Vec<tokio::sync::watch::Receiver<Option<ActorRef<DcMsg>>>>,
     pools: Vec<tokio::sync::watch::Receiver<Option<ActorRef<mesh_node::pool::PoolMsg>>>>,
+    healths: Vec<tokio::sync::watch::Receiver<Option<ActorRef<HealthMsg>>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -190,7 +195,13 @@ async fn start_pair() -> Pair {
     }
     text += "[keyspaces.users]\nstrategy = \"lww\"\n";
     let topology = Arc::new(Topology::new(toml::from_str(&text).unwrap(), &builtin_resolvers()).unwrap());
-    let mut pair = Pair { supervisors: Vec::new(), resolvers: Vec::new(), pools: Vec::new(), _dir: dir };
+    let mut pair = Pair {
+        supervisors: Vec::new(),
+        resolvers: Vec::new(),
+        pools: Vec::new(),
+        healths: Vec::new(),
+        _dir: dir,
+    };
     for (name, endpoint) in names.iter().zip(endpoints) {
         let local = DcId::new(*name).unwrap();
         let metrics = mesh_node::metrics::Metrics::new(name).unwrap();
@@ -207,7 +218,9 @@ async fn start_pair() -> Pair {
         };
         let (tx, rx) = tokio::sync::watch::channel(None);
         let (pool_tx, pool_rx) = tokio::sync::watch::channel(None);
-        let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, (args, tx, pool_tx)).await.unwrap();
+        let (health_tx, health_rx) = tokio::sync::watch::channel(None);
+        let (supervisor, _) =
+            ractor::Actor::spawn(None, Supervisor, (args, tx, pool_tx, health_tx)).await.unwrap();
         let candidates = names.iter().map(|n| DcId::new(*n).unwrap()).collect();
         mesh_node::runtime::spawn_accept_loop(
             local,
@@ -220,6 +233,7 @@ async fn start_pair() -> Pair {
         pair.supervisors.push(supervisor);
         pair.resolvers.push(rx);
         pair.pools.push(pool_rx);
+        pair.healths.push(health_rx);
     }
     pair
 }
@@ -256,13 +270,27 @@ async fn acknowledged_writes(pair: &Pair, prefix: &str) -> Vec<String> {
     acked
 }
 
+/// How east's health actor judges west, once it has judged it at all.
+async fn peer_status(pair: &Pair) -> PeerStatus {
+    let start = Instant::now();
+    loop {
+        let resolver = live(&pair.resolvers[0], None).await;
+        let status = resolver.call(DcMsg::Status, Some(Duration::from_secs(5))).await.unwrap().unwrap();
+        if let Some(s) = status.peers[0].status.clone() {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "east's health actor never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_actor_kind_restarts_without_losing_an_acknowledged_write() {
     use mesh_node::link::LinkMsg;
     use mesh_node::pool::PoolMsg;
     let pair = start_pair().await;
     let mut acked = acknowledged_writes(&pair, "before").await;
-    for kind in ["link", "pool", "resolver"] {
+    for kind in ["link", "pool", "health", "resolver"] {
         match kind {
             "link" => {
                 // A replicator actor fails: its link goes down and is dialed again.
@@ -297,6 +325,31 @@ async fn each_actor_kind_restarts_without_losing_an_acknowledged_write() {
                 while pair.pools[0].borrow().as_ref().is_none_or(|p| p.get_id() == pool.get_id()) {
                     assert!(start.elapsed() < Duration::from_secs(10), "the pool was not restarted");
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            "health" => {
+                // The failure detector restarts: it resumes from the resolver's state, keeps
+                // judging the peer (heartbeats flow both ways again) and does not close the link.
+                let health = pair.healths[0].borrow().clone().expect("a health actor");
+                let before = peer_status(&pair).await;
+                assert_eq!(before.health, Health::Healthy, "{before:?}");
+                health.cast(HealthMsg::Fail("forced by the test".into())).unwrap();
+                let start = Instant::now();
+                while pair.healths[0].borrow().as_ref().is_none_or(|h| h.get_id() == health.get_id()) {
+                    assert!(start.elapsed() < Duration::from_secs(10), "the health actor was not restarted");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let restarted = Instant::now();
+                loop {
+                    let after = peer_status(&pair).await;
+                    // A clock offset needs a round trip: the new monitor's heartbeat went out
+                    // and west's, echoing it, came back to it.
+                    let round_trip = after.clock_offset_ms.is_some() && !after.seen.is_empty();
+                    if round_trip && after.health == Health::Healthy {
+                        break;
+                    }
+                    assert!(restarted.elapsed() < Duration::from_secs(10), "never judged again: {after:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             _ => {

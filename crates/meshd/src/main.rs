@@ -287,9 +287,11 @@ async fn serve(
     }
     let server = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped()).await });
     let (pool_tx, pool_rx) = tokio::sync::watch::channel(None);
-    let (supervisor, supervisor_done) = ractor::Actor::spawn(None, Supervisor, (args, current_tx, pool_tx))
-        .await
-        .map_err(|e| format!("starting {local}: {e}"))?;
+    let (health_tx, _) = tokio::sync::watch::channel(None);
+    let (supervisor, supervisor_done) =
+        ractor::Actor::spawn(None, Supervisor, (args, current_tx, pool_tx, health_tx))
+            .await
+            .map_err(|e| format!("starting {local}: {e}"))?;
     let candidates: Vec<DcId> = topology.dcs.iter().map(|d| d.id.clone()).collect();
     runtime::spawn_accept_loop(local.clone(), endpoint.clone(), candidates, codec, pool_rx, metrics);
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;

@@ -31,6 +31,7 @@ use mesh_core::{
     builtin_resolvers, Conflict, DcId, Dot, Key, KeyState, Keyspace, OpKind, ReadValue, Topology,
     VersionVector,
 };
+use mesh_engine::health::{HealthMonitor, HealthOutput};
 use mesh_engine::node::{Alarm, Effect, Node, NodeConfig, NodeStats, NodeWriteError, Startup, WriteOptions};
 use mesh_engine::resolver::{PersistId, WriteRequest};
 use mesh_engine::sync::{RequestId, SyncOutcome};
@@ -108,8 +109,17 @@ pub struct ClusterStats {
     pub connects: u64,
     /// Wire bytes of every message sent.
     pub wire_bytes: u64,
-    /// Timer firings (one node's `handle_timeout`).
+    /// Timer firings (one node's or health monitor's `handle_timeout`).
     pub timer_firings: u64,
+}
+
+impl Dc {
+    /// The earliest deadline of its node or its health monitor; `None` when it is down.
+    fn poll_timeout(&self) -> Option<u64> {
+        let node = self.node.as_ref()?.poll_timeout();
+        let health = self.health.as_ref().and_then(HealthMonitor::poll_timeout);
+        node.into_iter().chain(health).map(MonoMs::ms).min()
+    }
 }
 
 /// One DC: its store survives crashes, its node does not.
@@ -119,6 +129,8 @@ pub struct Dc {
     /// Its storage.
     pub store: MemStore,
     node: Option<Node<StdRng>>,
+    /// Its node's health monitor, run beside it (stops and starts with it).
+    health: Option<HealthMonitor>,
     /// Starts of its node so far (seeds each node's RNG differently).
     incarnation: u32,
     disk: Disk,
@@ -226,6 +238,7 @@ impl Cluster {
                 id: d.id.clone(),
                 store: MemStore::new(),
                 node: None,
+                health: None,
                 incarnation: 0,
                 disk: Disk::Stepped,
                 staged: VecDeque::new(),
@@ -599,6 +612,7 @@ impl Cluster {
         self.dials.retain(|&(_, from, _)| from != dc);
         let d = &mut self.dcs[dc];
         d.node = None;
+        d.health = None;
         d.staged.clear();
         let unsynced = d.store.unsynced();
         let kept = d.store.crash(keep);
@@ -746,7 +760,9 @@ impl Cluster {
         if let Some(tune) = self.options.tune {
             tune(&mut config);
         }
-        d.node = Some(Node::new(d.id.clone(), self.topology.clone(), config, startup, rng, &d.store));
+        let node = Node::new(d.id.clone(), self.topology.clone(), config, startup, rng, &d.store);
+        d.health = Some(node.health_monitor(now));
+        d.node = Some(node);
         self.note(format!("start {} (incarnation {})", self.dcs[dc].id, self.dcs[dc].incarnation));
         self.after(dc);
     }
@@ -845,8 +861,7 @@ impl Cluster {
     /// The next time a timer fires: the earliest deadline of a live node, never before now and
     /// always after the last firing.
     fn next_timer_ms(&self) -> Option<u64> {
-        let earliest =
-            self.dcs.iter().filter_map(|d| d.node.as_ref()?.poll_timeout().map(MonoMs::ms)).min()?;
+        let earliest = self.dcs.iter().filter_map(Dc::poll_timeout).min()?;
         let floor = match self.fired_ms {
             Some(fired) if fired >= self.now_ms => fired + 1,
             _ => self.now_ms,
@@ -865,12 +880,19 @@ impl Cluster {
         for dc in 0..self.dcs.len() {
             let d = &mut self.dcs[dc];
             let Some(node) = d.node.as_mut() else { continue };
-            if node.poll_timeout().map(MonoMs::ms).is_none_or(|t| t > at_ms) {
-                continue;
+            if node.poll_timeout().is_some_and(|t| t.ms() <= at_ms) {
+                node.handle_timeout(MonoMs(at_ms), &d.store);
+                fired += 1;
+                self.after(dc);
             }
-            node.handle_timeout(MonoMs(at_ms), wall, &d.store);
-            fired += 1;
-            self.after(dc);
+            let d = &mut self.dcs[dc];
+            let Some(health) = d.health.as_mut() else { continue };
+            if health.poll_timeout().is_some_and(|t| t.ms() <= at_ms) {
+                health.handle_timeout(MonoMs(at_ms), wall);
+                fired += 1;
+                self.carry_out_health(dc);
+                self.after(dc);
+            }
         }
         self.stats.timer_firings += fired as u64;
         fired
@@ -910,18 +932,44 @@ impl Cluster {
         }
     }
 
+    /// Carries out what DC `dc`'s health monitor asked for, as the node's runtime does: its
+    /// heartbeats go on the links, its verdicts to the node.
+    fn carry_out_health(&mut self, dc: usize) {
+        let now = MonoMs(self.now_ms);
+        while let Some(output) = self.dcs[dc].health.as_mut().and_then(HealthMonitor::poll_output) {
+            match output {
+                HealthOutput::Send { to, heartbeat } => self.send(dc, &to, Message::Heartbeat(heartbeat)),
+                HealthOutput::Verdict(verdict) => {
+                    let d = &mut self.dcs[dc];
+                    d.node
+                        .as_mut()
+                        .expect("the monitor runs beside a live node")
+                        .handle_health(now, verdict, &d.store);
+                }
+            }
+        }
+    }
+
+    /// `message` from DC `dc` goes on its link to `to`, or is dropped if there is none.
+    fn send(&mut self, dc: usize, to: &DcId, message: Message) {
+        let to = self.index(to);
+        self.check_durable_before_leaving(dc, &message);
+        let message = self.through_the_wire(dc, to, message);
+        if self.is_linked(dc, to) {
+            let seq = self.take_work_seq();
+            self.queues.entry((dc, to)).or_default().push_back((seq, message));
+        } else {
+            self.stats.dropped += 1;
+        }
+    }
+
     fn effect(&mut self, dc: usize, effect: Effect) {
         match effect {
-            Effect::Send { to, message } => {
-                let to = self.index(&to);
-                self.check_durable_before_leaving(dc, &message);
-                let message = self.through_the_wire(dc, to, message);
-                if self.is_linked(dc, to) {
-                    let seq = self.take_work_seq();
-                    self.queues.entry((dc, to)).or_default().push_back((seq, message));
-                } else {
-                    self.stats.dropped += 1;
-                }
+            Effect::Send { to, message } => self.send(dc, &to, message),
+            Effect::Health(input) => {
+                let now = MonoMs(self.now_ms);
+                self.dcs[dc].health.as_mut().expect("the monitor runs beside a live node").handle(now, input);
+                self.carry_out_health(dc);
             }
             Effect::Persist { id, batch } => {
                 let seq = self.take_work_seq();

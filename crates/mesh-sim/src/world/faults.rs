@@ -142,6 +142,7 @@ impl World {
         let (keep, unsynced) = self.power_loss(dc);
         let d = &mut self.dcs[dc];
         d.node = None;
+        d.health = None;
         d.named.clear();
         d.timer_at = None;
         d.incarnation += 1;

@@ -26,6 +26,7 @@ use crate::history::History;
 use crate::scenario::Scenario;
 use disk::Disk;
 use mesh_core::{DcId, Dot, Key, Keyspace, Op, ReadValue, VersionVector};
+use mesh_engine::health::{HealthMonitor, HealthOutput};
 use mesh_engine::node::{Effect, Node, NodeConfig, Startup};
 use mesh_engine::PlantedBug;
 use mesh_engine::{MonoMs, WallMs};
@@ -153,6 +154,8 @@ pub(crate) struct SimDc {
     pub(crate) id: DcId,
     pub(crate) store: MemStore,
     pub(crate) node: Option<Node<StdRng>>,
+    /// Its node's health monitor, run beside it (stops and starts with it).
+    health: Option<HealthMonitor>,
     incarnation: u32,
     /// The bookkeeping of its simulated disk around `store` (see [`disk`]).
     disk: Disk,
@@ -202,6 +205,7 @@ impl World {
                 id: id.clone(),
                 store: MemStore::new(),
                 node: None,
+                health: None,
                 incarnation: 0,
                 disk: Disk::default(),
                 offset_ms: 0,
@@ -326,7 +330,9 @@ impl World {
         let settled = d.store.identity().expect("the memory store reads").is_some_and(|i| i.settled);
         let startup = Startup { now, wall, seen, acked, settled };
         let topology = Arc::new(self.scenario.topology.clone());
-        d.node = Some(Node::new(d.id.clone(), topology, config, startup, rng, &d.store));
+        let node = Node::new(d.id.clone(), topology, config, startup, rng, &d.store);
+        d.health = Some(node.health_monitor(now));
+        d.node = Some(node);
         if self.options.trace {
             self.note(format!("start {}", self.dcs[dc].id));
         }
@@ -344,10 +350,36 @@ impl World {
         let wall = WallMs(self.wall_ms(dc));
         let now = MonoMs(self.now_ms);
         let d = &mut self.dcs[dc];
-        if let Some(node) = d.node.as_mut() {
-            node.handle_timeout(now, wall, &d.store);
+        if let Some(node) = d.node.as_mut().filter(|n| n.poll_timeout().is_some_and(|t| t <= now)) {
+            node.handle_timeout(now, &d.store);
         }
         self.after(dc);
+        let d = &mut self.dcs[dc];
+        if let Some(health) = d.health.as_mut().filter(|h| h.poll_timeout().is_some_and(|t| t <= now)) {
+            health.handle_timeout(now, wall);
+            self.carry_out_health(dc);
+            self.after(dc);
+        }
+    }
+
+    /// Carries out what `dc`'s health monitor asked for, as the node's runtime does: its
+    /// heartbeats go on the links, its verdicts to the node.
+    fn carry_out_health(&mut self, dc: usize) {
+        let now = MonoMs(self.now_ms);
+        while let Some(output) = self.dcs[dc].health.as_mut().and_then(HealthMonitor::poll_output) {
+            match output {
+                HealthOutput::Send { to, heartbeat } => {
+                    let to = self.index(&to);
+                    self.send(dc, to, Message::Heartbeat(heartbeat));
+                }
+                HealthOutput::Verdict(verdict) => {
+                    let d = &mut self.dcs[dc];
+                    if let Some(node) = d.node.as_mut() {
+                        node.handle_health(now, verdict, &d.store);
+                    }
+                }
+            }
+        }
     }
 
     /// Carries out the effects `dc`'s node emitted, then re-arms its timer.
@@ -359,7 +391,8 @@ impl World {
         // Never in the past: a behaviour that keeps asking for "now" must not stall the clock.
         // A failed node serves nothing until restarted: it has no deadline.
         let Some(at) = node.poll_timeout() else { return };
-        let at = at.ms().max(self.now_ms + 1);
+        let health = self.dcs[dc].health.as_ref().and_then(HealthMonitor::poll_timeout);
+        let at = health.map_or(at, |h| h.min(at)).ms().max(self.now_ms + 1);
         let d = &mut self.dcs[dc];
         if d.timer_at.is_none_or(|t| at < t || t <= self.now_ms) {
             d.timer_at = Some(at);
@@ -375,6 +408,13 @@ impl World {
                 self.send(dc, to, message);
             }
             Effect::Persist { id, batch } => self.persist(dc, id, batch),
+            Effect::Health(input) => {
+                let now = MonoMs(self.now_ms);
+                if let Some(health) = self.dcs[dc].health.as_mut() {
+                    health.handle(now, input);
+                }
+                self.carry_out_health(dc);
+            }
             Effect::Reply { request, dot, outcome, .. } => self.reply(dc, request, dot, outcome),
             Effect::Conflict(c) => {
                 *self.stats.conflicts.entry(c.strategy.clone()).or_default() += 1;
