@@ -420,6 +420,54 @@ fn new_disk(planted: Option<PlantedBug>) {
 }
 
 #[test]
+fn own_ops_a_peer_learns_after_its_hello_come_back_through_the_peer_that_held_them_first() {
+    ops_learned_after_hello(None);
+}
+
+#[test]
+#[should_panic(expected = "dc0 waits for dc2")]
+fn the_late_ops_test_catches_a_dc_that_skips_its_peers() {
+    ops_learned_after_hello(Some(PlantedBug::NewDiskSkipsPeers));
+}
+
+/// A review's question (P2): dc1 says Hello to dc0, back on a new disk, before dc1 holds any of
+/// dc0's ops, then receives some from dc2. dc1 returns only what it held at its Hello, so dc0
+/// must not start naming seqs until dc2 (which held them before the loss) has answered.
+fn ops_learned_after_hello(planted: Option<PlantedBug>) {
+    let mut c = ready_planted(planted);
+    c.cut(0, 1);
+    c.cut(1, 2);
+    for i in 1..=3 {
+        c.write(0, "users", &format!("k{i}"), format!("v{i}").as_bytes());
+    }
+    c.run_for(500);
+    assert_eq!(c.durable(2).get(&dc("dc0")), 3, "dc2 holds dc0's ops");
+    assert_eq!(c.durable(1).get(&dc("dc0")), 0, "dc1 does not");
+    c.crash(0, 0);
+    c.replace_disk(0);
+    c.cut(0, 2);
+    c.restart(0);
+    c.heal_link(0, 1);
+    c.run_for(1_000);
+    // dc1 answered (holding nothing of dc0's), then learns dc0's ops from dc2.
+    c.heal_link(1, 2);
+    c.run_for(5_000);
+    assert_eq!(c.durable(1).get(&dc("dc0")), 3, "dc2 relayed dc0's ops to dc1");
+    assert!(!c.is_ready(0), "dc0 waits for dc2, which held its ops before the loss");
+    let refused = c.try_write(0, "users", "k4", OpKind::Put(b"v4".to_vec()), Default::default());
+    assert_eq!(refused, Err(NodeWriteError::Starting));
+    c.heal_link(0, 2);
+    c.run_for(5_000);
+    assert!(c.is_ready(0), "dc0 heard every peer");
+    assert_eq!(c.durable(0).get(&dc("dc0")), 3, "dc0 got its own ops back");
+    let request = c.write(0, "users", "k4", b"v4");
+    c.drive();
+    assert_done(&c, 0, request, Dot::new(dc("dc0"), 4));
+    c.run_for(2_000);
+    assert!(c.converged(), "{:?}", c.divergence());
+}
+
+#[test]
 fn an_asymmetric_partition_converges_through_the_third_dc() {
     // dc0–dc1 is cut, dc0–dc2 and dc2–dc1 work: dc2 relays dc0's ops to dc1 (and dc1's to
     // dc0) once it has held them for the relay delay (6 heartbeats, 1.5 s by default).
