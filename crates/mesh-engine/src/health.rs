@@ -104,6 +104,22 @@ pub enum HealthInput {
         /// What it holds.
         seen: VersionVector,
     },
+    /// The node failed and serves nothing until its runtime restarts it: no more heartbeats,
+    /// so peers judge this DC down (and relay its ops for it) rather than healthy.
+    Halted,
+}
+
+/// What a monitor resumed beside a running node starts from ([`HealthMonitor::resume`],
+/// [`crate::node::Node::health_state`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthState {
+    /// The node's state as inputs: its durable vector, links up and open, what each peer is
+    /// known to hold.
+    pub inputs: Vec<HealthInput>,
+    /// The verdicts the node holds, per peer: (health, suspected).
+    pub verdicts: BTreeMap<DcId, (Health, bool)>,
+    /// Whether the node holds its clock as skewed.
+    pub clock_skewed: bool,
 }
 
 /// What a node takes from its health monitor ([`crate::node::Node::handle_health`]).
@@ -118,6 +134,9 @@ pub enum HealthVerdict {
         /// Whether it counts as suspected ([`HealthMonitor::suspected`]): the node relays its
         /// ops for it and starts no state transfer to it.
         suspected: bool,
+        /// When it was judged (runtime clock). A verdict reaches the node later than it was
+        /// made; a link that came up since is not closed on it.
+        at: MonoMs,
     },
     /// Whether this DC's clock is off against most peers ([`HealthMonitor::clock_skewed`]).
     ClockSkewed(bool),
@@ -226,6 +245,10 @@ struct Peer {
     last_heard: Option<(u64, u64)>,
     /// Recent round trips, oldest first.
     clock_samples: VecDeque<ClockSample>,
+    /// After [`HealthMonitor::resume`], the verdict the node held, kept until this monitor has
+    /// evidence of its own: the peer's first heartbeat, or its own judgement of a peer it has a
+    /// detector for as down.
+    prior: Option<(Health, bool)>,
 }
 
 /// One heartbeat round trip: the offset it implies and its delay.
@@ -253,6 +276,11 @@ pub struct HealthMonitor {
     /// The verdicts last handed out, to hand out changes only.
     reported: BTreeMap<DcId, (Health, bool)>,
     reported_skew: bool,
+    /// After [`HealthMonitor::resume`], the node's clock verdict, kept until a round trip is
+    /// measured.
+    skew_prior: Option<bool>,
+    /// The node failed: no heartbeats go out.
+    halted: bool,
     outputs: VecDeque<HealthOutput>,
 }
 
@@ -275,6 +303,7 @@ impl HealthMonitor {
                     known: BTreeMap::new(),
                     last_heard: None,
                     clock_samples: VecDeque::new(),
+                    prior: None,
                 };
                 (dc, peer)
             })
@@ -291,24 +320,32 @@ impl HealthMonitor {
             open: BTreeSet::new(),
             reported,
             reported_skew: false,
+            skew_prior: None,
+            halted: false,
             outputs: VecDeque::new(),
         }
     }
 
     /// A monitor started again beside a node that kept running (the runtime's health monitor
-    /// restarted; [`crate::node::Node::health_state`] gives the arguments): it knows no history,
-    /// so a peer with a link up counts as heard from at `now` (its link is a sign of life) and is
-    /// judged afresh from there, and its first outputs hand every verdict to the node, whose
-    /// mirror of the old monitor's verdicts they replace.
+    /// restarted; [`crate::node::Node::health_state`] gives `state`). It knows no history: it
+    /// keeps the node's verdicts until it has evidence of its own (a peer's first heartbeat, or
+    /// its own judgement of a peer as down), and the node's clock verdict until it measures a
+    /// round trip. A peer with a link up counts as heard from at `now` (its link is a sign of
+    /// life) and is judged afresh from there, so a silent one is still judged down in time.
     pub fn resume(
         peers: impl IntoIterator<Item = DcId>,
         config: HealthConfig,
         now: MonoMs,
-        state: Vec<HealthInput>,
+        state: HealthState,
     ) -> Self {
         let mut monitor = Self::new(peers, config, now);
-        monitor.reported.clear();
-        for input in state {
+        for (dc, p) in &mut monitor.peers {
+            p.prior = state.verdicts.get(dc).copied();
+        }
+        monitor.reported = state.verdicts;
+        monitor.skew_prior = Some(state.clock_skewed);
+        monitor.reported_skew = state.clock_skewed;
+        for input in state.inputs {
             if let HealthInput::LinkUp(peer) = &input {
                 if let Some(p) = monitor.peers.get_mut(peer) {
                     p.detector.heartbeat(now.0, &monitor.config);
@@ -317,10 +354,7 @@ impl HealthMonitor {
             }
             monitor.apply(now, input);
         }
-        monitor.report();
-        if !monitor.reported_skew {
-            monitor.outputs.push_back(HealthOutput::Verdict(HealthVerdict::ClockSkewed(false)));
-        }
+        monitor.report(now);
         monitor
     }
 
@@ -337,7 +371,7 @@ impl HealthMonitor {
     /// Takes what the node learned at `now` (runtime clock).
     pub fn handle(&mut self, now: MonoMs, input: HealthInput) {
         self.apply(now, input);
-        self.report();
+        self.report(now);
     }
 
     fn apply(&mut self, now: MonoMs, input: HealthInput) {
@@ -356,17 +390,18 @@ impl HealthMonitor {
                 self.handle_heartbeat(at, wall, &from, &heartbeat);
             }
             HealthInput::PeerDurable { peer, seen } => self.handle_peer_durable(&peer, &seen),
+            HealthInput::Halted => self.halted = true,
         }
     }
 
-    /// Hands out the verdicts that changed since last reported.
-    fn report(&mut self) {
+    /// Hands out the verdicts that changed since last reported, as judged at `now`.
+    fn report(&mut self, now: MonoMs) {
         for dc in self.peers.keys() {
-            let verdict = (self.peers[dc].health, self.suspected(dc));
+            let verdict = self.verdict(dc);
             if self.reported.get(dc) != Some(&verdict) {
                 self.reported.insert(dc.clone(), verdict);
                 let (health, suspected) = verdict;
-                let verdict = HealthVerdict::Peer { peer: dc.clone(), health, suspected };
+                let verdict = HealthVerdict::Peer { peer: dc.clone(), health, suspected, at: now };
                 self.outputs.push_back(HealthOutput::Verdict(verdict));
             }
         }
@@ -395,7 +430,7 @@ impl HealthMonitor {
         }
         self.next_tick_ms = now_ms + self.config.heartbeat_interval_ms;
         self.last_tick_ms = now_ms;
-        if !self.open.is_empty() {
+        if !self.open.is_empty() && !self.halted {
             let known = self.known();
             for peer in &self.open {
                 let echo = self.echo(peer, now_ms);
@@ -421,8 +456,11 @@ impl HealthMonitor {
                 Health::Healthy
             };
             peer.health = to;
+            if to == Health::Down && peer.detector.last_ms.is_some() {
+                peer.prior = None;
+            }
         }
-        self.report();
+        self.report(now);
     }
 
     /// A heartbeat from `from` arrived at `now` (runtime clock), when this DC's wall clock read
@@ -446,6 +484,7 @@ impl HealthMonitor {
             peer.judged_alive_run = false;
         }
         peer.detector.heartbeat(now_ms, &self.config);
+        peer.prior = None;
         peer.seen.join(&heartbeat.seen);
         for (dc, vv) in &heartbeat.known {
             peer.known.entry(dc.clone()).or_default().join(vv);
@@ -500,15 +539,23 @@ impl HealthMonitor {
     /// once; nor is one whose first heartbeat after silence, or whose new link, came since the
     /// last tick, until the tick judges it).
     pub fn suspected(&self, peer: &DcId) -> bool {
-        self.peers.get(peer).is_some_and(|p| {
-            p.detector.last_ms.is_some() && p.judged_alive_run && p.health != Health::Healthy
+        self.peers.contains_key(peer) && self.verdict(peer).1
+    }
+
+    /// (health, suspected) of a peer of this monitor: its own judgement, or the node's until it
+    /// has evidence of its own (see [`HealthMonitor::resume`]).
+    fn verdict(&self, peer: &DcId) -> (Health, bool) {
+        let p = &self.peers[peer];
+        p.prior.unwrap_or_else(|| {
+            let suspected = p.detector.last_ms.is_some() && p.judged_alive_run && p.health != Health::Healthy;
+            (p.health, suspected)
         })
     }
 
     /// How `peer` is judged (as of the last tick), or `None` if it is not a peer. Cheaper than
     /// [`HealthMonitor::status`], which also measures lag.
     pub fn health(&self, peer: &DcId) -> Option<Health> {
-        self.peers.get(peer).map(|p| p.health)
+        self.peers.contains_key(peer).then(|| self.verdict(peer).0)
     }
 
     /// The status of `peer` at `now`, or `None` if it is not a peer.
@@ -517,7 +564,7 @@ impl HealthMonitor {
         let p = self.peers.get(peer)?;
         let heard = p.detector.last_ms.is_some();
         Some(PeerStatus {
-            health: p.health,
+            health: self.verdict(peer).0,
             phi: p.detector.phi(now_ms, &self.config),
             lag: heard.then(|| self.lag(&p.seen, now_ms)),
             clock_offset_ms: best_sample(p).map(|c| c.offset_ms),
@@ -551,6 +598,9 @@ impl HealthMonitor {
     /// is beyond the bound even after allowing for the measurement's error.
     pub fn clock_skewed(&self) -> bool {
         let samples: Vec<ClockSample> = self.peers.values().filter_map(best_sample).collect();
+        if samples.is_empty() {
+            return self.skew_prior.unwrap_or(false);
+        }
         let beyond = samples
             .iter()
             .filter(|c| {

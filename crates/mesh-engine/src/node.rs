@@ -22,7 +22,7 @@
 use crate::commit::{CommitBatch, OpLog, StateRead};
 use crate::gate::StartGate;
 use crate::gc::{stable_vector, Reports};
-use crate::health::{Health, HealthConfig, HealthInput, HealthMonitor, HealthVerdict};
+use crate::health::{Health, HealthConfig, HealthInput, HealthMonitor, HealthState, HealthVerdict};
 use crate::hello::{check_hello, HelloRefusal};
 use crate::planted::PlantedBug;
 use crate::pool::DialPolicy;
@@ -335,6 +335,9 @@ struct Peer {
     /// The health monitor counts it as suspected: its ops are relayed for it, and no state
     /// transfer starts to it.
     suspected: bool,
+    /// When its current link came up (runtime clock), if one is up: a down verdict made before
+    /// does not close it.
+    link_up_at: Option<u64>,
     /// It came back with less than it had acknowledged (see `learn_durable`), and has not yet
     /// reported holding it all again.
     regressed: bool,
@@ -444,6 +447,7 @@ impl<R: RngCore> Node<R> {
                     reports: Reports::default(),
                     health: Health::Down,
                     suspected: false,
+                    link_up_at: None,
                     regressed: false,
                     apply_failures: None,
                     held_back: VecDeque::new(),
@@ -510,19 +514,26 @@ impl<R: RngCore> Node<R> {
     }
 
     /// What a health monitor started beside this running node needs to know: the durable
-    /// vector, the peers with a link up (open or awaiting its Hello) and those whose link is
-    /// open.
-    pub fn health_state(&self) -> Vec<HealthInput> {
-        let mut state = vec![HealthInput::LocalSeen(self.durable.clone())];
+    /// vector, the peers with a link up (open or awaiting its Hello), those whose link is open,
+    /// what each peer is known to hold, and the verdicts this node holds.
+    pub fn health_state(&self) -> HealthState {
+        let mut inputs = vec![HealthInput::LocalSeen(self.durable.clone())];
+        if self.failed {
+            inputs.push(HealthInput::Halted);
+        }
         for (id, p) in &self.peers {
-            if p.replicator.is_open() || self.timers.get(&Timer::Hello(id.clone())).is_some() {
-                state.push(HealthInput::LinkUp(id.clone()));
+            if p.link_up_at.is_some() {
+                inputs.push(HealthInput::LinkUp(id.clone()));
             }
             if p.replicator.is_open() {
-                state.push(HealthInput::LinkOpen(id.clone()));
+                inputs.push(HealthInput::LinkOpen(id.clone()));
+            }
+            if !p.known_durable.is_empty() {
+                inputs.push(HealthInput::PeerDurable { peer: id.clone(), seen: p.known_durable.clone() });
             }
         }
-        state
+        let verdicts = self.peers.iter().map(|(id, p)| (id.clone(), (p.health, p.suspected))).collect();
+        HealthState { inputs, verdicts, clock_skewed: self.resolver.clock_skewed() }
     }
 
     /// The health monitor's verdict ([`crate::health::HealthOutput::Verdict`]). A peer judged
@@ -532,13 +543,14 @@ impl<R: RngCore> Node<R> {
     pub fn handle_health(&mut self, now: MonoMs, verdict: HealthVerdict, store: &(impl StateRead + OpLog)) {
         let now_ms = now.0;
         match verdict {
-            HealthVerdict::Peer { peer, health, suspected } => {
+            HealthVerdict::Peer { peer, health, suspected, at } => {
                 let Some(p) = self.peers.get_mut(&peer) else { return };
                 let was = std::mem::replace(&mut p.health, health);
                 p.suspected = suspected;
-                let awaiting_hello = self.timers.get(&Timer::Hello(peer.clone())).is_some();
-                if health == Health::Down && was != Health::Down && (p.replicator.is_open() || awaiting_hello)
-                {
+                // A link that came up after the judgement is not judged by it (the monitor
+                // judges it afresh from its coming up).
+                let judged_link = p.link_up_at.is_some_and(|up| up < at.0);
+                if health == Health::Down && was != Health::Down && judged_link {
                     self.effects.push_back(Effect::Close { peer: peer.clone() });
                     self.disconnect(now_ms, &peer);
                 }
@@ -653,6 +665,7 @@ impl<R: RngCore> Node<R> {
         if !self.failed {
             self.failed = true;
             self.effects.push_back(Effect::Alarm(Alarm::StoreFailed(detail)));
+            self.effects.push_back(Effect::Health(HealthInput::Halted));
         }
     }
 
@@ -779,6 +792,7 @@ impl<R: RngCore> Node<R> {
         let now_ms = now.0;
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.dialer.handle_connected(now_ms);
+        p.link_up_at = Some(now_ms);
         self.effects.push_back(Effect::Health(HealthInput::LinkUp(peer.clone())));
         self.timers.set(Timer::Hello(peer.clone()), now_ms + self.config.replicator.retransmit_ms);
         let hello = Hello {
@@ -817,6 +831,7 @@ impl<R: RngCore> Node<R> {
         if p.replicator.is_open() {
             self.effects.push_back(Effect::Health(HealthInput::LinkClosed(peer.clone())));
         }
+        p.link_up_at = None;
         p.replicator.handle_close();
         // A transfer restarts from a fresh snapshot on the next link, and the next link resends
         // what was held back.

@@ -411,6 +411,11 @@ impl Resolver {
         self.skewed = skewed;
     }
 
+    /// The clock verdict last taken ([`Resolver::handle_clock_skewed`]).
+    pub fn clock_skewed(&self) -> bool {
+        self.skewed
+    }
+
     fn current(
         &self,
         keyspace: &Keyspace,

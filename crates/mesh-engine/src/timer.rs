@@ -70,7 +70,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timers_order_the_failure_detector_first_and_housekeeping_last() {
+    fn timers_order_links_first_and_housekeeping_last() {
         let p = DcId::new("p").expect("valid");
         let mut order = vec![Timer::Gc, Timer::Dial(p.clone()), Timer::Hello(p.clone()), Timer::Sync];
         order.sort();

@@ -8,6 +8,7 @@ mod cluster;
 
 use cluster::{topology_toml, Cluster, Disk, Options};
 use mesh_core::{DcId, Dot, OpKind, ReadValue, Value, VersionVector};
+use mesh_engine::health::Health;
 use mesh_engine::node::{Alarm, NodeWriteError};
 use mesh_engine::sync::{RequestId, SyncOutcome};
 use mesh_engine::PlantedBug;
@@ -417,6 +418,31 @@ fn new_disk(planted: Option<PlantedBug>) {
     assert!(!c.node(1).peer_regressed(&dc("dc0")), "dc0 holds all it had acknowledged again");
     assert_eq!(faults(&c, 0), []);
     assert_eq!(faults(&c, 2), []);
+}
+
+#[test]
+fn a_down_verdict_that_arrives_late_does_not_close_a_link_that_came_up_since() {
+    // The review's race: a verdict made on the old link's silence reaches the node after a new
+    // link came up; acting on it would close a healthy link.
+    let mut c = Cluster::ready(2);
+    c.run_for(1_000);
+    c.hold_verdicts(0);
+    // dc1 goes silent to dc0 (nothing is delivered) until dc0's monitor judges it down.
+    c.advance(3_000);
+    assert_eq!(c.dc(0).held_verdicts_judging(&dc("dc1")).last(), Some(&Health::Down));
+    // The link drops and a new one comes up.
+    c.disconnect(0, 1);
+    c.connect(0, 1);
+    c.drive();
+    assert!(c.is_linked(0, 1));
+    c.release_verdicts(0);
+    c.drive();
+    assert!(c.is_linked(0, 1), "the late verdict closed the new link");
+    let request = c.write(0, "users", "after", b"v");
+    c.run_for(1_000);
+    assert!(c.reply(0, request).is_some());
+    assert!(c.converged(), "{:?}", c.divergence());
+    assert_no_faults(&c);
 }
 
 #[test]

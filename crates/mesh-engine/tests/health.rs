@@ -3,7 +3,7 @@
 
 use mesh_core::{DcId, VersionVector};
 use mesh_engine::health::{
-    Health, HealthConfig, HealthInput, HealthMonitor, HealthOutput, HealthVerdict, Lag,
+    Health, HealthConfig, HealthInput, HealthMonitor, HealthOutput, HealthState, HealthVerdict, Lag,
 };
 use mesh_engine::{MonoMs, WallMs};
 use mesh_wire::{Heartbeat, HeartbeatEcho};
@@ -309,7 +309,7 @@ fn verdicts(outputs: Vec<HealthOutput>) -> Vec<(DcId, Health, bool)> {
     outputs
         .into_iter()
         .filter_map(|o| match o {
-            HealthOutput::Verdict(HealthVerdict::Peer { peer, health, suspected }) => {
+            HealthOutput::Verdict(HealthVerdict::Peer { peer, health, suspected, .. }) => {
                 Some((peer, health, suspected))
             }
             _ => None,
@@ -339,26 +339,83 @@ fn verdicts_are_handed_out_when_they_change_and_a_returning_peer_is_unsuspected_
     assert_eq!(verdicts(outputs(&mut m)), [(dc("b"), Health::Down, false)]);
 }
 
+/// What a node that holds b as suspect (its link up) and c as down (no link), and its clock as
+/// skewed, hands a monitor resumed beside it.
+fn resumed_state() -> HealthState {
+    HealthState {
+        inputs: vec![
+            HealthInput::LocalSeen(vv(&[("a", 9)])),
+            HealthInput::LinkUp(dc("b")),
+            HealthInput::LinkOpen(dc("b")),
+            HealthInput::PeerDurable { peer: dc("b"), seen: vv(&[("a", 7)]) },
+        ],
+        verdicts: [(dc("b"), (Health::Suspect, true)), (dc("c"), (Health::Down, true))].into_iter().collect(),
+        clock_skewed: true,
+    }
+}
+
 #[test]
-fn a_resumed_monitor_hands_every_verdict_over_and_counts_a_link_up_as_life() {
-    let state = vec![
-        HealthInput::LocalSeen(vv(&[("a", 9)])),
-        HealthInput::LinkUp(dc("b")),
-        HealthInput::LinkOpen(dc("b")),
-    ];
-    let mut m = HealthMonitor::resume([dc("b"), dc("c")], HealthConfig::new(100, 500), MonoMs(5_000), state);
-    let first = outputs(&mut m);
-    assert_eq!(
-        verdicts(first.clone()),
-        [(dc("b"), Health::Healthy, false), (dc("c"), Health::Down, false)],
-        "b's link is up: not judged down on a history the new monitor never saw"
-    );
-    assert!(first.contains(&HealthOutput::Verdict(HealthVerdict::ClockSkewed(false))));
+fn a_resumed_monitor_keeps_the_nodes_verdicts_until_it_has_evidence_of_its_own() {
+    let config = HealthConfig::new(100, 500);
+    let mut m = HealthMonitor::resume([dc("b"), dc("c")], config, MonoMs(5_000), resumed_state());
+    assert!(outputs(&mut m).is_empty(), "nothing changed for the node");
+    assert!(m.suspected(&dc("b")) && m.suspected(&dc("c")), "the node's suspicions stand");
+    assert!(m.clock_skewed(), "the node's clock verdict stands until a round trip is measured");
+    assert_eq!(m.status(&dc("b"), MonoMs(5_000)).unwrap().lag.unwrap().ops, 2, "b is known to hold a:7");
     let sent = sent_at(&mut m, 5_000, 0);
-    assert_eq!(sent[&dc("b")].seen, vv(&[("a", 9)]));
-    // b stays silent: judged down in time, like any peer.
+    assert_eq!(sent[&dc("b")].seen, vv(&[("a", 9)]), "heartbeats go on the open link at once");
+    // b speaks: the monitor's own judgement takes over (heard, not suspected).
+    beat(&mut m, 5_050, "b");
+    assert_eq!(verdicts(outputs(&mut m)), [(dc("b"), Health::Healthy, false)]);
+    // c, never heard by this monitor, stays suspected however long it is silent.
+    tick_until(&mut m, 9_000, "c");
+    assert!(m.suspected(&dc("c")));
+}
+
+#[test]
+fn a_resumed_monitor_judges_a_silent_peer_with_a_link_down_in_time() {
+    let mut state = resumed_state();
+    state.verdicts.insert(dc("b"), (Health::Healthy, false));
+    let mut m = HealthMonitor::resume([dc("b"), dc("c")], HealthConfig::new(100, 500), MonoMs(5_000), state);
     let changes = tick_until(&mut m, 8_000, "b");
     assert_eq!(changes.last().map(|c| c.1), Some(Health::Down), "{changes:?}");
+    assert!(changes.last().unwrap().0 <= 6_000, "down about 8 intervals after the resume: {changes:?}");
+}
+
+#[test]
+fn a_halted_monitor_sends_no_more_heartbeats() {
+    let mut m = monitor();
+    m.handle(MonoMs(0), HealthInput::LinkOpen(dc("b")));
+    assert_eq!(sent_at(&mut m, 0, 0).len(), 1);
+    m.handle(MonoMs(50), HealthInput::Halted);
+    assert!(sent_at(&mut m, 100, 0).is_empty(), "a failed node's peers must judge it down");
+}
+
+#[test]
+fn a_verdict_carries_when_it_was_made() {
+    let mut m = monitor();
+    beat(&mut m, 0, "b");
+    tick(&mut m, 0);
+    let at: Vec<MonoMs> = outputs(&mut m)
+        .into_iter()
+        .filter_map(|o| match o {
+            HealthOutput::Verdict(HealthVerdict::Peer { at, .. }) => Some(at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(at, [MonoMs(0)]);
+    for t in (100..=3_000).step_by(100) {
+        tick(&mut m, t);
+    }
+    let downs: Vec<MonoMs> = outputs(&mut m)
+        .into_iter()
+        .filter_map(|o| match o {
+            HealthOutput::Verdict(HealthVerdict::Peer { health: Health::Down, at, .. }) => Some(at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(downs.len(), 1);
+    assert!(downs[0].ms() > 0 && downs[0].ms().is_multiple_of(100), "judged at a tick: {downs:?}");
 }
 
 #[test]

@@ -287,6 +287,8 @@ async fn serve(
     }
     let server = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped()).await });
     let (pool_tx, pool_rx) = tokio::sync::watch::channel(None);
+    // The live health actor is published for tests; the front ends reach it through the
+    // resolver (`/v1/status`).
     let (health_tx, _) = tokio::sync::watch::channel(None);
     let (supervisor, supervisor_done) =
         ractor::Actor::spawn(None, Supervisor, (args, current_tx, pool_tx, health_tx))

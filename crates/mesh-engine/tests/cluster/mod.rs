@@ -31,7 +31,7 @@ use mesh_core::{
     builtin_resolvers, Conflict, DcId, Dot, Key, KeyState, Keyspace, OpKind, ReadValue, Topology,
     VersionVector,
 };
-use mesh_engine::health::{HealthMonitor, HealthOutput};
+use mesh_engine::health::{Health, HealthMonitor, HealthOutput, HealthVerdict};
 use mesh_engine::node::{Alarm, Effect, Node, NodeConfig, NodeStats, NodeWriteError, Startup, WriteOptions};
 use mesh_engine::resolver::{PersistId, WriteRequest};
 use mesh_engine::sync::{RequestId, SyncOutcome};
@@ -114,6 +114,16 @@ pub struct ClusterStats {
 }
 
 impl Dc {
+    /// The healths its held verdicts give `peer`, oldest first.
+    pub fn held_verdicts_judging(&self, peer: &DcId) -> Vec<Health> {
+        let held = self.held_verdicts.iter().flatten();
+        held.filter_map(|v| match v {
+            HealthVerdict::Peer { peer: p, health, .. } if p == peer => Some(*health),
+            _ => None,
+        })
+        .collect()
+    }
+
     /// The earliest deadline of its node or its health monitor; `None` when it is down.
     fn poll_timeout(&self) -> Option<u64> {
         let node = self.node.as_ref()?.poll_timeout();
@@ -131,6 +141,9 @@ pub struct Dc {
     node: Option<Node<StdRng>>,
     /// Its node's health monitor, run beside it (stops and starts with it).
     health: Option<HealthMonitor>,
+    /// Verdicts of its monitor held back from its node ([`Cluster::hold_verdicts`]), as a busy
+    /// runtime delays them; `None`: handed over at once.
+    held_verdicts: Option<VecDeque<HealthVerdict>>,
     /// Starts of its node so far (seeds each node's RNG differently).
     incarnation: u32,
     disk: Disk,
@@ -239,6 +252,7 @@ impl Cluster {
                 store: MemStore::new(),
                 node: None,
                 health: None,
+                held_verdicts: None,
                 incarnation: 0,
                 disk: Disk::Stepped,
                 staged: VecDeque::new(),
@@ -599,6 +613,24 @@ impl Cluster {
         self.connect_all();
     }
 
+    /// Holds DC `dc`'s health verdicts back from its node until [`Cluster::release_verdicts`]
+    /// (meshd's health actor and resolver are apart: a verdict may reach the node after other
+    /// inputs that came later).
+    pub fn hold_verdicts(&mut self, dc: usize) {
+        self.dcs[dc].held_verdicts.get_or_insert_with(VecDeque::new);
+    }
+
+    /// Hands DC `dc`'s held verdicts to its node, in order, and stops holding them.
+    pub fn release_verdicts(&mut self, dc: usize) {
+        let now = MonoMs(self.now_ms);
+        for verdict in self.dcs[dc].held_verdicts.take().unwrap_or_default() {
+            self.note(format!("verdict {} {verdict:?}", self.dcs[dc].id));
+            let d = &mut self.dcs[dc];
+            d.node.as_mut().expect("a live node").handle_health(now, verdict, &d.store);
+            self.after(dc);
+        }
+    }
+
     // ---- Crashes ----
 
     /// DC `dc` loses power: its node stops, its store keeps what was synced plus the first
@@ -613,6 +645,7 @@ impl Cluster {
         let d = &mut self.dcs[dc];
         d.node = None;
         d.health = None;
+        d.held_verdicts = None;
         d.staged.clear();
         let unsynced = d.store.unsynced();
         let kept = d.store.crash(keep);
@@ -941,6 +974,10 @@ impl Cluster {
                 HealthOutput::Send { to, heartbeat } => self.send(dc, &to, Message::Heartbeat(heartbeat)),
                 HealthOutput::Verdict(verdict) => {
                     let d = &mut self.dcs[dc];
+                    if let Some(held) = d.held_verdicts.as_mut() {
+                        held.push_back(verdict);
+                        continue;
+                    }
                     d.node
                         .as_mut()
                         .expect("the monitor runs beside a live node")

@@ -143,6 +143,8 @@ impl World {
         let d = &mut self.dcs[dc];
         d.node = None;
         d.health = None;
+        d.health_inbox.clear();
+        d.verdict_inbox.clear();
         d.named.clear();
         d.timer_at = None;
         d.incarnation += 1;

@@ -26,7 +26,7 @@ use crate::history::History;
 use crate::scenario::Scenario;
 use disk::Disk;
 use mesh_core::{DcId, Dot, Key, Keyspace, Op, ReadValue, VersionVector};
-use mesh_engine::health::{HealthMonitor, HealthOutput};
+use mesh_engine::health::{HealthInput, HealthMonitor, HealthOutput, HealthVerdict};
 use mesh_engine::node::{Effect, Node, NodeConfig, Startup};
 use mesh_engine::PlantedBug;
 use mesh_engine::{MonoMs, WallMs};
@@ -36,7 +36,7 @@ use network::Network;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use workload::Workload;
 use xxhash_rust::xxh3::Xxh3;
@@ -112,17 +112,59 @@ impl RunResult {
 
 #[derive(Debug)]
 enum Event {
-    Write { dc: usize },
-    Deliver { from: usize, to: usize, conn: u64, message: Message },
-    Sync { dc: usize, incarnation: u32 },
-    Compact { dc: usize, incarnation: u32, below: VersionVector },
-    Timer { dc: usize, incarnation: u32 },
-    DialDone { dc: usize, peer: usize, incarnation: u32 },
-    IdleClose { a: usize, b: usize, conn: u64 },
-    Close { a: usize, b: usize, conn: u64 },
+    Write {
+        dc: usize,
+    },
+    Deliver {
+        from: usize,
+        to: usize,
+        conn: u64,
+        message: Message,
+    },
+    Sync {
+        dc: usize,
+        incarnation: u32,
+    },
+    Compact {
+        dc: usize,
+        incarnation: u32,
+        below: VersionVector,
+    },
+    Timer {
+        dc: usize,
+        incarnation: u32,
+    },
+    /// The node's health inputs waiting in `health_inbox` reach its monitor.
+    HealthInputs {
+        dc: usize,
+        incarnation: u32,
+    },
+    /// The monitor's verdicts waiting in `verdict_inbox` reach the node.
+    Verdicts {
+        dc: usize,
+        incarnation: u32,
+    },
+    DialDone {
+        dc: usize,
+        peer: usize,
+        incarnation: u32,
+    },
+    IdleClose {
+        a: usize,
+        b: usize,
+        conn: u64,
+    },
+    Close {
+        a: usize,
+        b: usize,
+        conn: u64,
+    },
     FaultStart(usize),
     FaultEnd(usize),
-    Flap { fault: usize, cut: bool },
+    Flap {
+        fault: usize,
+        cut: bool,
+    },
     Sample,
 }
 
@@ -156,6 +198,11 @@ pub(crate) struct SimDc {
     pub(crate) node: Option<Node<StdRng>>,
     /// Its node's health monitor, run beside it (stops and starts with it).
     health: Option<HealthMonitor>,
+    /// Inputs from the node on their way to the monitor, and verdicts on their way back: each
+    /// direction is in order but later than the step that made it, as between meshd's resolver
+    /// and health actor (events at the same ms scheduled before them run first).
+    health_inbox: VecDeque<HealthInput>,
+    verdict_inbox: VecDeque<HealthVerdict>,
     incarnation: u32,
     /// The bookkeeping of its simulated disk around `store` (see [`disk`]).
     disk: Disk,
@@ -211,6 +258,8 @@ impl World {
                 offset_ms: 0,
                 timer_at: None,
                 named: BTreeMap::new(),
+                health_inbox: VecDeque::new(),
+                verdict_inbox: VecDeque::new(),
             })
             .collect();
         let codec_config = CodecConfig::from_replication(&scenario.topology.config.replication)
@@ -297,6 +346,8 @@ impl World {
             Event::Sync { dc, incarnation } => self.sync(dc, incarnation),
             Event::Compact { dc, incarnation, below } => self.compact(dc, incarnation, &below),
             Event::Timer { dc, incarnation } => self.timer(dc, incarnation),
+            Event::HealthInputs { dc, incarnation } => self.health_inputs(dc, incarnation),
+            Event::Verdicts { dc, incarnation } => self.verdicts(dc, incarnation),
             Event::DialDone { dc, peer, incarnation } => self.dial_done(dc, peer, incarnation),
             Event::IdleClose { a, b, conn } => self.idle_close(a, b, conn),
             Event::Close { a, b, conn } => self.close_if_open(a, b, conn),
@@ -365,7 +416,6 @@ impl World {
     /// Carries out what `dc`'s health monitor asked for, as the node's runtime does: its
     /// heartbeats go on the links, its verdicts to the node.
     fn carry_out_health(&mut self, dc: usize) {
-        let now = MonoMs(self.now_ms);
         while let Some(output) = self.dcs[dc].health.as_mut().and_then(HealthMonitor::poll_output) {
             match output {
                 HealthOutput::Send { to, heartbeat } => {
@@ -374,12 +424,43 @@ impl World {
                 }
                 HealthOutput::Verdict(verdict) => {
                     let d = &mut self.dcs[dc];
-                    if let Some(node) = d.node.as_mut() {
-                        node.handle_health(now, verdict, &d.store);
+                    d.verdict_inbox.push_back(verdict);
+                    if d.verdict_inbox.len() == 1 {
+                        let incarnation = d.incarnation;
+                        self.schedule(self.now_ms, Event::Verdicts { dc, incarnation });
                     }
                 }
             }
         }
+    }
+
+    /// The node's health inputs reach its monitor, unless its process restarted since.
+    fn health_inputs(&mut self, dc: usize, incarnation: u32) {
+        let now = MonoMs(self.now_ms);
+        let d = &mut self.dcs[dc];
+        if d.incarnation != incarnation {
+            return;
+        }
+        let Some(health) = d.health.as_mut() else { return };
+        for input in d.health_inbox.drain(..) {
+            health.handle(now, input);
+        }
+        self.carry_out_health(dc);
+        self.after(dc);
+    }
+
+    /// The monitor's verdicts reach the node, unless its process restarted since.
+    fn verdicts(&mut self, dc: usize, incarnation: u32) {
+        let now = MonoMs(self.now_ms);
+        let d = &mut self.dcs[dc];
+        if d.incarnation != incarnation {
+            return;
+        }
+        let Some(node) = d.node.as_mut() else { return };
+        for verdict in d.verdict_inbox.drain(..) {
+            node.handle_health(now, verdict, &d.store);
+        }
+        self.after(dc);
     }
 
     /// Carries out the effects `dc`'s node emitted, then re-arms its timer.
@@ -409,11 +490,12 @@ impl World {
             }
             Effect::Persist { id, batch } => self.persist(dc, id, batch),
             Effect::Health(input) => {
-                let now = MonoMs(self.now_ms);
-                if let Some(health) = self.dcs[dc].health.as_mut() {
-                    health.handle(now, input);
+                let d = &mut self.dcs[dc];
+                d.health_inbox.push_back(input);
+                if d.health_inbox.len() == 1 {
+                    let incarnation = d.incarnation;
+                    self.schedule(self.now_ms, Event::HealthInputs { dc, incarnation });
                 }
-                self.carry_out_health(dc);
             }
             Effect::Reply { request, dot, outcome, .. } => self.reply(dc, request, dot, outcome),
             Effect::Conflict(c) => {
