@@ -81,7 +81,12 @@ pub enum HealthInput {
     /// it to peers as what this DC holds).
     LocalSeen(VersionVector),
     /// A link to the peer came up (a handshake completed): a sign of life.
-    LinkUp(DcId),
+    LinkUp {
+        /// The peer.
+        peer: DcId,
+        /// The link's number (the node numbers its links; a later link has a larger one).
+        link: u64,
+    },
     /// The peer's Hello was accepted on its link: heartbeats go to it from now on.
     LinkOpen(DcId),
     /// The peer's link closed: no more heartbeats to it until it opens again.
@@ -97,7 +102,9 @@ pub enum HealthInput {
         /// This DC's wall clock when it arrived.
         wall: WallMs,
     },
-    /// The peer said itself (an Ack or a Hello) that it durably holds `seen`.
+    /// The peer durably holds `seen`: it said so itself (an Ack or a Hello), or, in
+    /// [`crate::node::Node::health_state`], the node learned it (from the peer's reports, direct
+    /// or relayed).
     PeerDurable {
         /// The peer.
         peer: DcId,
@@ -134,9 +141,16 @@ pub enum HealthVerdict {
         /// Whether it counts as suspected ([`HealthMonitor::suspected`]): the node relays its
         /// ops for it and starts no state transfer to it.
         suspected: bool,
-        /// When it was judged (runtime clock). A verdict reaches the node later than it was
-        /// made; a link that came up since is not closed on it.
-        at: MonoMs,
+    },
+    /// The peer fell silent on link `link` (it was just judged down while that link was up):
+    /// close that link and dial again, rather than hold it until the transport's idle timeout.
+    /// A verdict reaches the node later than it was made; if the node's link to the peer is
+    /// another one by then, the verdict is not about it.
+    Silent {
+        /// The peer.
+        peer: DcId,
+        /// The link it fell silent on.
+        link: u64,
     },
     /// Whether this DC's clock is off against most peers ([`HealthMonitor::clock_skewed`]).
     ClockSkewed(bool),
@@ -249,6 +263,8 @@ struct Peer {
     /// evidence of its own: the peer's first heartbeat, or its own judgement of a peer it has a
     /// detector for as down.
     prior: Option<(Health, bool)>,
+    /// The link up to it, as the node numbered it (`None`: none up).
+    link: Option<u64>,
 }
 
 /// One heartbeat round trip: the offset it implies and its delay.
@@ -304,6 +320,7 @@ impl HealthMonitor {
                     last_heard: None,
                     clock_samples: VecDeque::new(),
                     prior: None,
+                    link: None,
                 };
                 (dc, peer)
             })
@@ -330,8 +347,9 @@ impl HealthMonitor {
     /// restarted; [`crate::node::Node::health_state`] gives `state`). It knows no history: it
     /// keeps the node's verdicts until it has evidence of its own (a peer's first heartbeat, or
     /// its own judgement of a peer as down), and the node's clock verdict until it measures a
-    /// round trip. A peer with a link up counts as heard from at `now` (its link is a sign of
-    /// life) and is judged afresh from there, so a silent one is still judged down in time.
+    /// round trip. A peer with a link up, or that the node did not hold as down, counts as heard
+    /// from at `now` and is judged afresh from there, so a silent one is still judged down in
+    /// time; a peer the node held as down stays so (and as suspected, if it was) until heard.
     pub fn resume(
         peers: impl IntoIterator<Item = DcId>,
         config: HealthConfig,
@@ -341,20 +359,24 @@ impl HealthMonitor {
         let mut monitor = Self::new(peers, config, now);
         for (dc, p) in &mut monitor.peers {
             p.prior = state.verdicts.get(dc).copied();
+            if p.prior.is_some_and(|(health, _)| health != Health::Down) {
+                p.detector.heartbeat(now.0, &monitor.config);
+                p.health = Health::Healthy;
+            }
         }
         monitor.reported = state.verdicts;
         monitor.skew_prior = Some(state.clock_skewed);
         monitor.reported_skew = state.clock_skewed;
         for input in state.inputs {
-            if let HealthInput::LinkUp(peer) = &input {
-                if let Some(p) = monitor.peers.get_mut(peer) {
+            if let HealthInput::LinkUp { peer, .. } = &input {
+                if let Some(p) = monitor.peers.get_mut(peer).filter(|p| p.detector.last_ms.is_none()) {
                     p.detector.heartbeat(now.0, &monitor.config);
                     p.health = Health::Healthy;
                 }
             }
             monitor.apply(now, input);
         }
-        monitor.report(now);
+        monitor.report();
         monitor
     }
 
@@ -371,13 +393,18 @@ impl HealthMonitor {
     /// Takes what the node learned at `now` (runtime clock).
     pub fn handle(&mut self, now: MonoMs, input: HealthInput) {
         self.apply(now, input);
-        self.report(now);
+        self.report();
     }
 
     fn apply(&mut self, now: MonoMs, input: HealthInput) {
         match input {
             HealthInput::LocalSeen(seen) => self.local_seen.join(&seen),
-            HealthInput::LinkUp(peer) => self.handle_link_up(&peer, now.0),
+            HealthInput::LinkUp { peer, link } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.link = Some(link);
+                }
+                self.handle_link_up(&peer, now.0);
+            }
             HealthInput::LinkOpen(peer) => {
                 if self.peers.contains_key(&peer) {
                     self.open.insert(peer);
@@ -385,6 +412,9 @@ impl HealthMonitor {
             }
             HealthInput::LinkClosed(peer) => {
                 self.open.remove(&peer);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.link = None;
+                }
             }
             HealthInput::Heartbeat { from, heartbeat, at, wall } => {
                 self.handle_heartbeat(at, wall, &from, &heartbeat);
@@ -394,14 +424,14 @@ impl HealthMonitor {
         }
     }
 
-    /// Hands out the verdicts that changed since last reported, as judged at `now`.
-    fn report(&mut self, now: MonoMs) {
+    /// Hands out the verdicts that changed since last reported.
+    fn report(&mut self) {
         for dc in self.peers.keys() {
             let verdict = self.verdict(dc);
             if self.reported.get(dc) != Some(&verdict) {
                 self.reported.insert(dc.clone(), verdict);
                 let (health, suspected) = verdict;
-                let verdict = HealthVerdict::Peer { peer: dc.clone(), health, suspected, at: now };
+                let verdict = HealthVerdict::Peer { peer: dc.clone(), health, suspected };
                 self.outputs.push_back(HealthOutput::Verdict(verdict));
             }
         }
@@ -445,7 +475,7 @@ impl HealthMonitor {
                 self.history.pop_front();
             }
         }
-        for peer in self.peers.values_mut() {
+        for (dc, peer) in &mut self.peers {
             peer.judged_alive_run = peer.detector.last_ms.is_some();
             let phi = peer.detector.phi(now_ms, &self.config);
             let to = if phi >= self.config.phi_down {
@@ -455,12 +485,16 @@ impl HealthMonitor {
             } else {
                 Health::Healthy
             };
+            if let Some(link) = peer.link.filter(|_| to == Health::Down && peer.health != Health::Down) {
+                let silent = HealthVerdict::Silent { peer: dc.clone(), link };
+                self.outputs.push_back(HealthOutput::Verdict(silent));
+            }
             peer.health = to;
             if to == Health::Down && peer.detector.last_ms.is_some() {
                 peer.prior = None;
             }
         }
-        self.report(now);
+        self.report();
     }
 
     /// A heartbeat from `from` arrived at `now` (runtime clock), when this DC's wall clock read

@@ -335,9 +335,9 @@ struct Peer {
     /// The health monitor counts it as suspected: its ops are relayed for it, and no state
     /// transfer starts to it.
     suspected: bool,
-    /// When its current link came up (runtime clock), if one is up: a down verdict made before
-    /// does not close it.
-    link_up_at: Option<u64>,
+    /// The number of its link, if one is up (numbered by [`Node::handle_connected`], so a
+    /// verdict about an earlier link is told apart).
+    link: Option<u64>,
     /// It came back with less than it had acknowledged (see `learn_durable`), and has not yet
     /// reported holding it all again.
     regressed: bool,
@@ -383,6 +383,8 @@ pub struct Node<R> {
     /// The runtime clock at the last input, for views that take no time (`queued_ops`).
     last_now_ms: u64,
     next_transfer: u64,
+    /// Links that came up so far: the number of the last one ([`Peer::link`]).
+    links_connected: u64,
     effects: VecDeque<Effect>,
     stats: NodeStats,
 }
@@ -447,7 +449,7 @@ impl<R: RngCore> Node<R> {
                     reports: Reports::default(),
                     health: Health::Down,
                     suspected: false,
-                    link_up_at: None,
+                    link: None,
                     regressed: false,
                     apply_failures: None,
                     held_back: VecDeque::new(),
@@ -486,6 +488,7 @@ impl<R: RngCore> Node<R> {
             uncommitted_ops: 0,
             last_now_ms: now_ms,
             next_transfer: 1,
+            links_connected: 0,
             effects: VecDeque::new(),
             stats: NodeStats::default(),
         };
@@ -522,8 +525,8 @@ impl<R: RngCore> Node<R> {
             inputs.push(HealthInput::Halted);
         }
         for (id, p) in &self.peers {
-            if p.link_up_at.is_some() {
-                inputs.push(HealthInput::LinkUp(id.clone()));
+            if let Some(link) = p.link {
+                inputs.push(HealthInput::LinkUp { peer: id.clone(), link });
             }
             if p.replicator.is_open() {
                 inputs.push(HealthInput::LinkOpen(id.clone()));
@@ -536,21 +539,21 @@ impl<R: RngCore> Node<R> {
         HealthState { inputs, verdicts, clock_skewed: self.resolver.clock_skewed() }
     }
 
-    /// The health monitor's verdict ([`crate::health::HealthOutput::Verdict`]). A peer judged
-    /// down has its link closed and dialed again, rather than held until the transport's idle
-    /// timeout (a dead process, a one-way cut, a half-open connection). A clock judged skewed
-    /// refuses writes that order by time (DESIGN.md, "Clock skew").
+    /// The health monitor's verdict ([`crate::health::HealthOutput::Verdict`]). A peer that
+    /// fell silent on the link up now has it closed and dialed again, rather than held until
+    /// the transport's idle timeout (a dead process, a one-way cut, a half-open connection). A
+    /// clock judged skewed refuses writes that order by time (DESIGN.md, "Clock skew").
     pub fn handle_health(&mut self, now: MonoMs, verdict: HealthVerdict, store: &(impl StateRead + OpLog)) {
         let now_ms = now.0;
         match verdict {
-            HealthVerdict::Peer { peer, health, suspected, at } => {
-                let Some(p) = self.peers.get_mut(&peer) else { return };
-                let was = std::mem::replace(&mut p.health, health);
-                p.suspected = suspected;
-                // A link that came up after the judgement is not judged by it (the monitor
-                // judges it afresh from its coming up).
-                let judged_link = p.link_up_at.is_some_and(|up| up < at.0);
-                if health == Health::Down && was != Health::Down && judged_link {
+            HealthVerdict::Peer { peer, health, suspected } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.health = health;
+                    p.suspected = suspected;
+                }
+            }
+            HealthVerdict::Silent { peer, link } => {
+                if self.peers.get(&peer).is_some_and(|p| p.link == Some(link)) {
                     self.effects.push_back(Effect::Close { peer: peer.clone() });
                     self.disconnect(now_ms, &peer);
                 }
@@ -792,8 +795,10 @@ impl<R: RngCore> Node<R> {
         let now_ms = now.0;
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.dialer.handle_connected(now_ms);
-        p.link_up_at = Some(now_ms);
-        self.effects.push_back(Effect::Health(HealthInput::LinkUp(peer.clone())));
+        self.links_connected += 1;
+        let link = self.links_connected;
+        p.link = Some(link);
+        self.effects.push_back(Effect::Health(HealthInput::LinkUp { peer: peer.clone(), link }));
         self.timers.set(Timer::Hello(peer.clone()), now_ms + self.config.replicator.retransmit_ms);
         let hello = Hello {
             dc: self.local.clone(),
@@ -831,7 +836,7 @@ impl<R: RngCore> Node<R> {
         if p.replicator.is_open() {
             self.effects.push_back(Effect::Health(HealthInput::LinkClosed(peer.clone())));
         }
-        p.link_up_at = None;
+        p.link = None;
         p.replicator.handle_close();
         // A transfer restarts from a fresh snapshot on the next link, and the next link resends
         // what was held back.

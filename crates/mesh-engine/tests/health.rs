@@ -345,7 +345,7 @@ fn resumed_state() -> HealthState {
     HealthState {
         inputs: vec![
             HealthInput::LocalSeen(vv(&[("a", 9)])),
-            HealthInput::LinkUp(dc("b")),
+            HealthInput::LinkUp { peer: dc("b"), link: 4 },
             HealthInput::LinkOpen(dc("b")),
             HealthInput::PeerDurable { peer: dc("b"), seen: vv(&[("a", 7)]) },
         ],
@@ -391,31 +391,54 @@ fn a_halted_monitor_sends_no_more_heartbeats() {
     assert!(sent_at(&mut m, 100, 0).is_empty(), "a failed node's peers must judge it down");
 }
 
-#[test]
-fn a_verdict_carries_when_it_was_made() {
-    let mut m = monitor();
-    beat(&mut m, 0, "b");
-    tick(&mut m, 0);
-    let at: Vec<MonoMs> = outputs(&mut m)
+/// The links the outputs say a peer fell silent on.
+fn silences(outputs: Vec<HealthOutput>) -> Vec<(DcId, u64)> {
+    outputs
         .into_iter()
         .filter_map(|o| match o {
-            HealthOutput::Verdict(HealthVerdict::Peer { at, .. }) => Some(at),
+            HealthOutput::Verdict(HealthVerdict::Silent { peer, link }) => Some((peer, link)),
             _ => None,
         })
-        .collect();
-    assert_eq!(at, [MonoMs(0)]);
-    for t in (100..=3_000).step_by(100) {
+        .collect()
+}
+
+#[test]
+fn a_peer_falling_silent_is_reported_on_the_link_it_fell_silent_on_once() {
+    let mut m = monitor();
+    m.handle(MonoMs(0), HealthInput::LinkUp { peer: dc("b"), link: 7 });
+    for t in (0..=1_000).step_by(100) {
+        beat(&mut m, t, "b");
         tick(&mut m, t);
     }
-    let downs: Vec<MonoMs> = outputs(&mut m)
-        .into_iter()
-        .filter_map(|o| match o {
-            HealthOutput::Verdict(HealthVerdict::Peer { health: Health::Down, at, .. }) => Some(at),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(downs.len(), 1);
-    assert!(downs[0].ms() > 0 && downs[0].ms().is_multiple_of(100), "judged at a tick: {downs:?}");
+    assert!(silences(outputs(&mut m)).is_empty());
+    for t in (1_100..=5_000).step_by(100) {
+        tick(&mut m, t);
+    }
+    assert_eq!(silences(outputs(&mut m)), [(dc("b"), 7)], "once, when judged down");
+    // A silence with no link up is not a link's: nothing to close.
+    let mut m = monitor();
+    for t in (0..=1_000).step_by(100) {
+        beat(&mut m, t, "c");
+        tick(&mut m, t);
+    }
+    m.handle(MonoMs(1_000), HealthInput::LinkUp { peer: dc("c"), link: 1 });
+    m.handle(MonoMs(1_000), HealthInput::LinkClosed(dc("c")));
+    for t in (1_100..=5_000).step_by(100) {
+        tick(&mut m, t);
+    }
+    assert!(silences(outputs(&mut m)).is_empty());
+}
+
+#[test]
+fn a_peer_held_healthy_without_a_link_at_a_resume_is_still_judged_down_in_time() {
+    // The re-review's case: the node held c healthy, its link had just dropped, and the monitor
+    // restarted; c never speaks again.
+    let mut state = resumed_state();
+    state.verdicts.insert(dc("c"), (Health::Healthy, false));
+    let mut m = HealthMonitor::resume([dc("b"), dc("c")], HealthConfig::new(100, 500), MonoMs(5_000), state);
+    let changes = tick_until(&mut m, 8_000, "c");
+    assert_eq!(changes.last().map(|c| c.1), Some(Health::Down), "{changes:?}");
+    assert!(m.suspected(&dc("c")), "judged on its silence");
 }
 
 #[test]
@@ -478,7 +501,7 @@ fn a_peer_that_dies_right_after_its_first_heartbeats_is_judged_down() {
     // logged as suspect or down by its peers.
     for beats in [1u64, 2, 3] {
         let mut m = monitor();
-        m.handle(MonoMs(0), HealthInput::LinkUp(dc("b")));
+        m.handle(MonoMs(0), HealthInput::LinkUp { peer: dc("b"), link: 1 });
         for i in 1..=beats {
             beat(&mut m, i * 100, "b");
         }

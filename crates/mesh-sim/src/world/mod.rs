@@ -441,8 +441,10 @@ impl World {
         if d.incarnation != incarnation {
             return;
         }
+        // Drained whatever happens, so the next input schedules the next delivery.
+        let inputs: Vec<HealthInput> = d.health_inbox.drain(..).collect();
         let Some(health) = d.health.as_mut() else { return };
-        for input in d.health_inbox.drain(..) {
+        for input in inputs {
             health.handle(now, input);
         }
         self.carry_out_health(dc);
@@ -456,8 +458,9 @@ impl World {
         if d.incarnation != incarnation {
             return;
         }
+        let verdicts: Vec<HealthVerdict> = d.verdict_inbox.drain(..).collect();
         let Some(node) = d.node.as_mut() else { return };
-        for verdict in d.verdict_inbox.drain(..) {
+        for verdict in verdicts {
             node.handle_health(now, verdict, &d.store);
         }
         self.after(dc);
