@@ -380,6 +380,11 @@ impl HealthMonitor {
         monitor
     }
 
+    /// The peers it judges.
+    pub fn peers(&self) -> impl Iterator<Item = &DcId> {
+        self.peers.keys()
+    }
+
     /// When [`HealthMonitor::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<MonoMs> {
         Some(MonoMs(self.next_tick_ms))

@@ -114,8 +114,8 @@ impl HealthActor {
         }
     }
 
-    /// Logs a peer's health when it changed (the first verdict, down until its first heartbeat,
-    /// is where the log starts).
+    /// Logs a peer's health when it changed since last logged (the verdict a monitor starts
+    /// with, down until a first heartbeat, is where the log starts).
     fn log_health(
         args: &HealthArgs,
         logged: &mut BTreeMap<DcId, Health>,
@@ -138,9 +138,8 @@ impl HealthActor {
     fn observe(state: &HealthState) {
         let Some(monitor) = &state.monitor else { return };
         let now = Self::now(state);
-        let peers = state
-            .logged
-            .keys()
+        let peers = monitor
+            .peers()
             .filter_map(|peer| {
                 let s = monitor.status(peer, now)?;
                 Some(PeerHealthObserved {
@@ -203,6 +202,13 @@ impl Actor for HealthActor {
         let now = Self::now(state);
         match msg {
             HealthMsg::Reset { monitor, links, resolver } => {
+                // Transitions are logged against what was logged before (a resolver restart
+                // does not log its peers again), or from the verdicts the monitor starts with.
+                for peer in monitor.peers() {
+                    if let Some(health) = monitor.health(peer).filter(|_| !state.logged.contains_key(peer)) {
+                        state.logged.insert(peer.clone(), health);
+                    }
+                }
                 state.monitor = Some(*monitor);
                 state.links = links;
                 state.resolver = Some(resolver);
@@ -238,9 +244,7 @@ impl Actor for HealthActor {
                 let statuses = state
                     .monitor
                     .as_ref()
-                    .map(|m| {
-                        state.logged.keys().filter_map(|p| Some((p.clone(), m.status(p, now)?))).collect()
-                    })
+                    .map(|m| m.peers().filter_map(|p| Some((p.clone(), m.status(p, now)?))).collect())
                     .unwrap_or_default();
                 let _ = reply.send(statuses);
             }
