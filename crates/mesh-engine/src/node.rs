@@ -633,12 +633,6 @@ impl<R: RngCore> Node<R> {
         targets(&self.local, peer, &self.durable, held_long, p.returned, suspect, &direct)
     }
 
-    /// The health monitor's last verdict on `peer` that this node took. `None` if it is not a
-    /// peer.
-    pub fn peer_health(&self, peer: &DcId) -> Option<Health> {
-        self.peers.get(peer).map(|p| p.health)
-    }
-
     /// Sync writes waiting for acks.
     pub fn sync_waiting(&self) -> usize {
         self.sync.waiting()

@@ -21,14 +21,14 @@
 use crate::link::LinkMsg;
 use crate::metrics::{Metrics, PeerHealthObserved};
 use crate::pool::LinkRef;
-use crate::runtime::DcMsg;
+use crate::runtime::{wall, DcMsg};
 use mesh_core::DcId;
 use mesh_engine::health::{Health, HealthInput, HealthMonitor, HealthOutput, HealthVerdict, PeerStatus};
-use mesh_engine::{MonoMs, WallMs};
+use mesh_engine::MonoMs;
 use mesh_wire::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Messages of the health-monitor actor.
 pub enum HealthMsg {
@@ -94,6 +94,7 @@ impl HealthActor {
 
     /// Carries out the monitor's outputs: heartbeats to the links, verdicts to the resolver.
     fn outputs(state: &mut HealthState) {
+        let now = Self::now(state);
         let Some(monitor) = state.monitor.as_mut() else { return };
         while let Some(output) = monitor.poll_output() {
             match output {
@@ -104,7 +105,7 @@ impl HealthActor {
                 }
                 HealthOutput::Verdict(verdict) => {
                     if let HealthVerdict::Peer { peer, health, .. } = &verdict {
-                        Self::log_health(&state.args, &mut state.logged, monitor, peer, *health);
+                        Self::log_health(&state.args, &mut state.logged, monitor, now, peer, *health);
                     }
                     if let Some(resolver) = &state.resolver {
                         let _ = resolver.cast(DcMsg::Health(verdict));
@@ -120,12 +121,12 @@ impl HealthActor {
         args: &HealthArgs,
         logged: &mut BTreeMap<DcId, Health>,
         monitor: &HealthMonitor,
+        now: MonoMs,
         peer: &DcId,
         health: Health,
     ) {
         match logged.insert(peer.clone(), health) {
             Some(before) if before != health => {
-                let now = MonoMs(args.started.elapsed().as_millis() as u64);
                 let phi =
                     monitor.status(peer, now).map_or(-1.0, |s| if s.phi.is_finite() { s.phi } else { -1.0 });
                 tracing::info!(dc = %args.local, %peer, ?health, phi, "peer health");
@@ -167,10 +168,6 @@ impl HealthActor {
         let due = state.args.started + Duration::from_millis(due.ms());
         myself.send_after(due.saturating_duration_since(Instant::now()), move || HealthMsg::Tick(number));
     }
-}
-
-fn wall() -> WallMs {
-    WallMs(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
 }
 
 impl Actor for HealthActor {

@@ -429,7 +429,8 @@ fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn wall() -> WallMs {
+/// The wall clock now, for the engine.
+pub(crate) fn wall() -> WallMs {
     WallMs(wall_ms())
 }
 
