@@ -276,6 +276,12 @@ pub struct NodeSettings {
     /// Share of writes without a sampled `traceparent` that start a trace, 0 to 1 (a write
     /// whose `traceparent` says sampled is always traced).
     pub trace_sampling: f64,
+    /// The store's checkpoint size: key states are kept in memory (and in write-ahead records)
+    /// until this many distinct keys were written, then written into the key-state B-tree in one
+    /// transaction. Larger checkpoints copy fewer B-tree pages per key (less CPU and disk per
+    /// write) and hold more states in memory: each key costs its state plus ~100 bytes. At least
+    /// 1,024.
+    pub checkpoint_keys: u64,
 }
 
 impl Default for NodeSettings {
@@ -288,6 +294,7 @@ impl Default for NodeSettings {
             otlp_interval_ms: 10_000,
             otlp_traces_endpoint: String::new(),
             trace_sampling: 0.01,
+            checkpoint_keys: 262_144,
         }
     }
 }
@@ -441,6 +448,9 @@ impl Topology {
         }
         if config.node.otlp_interval_ms < 100 {
             return Err(bad("node.otlp_interval_ms", "must be at least 100"));
+        }
+        if config.node.checkpoint_keys < 1_024 {
+            return Err(bad("node.checkpoint_keys", "must be at least 1024"));
         }
         if config.dcs.is_empty() {
             return Err(bad("dcs", "at least one datacenter is required"));

@@ -836,7 +836,15 @@ impl Actor for DcActor {
         (args, pool, health): Self::Arguments,
     ) -> Result<DcState, ActorProcessingErr> {
         let window_ms = args.topology.config.replication.idempotency_window_s.saturating_mul(1_000);
-        let options = mesh_store::Options { idempotency_window_ms: window_ms, ..Default::default() };
+        let checkpoint_keys = args.topology.config.node.checkpoint_keys;
+        let options = mesh_store::Options {
+            idempotency_window_ms: window_ms,
+            checkpoint_keys_max: usize::try_from(checkpoint_keys).unwrap_or(usize::MAX),
+            // About 1 KiB of write-ahead records per key before a checkpoint is due anyway: bounds
+            // the replay on open when a few hot keys take most writes.
+            checkpoint_wal_bytes_max: checkpoint_keys.saturating_mul(1_024),
+            ..Default::default()
+        };
         // Replaying the write-ahead records can take seconds: off the async threads, so the API
         // answers `503 starting` meanwhile, and logged, so an operator sees why.
         tracing::info!(dc = %args.local, path = %args.store_path.display(), "opening the store");
