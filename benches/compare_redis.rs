@@ -17,7 +17,19 @@
 //! each replica/peer (Redis: replication offset; mesh: compressed frames). Ports are ephemeral;
 //! every process started is stopped at the end.
 //!
-//! Flags: `MESH_COMPARE_REQUESTS` (default 1,000,000), `MESH_COMPARE_LAG_SECONDS` (10).
+//! 4. mesh wire bytes per op on the reference records (`shared/data/reference-records.jsonl`,
+//!    via `mesh_wire::reference`): 10 rounds of the 1,000 records written at the first DC in one
+//!    `POST /v1/batch` each, the compressed frame bytes it sent until both peers held them.
+//! 5. A partition of the third DC while the first takes 10,000 writes/s: the third `meshd` is
+//!    stopped with SIGSTOP (no packet reaches it and it answers none: to the others it is cut
+//!    off; this machine has no tc or iptables to cut loopback links), `meshctl bench --rate
+//!    10000` writes for the partition's length, then SIGCONT heals it. Prints the writer's RSS
+//!    before and at its peak during the partition (sampled every 250 ms), and the catch-up rate:
+//!    the ops the third DC lacked at the heal divided by the time until it held them all (also
+//!    from the first op it applied, which leaves out the redial).
+//!
+//! Flags: `MESH_COMPARE_REQUESTS` (default 1,000,000), `MESH_COMPARE_LAG_SECONDS` (10),
+//! `MESH_COMPARE_PARTITION_SECONDS` (60; 0 skips step 5; the memory target asks for 600).
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -191,6 +203,7 @@ fn start_mesh(dir: &Path) -> Mesh {
         );
     }
     toml += "[keyspaces.key]\nstrategy = \"lww\"\n\n[keyspaces.counter]\nstrategy = \"counter\"\n\n";
+    toml += &format!("[keyspaces.{}]\nstrategy = \"lww\"\n\n", mesh_wire::reference::KEYSPACE);
     toml += &format!("[node]\napi_token = \"{TOKEN}\"\n");
     std::fs::write(dir.join("mesh.toml"), toml).unwrap();
     let ca = mesh_node::tls::generate_ca().unwrap();
@@ -264,6 +277,127 @@ fn run_mesh(mesh: &Mesh, requests: u64) -> Row {
     }
 }
 
+fn http_post(port: u16, path: &str, body: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    agent
+        .post(format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .send(body.as_bytes())
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Compressed frame bytes per op to each peer for the reference records, written `rounds`
+/// times at the first DC, 1,000 ops per batch.
+fn reference_bytes(mesh: &Mesh, rounds: u64) -> f64 {
+    let records = mesh_wire::reference::load(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let ops: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "op": "put",
+                "keyspace": mesh_wire::reference::KEYSPACE,
+                "key": r.key.as_str(),
+                "value": String::from_utf8_lossy(&r.value),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "ops": ops }).to_string();
+    let before = wire_bytes(mesh.apis[0]);
+    for _ in 0..rounds {
+        assert_eq!(http_post(mesh.apis[0], "/v1/batch", &body), 200, "the reference batch is written");
+        let target = seen_of(mesh.apis[0], "us-east");
+        wait_for("peers hold the reference batch", Duration::from_secs(60), || {
+            mesh.apis[1..].iter().all(|p| seen_of(*p, "us-east") >= target)
+        });
+    }
+    (wire_bytes(mesh.apis[0]) - before) as f64 / (rounds * records.len() as u64) as f64 / 2.0
+}
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+struct Partition {
+    /// Ops the cut-off DC lacked at the heal.
+    behind: u64,
+    /// From SIGCONT until it held them all, in s.
+    heal_to_caught_up: f64,
+    /// From the first op it applied after the heal until it held them all, in s.
+    first_apply_to_caught_up: f64,
+    rss_before_kib: u64,
+    rss_peak_kib: u64,
+}
+
+/// Cuts the third DC off for `seconds` while the first takes 10,000 writes/s, then heals it.
+fn partition(mesh: &Mesh, seconds: u64) -> Partition {
+    let (writer, cut) = (mesh.procs.0[0].id(), mesh.procs.0[2].id());
+    let rss_before_kib = rss_kib(writer);
+    let written_before = seen_of(mesh.apis[0], "us-east");
+    // meshctl reads every peer's status before it writes: the cut comes once writes flow. It
+    // waits (up to 10 minutes) until both peers hold every write, so it ends after the heal.
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("--config")
+        .arg(mesh.dir.join("mesh.toml"))
+        .args(["--dc", "us-east", "bench", "--keyspace", "key", "--seconds", &(seconds + 2).to_string()])
+        .args(["--rate", "10000", "--batch", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("meshctl bench starts");
+    let started = Instant::now();
+    wait_for("meshctl bench writes", Duration::from_secs(60), || {
+        seen_of(mesh.apis[0], "us-east") >= written_before + 1_000
+    });
+    let held_before = seen_of(mesh.apis[2], "us-east");
+    signal(cut, "-STOP");
+    let cut_at = Instant::now();
+    let mut rss_peak_kib = rss_before_kib;
+    while cut_at.elapsed() < Duration::from_secs(seconds)
+        || started.elapsed() < Duration::from_secs(seconds + 2) + Duration::from_millis(500)
+    {
+        rss_peak_kib = rss_peak_kib.max(rss_kib(writer));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let target = seen_of(mesh.apis[0], "us-east");
+    signal(cut, "-CONT");
+    let healed = Instant::now();
+    let mut first_apply = None;
+    let mut held = held_before;
+    while held < target {
+        assert!(healed.elapsed() < Duration::from_secs(600), "the cut-off DC did not catch up in 10 minutes");
+        held = seen_of(mesh.apis[2], "us-east");
+        if held > held_before && first_apply.is_none() {
+            first_apply = Some(Instant::now());
+        }
+        rss_peak_kib = rss_peak_kib.max(rss_kib(writer));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let caught_up = Instant::now();
+    let _ = bench.wait();
+    Partition {
+        behind: target - held_before,
+        heal_to_caught_up: caught_up.duration_since(healed).as_secs_f64(),
+        first_apply_to_caught_up: caught_up.duration_since(first_apply.unwrap_or(healed)).as_secs_f64(),
+        rss_before_kib,
+        rss_peak_kib,
+    }
+}
+
 /// Lag p50 and p99 (ms) at each other DC at a steady 10,000 writes/s, from `meshctl bench`.
 fn mesh_lag(mesh: &Mesh, seconds: u64) -> Vec<(String, String, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
@@ -293,6 +427,8 @@ fn main() {
         std::env::var("MESH_COMPARE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let lag_seconds: u64 =
         std::env::var("MESH_COMPARE_LAG_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let partition_seconds: u64 =
+        std::env::var("MESH_COMPARE_PARTITION_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     println!("redis-benchmark -t set -P 64 -d 100 -n {requests} -r 100000000, against each system in turn");
     let redis = run_redis(dir.path(), requests);
@@ -301,6 +437,8 @@ fn main() {
     let mesh = start_mesh(&mesh_dir);
     let ours = run_mesh(&mesh, requests);
     let lags = mesh_lag(&mesh, lag_seconds);
+    let reference = reference_bytes(&mesh, 10);
+    let cut = (partition_seconds > 0).then(|| partition(&mesh, partition_seconds));
     drop(mesh);
     println!();
     println!("| system | acked ops/s | replicated ops/s | CPU µs per replicated op | bytes per op to each replica |");
@@ -325,5 +463,26 @@ fn main() {
     );
     for (dc, p50, p99) in lags {
         println!("  {dc}: p50 {p50}, p99 {p99}");
+    }
+    println!();
+    println!("mesh wire bytes per op to each peer, reference records (1,000-op batches): {reference:.1}");
+    if let Some(p) = cut {
+        println!();
+        println!(
+            "partition of eu-central for {partition_seconds} s at 10,000 writes/s: {} ops behind at the heal",
+            p.behind
+        );
+        println!(
+            "  catch-up: {:.0} ops/s from the heal ({:.2} s), {:.0} ops/s from the first op applied ({:.2} s)",
+            p.behind as f64 / p.heal_to_caught_up,
+            p.heal_to_caught_up,
+            p.behind as f64 / p.first_apply_to_caught_up,
+            p.first_apply_to_caught_up
+        );
+        println!(
+            "  writer (us-east) RSS: {} MiB before, {} MiB at the peak",
+            p.rss_before_kib / 1024,
+            p.rss_peak_kib / 1024
+        );
     }
 }
