@@ -14,16 +14,24 @@
 //!
 //! Key states reach their own table (`kv`) later, in a checkpoint: once
 //! [`Options::checkpoint_keys_max`] keys or [`Options::checkpoint_wal_bytes_max`] bytes of
-//! write-ahead records have accumulated, one transaction writes the latest state of every key
-//! touched since the last checkpoint and deletes the write-ahead records it covers. A
-//! copy-on-write B-tree pays a page copy for every leaf a transaction touches, so writing states
-//! per group costs a leaf per key per commit; checkpointing writes each hot key once and touches
-//! each leaf once per checkpoint. Until then the states live in memory (the overlay), which reads
-//! consult first; on open the write-ahead records after the last checkpoint are replayed into it.
-//! The same checkpoint keeps `tombstoned`, the index of the keys whose state in `kv` holds a
-//! tombstone, so tombstone GC's walk visits those keys only, however many keys the store holds.
-//! Nothing here changes what is durable when: a group is acknowledged only after the transaction
-//! holding its ops, states and vectors is on disk.
+//! write-ahead records have accumulated, the states written since the last checkpoint are
+//! frozen, and a second thread (the checkpointer) writes the latest state of each of their keys
+//! into `kv` in one transaction. A copy-on-write B-tree pays a page copy for every leaf a
+//! transaction touches, so writing states per group costs a leaf per key per commit;
+//! checkpointing writes each hot key once and touches each leaf once per checkpoint. Until then
+//! the states live in memory (the overlay), which reads consult first; on open the write-ahead
+//! records after the last checkpoint are replayed into it. The same checkpoint keeps
+//! `tombstoned`, the index of the keys whose state in `kv` holds a tombstone, so tombstone GC's
+//! walk visits those keys only, however many keys the store holds.
+//!
+//! `kv` and `tombstoned` live in a second redb database beside the first (`NAME.kv.redb` for
+//! `NAME.redb`), so that a checkpoint's long transaction runs beside group commits instead of
+//! holding up every write behind it (redb has one writer per database). The order that keeps
+//! this safe: the key-state database records, in the checkpoint's own transaction, the last
+//! group it covers; the write-ahead records of those groups are deleted (by a later group
+//! commit) only after that transaction is durable; and opening replays the records after the
+//! group the key-state database names. Nothing here changes what is durable when: a group is
+//! acknowledged only after the transaction holding its ops, states and vectors is on disk.
 
 use crate::{
     decode, encode, CommitBatch, CommitDone, IdempotencyRecord, LogPage, LogRead, LogStats, Snapshot, Store,
@@ -45,22 +53,24 @@ use std::thread::JoinHandle;
 
 /// Most ops one group commit takes; a larger group waits for the next transaction.
 pub const GROUP_OPS_MAX: usize = 16_384;
+/// Keys per transaction of a checkpoint ([`Checkpointer::checkpoint_txn`]).
+const CHECKPOINT_SLICE_KEYS: usize = 8_192;
 /// Most submissions waiting for the committer; submitters block beyond it (backpressure).
 const QUEUE_SUBMISSIONS_MAX: usize = 8_192;
 
-/// (keyspace, key) → msgpack KeyState.
+/// (keyspace, key) → msgpack KeyState, in the key-state database.
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 
 /// The `kv` table as of the last checkpoint: it changes only in checkpoints, so one read
-/// transaction serves many reads (reopening it per read cost more than the read); the committer
-/// renews it after every group and checkpoint.
+/// transaction serves many reads (reopening it per read cost more than the read); the
+/// checkpointer renews it after each checkpoint.
 type KvReader = Arc<ReadOnlyTable<(&'static str, &'static str), &'static [u8]>>;
 
 fn kv_reader(db: &Database) -> Result<KvReader, StoreError> {
     Ok(Arc::new(db.begin_read().map_err(db_err)?.open_table(KV).map_err(db_err)?))
 }
 /// (keyspace, key) → (): the keys whose state in `kv` holds a tombstone (tombstone GC's walk).
-/// Written with `kv`, in checkpoints.
+/// Written with `kv`, in checkpoints, in the key-state database.
 const TOMBSTONED: TableDefinition<(&str, &str), ()> = TableDefinition::new("tombstoned");
 /// (origin, seq of the chunk's last op) → msgpack `Vec<Op>`: consecutive ops of that origin.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
@@ -72,9 +82,14 @@ const IDEMPOTENCY: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("i
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const SEEN: &str = "seen";
+/// In the key-state database's `meta`: the last group whose states `kv` holds (u64).
+const CHECKPOINTED: &str = "checkpointed";
 /// The on-disk format of this store's records. 2: log chunks start with their op count.
 const FORMAT: &str = "format";
-const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION: u32 = 4;
+/// The format before the key-state database: `kv` and `tombstoned` are tables of the main
+/// database. Opening moves them, then the store is format 4.
+const FORMAT_KV_INSIDE: u32 = 3;
 /// The format before write-ahead records carried ops: its records hold whole key states. Such a
 /// store is read, its records checkpointed at once, and it is then format 3.
 const FORMAT_STATES_WAL: u32 = 2;
@@ -168,17 +183,30 @@ struct CheckpointCounters {
     micros: std::sync::atomic::AtomicU64,
 }
 
-/// Key states written since the last checkpoint (`None`: removed), and the number of the last
-/// group whose states they include.
+/// Key states newer than `kv` (`None`: removed), in two generations: those written since the
+/// last freeze, and those frozen for the checkpoint in flight. A state in `active` is newer than
+/// the same key's in `frozen`, which is newer than `kv`'s.
 #[derive(Debug, Default)]
 struct Overlay {
-    states: BTreeMap<(Keyspace, Key), Option<KeyState>>,
-    /// The keys of `states` whose state holds a tombstone.
-    tombstoned: BTreeSet<(Keyspace, Key)>,
+    active: Layer,
+    /// Written into `kv` by the checkpointer; dropped (under the write lock, after the shared
+    /// `kv` reader was renewed) once that is durable.
+    frozen: Option<Arc<Layer>>,
+    /// The last group whose states the overlay includes.
     group: u64,
 }
 
-impl Overlay {
+/// One generation of the overlay.
+#[derive(Debug, Default)]
+struct Layer {
+    states: BTreeMap<(Keyspace, Key), Option<KeyState>>,
+    /// The keys of `states` whose state holds a tombstone.
+    tombstoned: BTreeSet<(Keyspace, Key)>,
+    /// Frozen: the last group it includes.
+    group: u64,
+}
+
+impl Layer {
     fn insert(&mut self, k: (Keyspace, Key), state: Option<KeyState>) {
         if state.as_ref().is_some_and(KeyState::has_tombstones) {
             self.tombstoned.insert(k.clone());
@@ -186,6 +214,57 @@ impl Overlay {
             self.tombstoned.remove(&k);
         }
         self.states.insert(k, state);
+    }
+}
+
+impl Overlay {
+    fn insert(&mut self, k: (Keyspace, Key), state: Option<KeyState>) {
+        self.active.insert(k, state);
+    }
+
+    /// The newest state of `k` the overlay holds (`Some(None)`: removed), if it holds one.
+    fn newest(&self, k: &(Keyspace, Key)) -> Option<&Option<KeyState>> {
+        self.active.states.get(k).or_else(|| self.frozen.as_ref()?.states.get(k))
+    }
+
+    /// Whether the newest state of `k` the overlay holds has a tombstone (`false` when it holds
+    /// none).
+    fn is_tombstoned(&self, k: &(Keyspace, Key)) -> bool {
+        if self.active.states.contains_key(k) {
+            return self.active.tombstoned.contains(k);
+        }
+        self.frozen.as_ref().is_some_and(|f| f.tombstoned.contains(k))
+    }
+
+    /// Every key the overlay holds a state for, once, with its newest state.
+    fn entries(&self) -> impl Iterator<Item = (&(Keyspace, Key), &Option<KeyState>)> {
+        let frozen = self.frozen.iter().flat_map(|f| f.states.iter());
+        self.active.states.iter().chain(frozen.filter(|(k, _)| !self.active.states.contains_key(*k)))
+    }
+
+    /// The newest states, merged into one map (for a snapshot).
+    fn merged(&self) -> BTreeMap<(Keyspace, Key), Option<KeyState>> {
+        self.entries().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The first `max` keys after `after` whose newest overlay state has a tombstone, in order.
+    fn tombstoned_after(&self, after: Option<&(Keyspace, Key)>, max: usize) -> Vec<(Keyspace, Key)> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let active = self.active.tombstoned.range::<(Keyspace, Key), _>((from, Bound::Unbounded)).take(max);
+        let frozen = self.frozen.iter().flat_map(|f| {
+            f.tombstoned
+                .range::<(Keyspace, Key), _>((from, Bound::Unbounded))
+                .filter(|k| !self.active.states.contains_key(*k))
+                .take(max)
+        });
+        let mut keys: Vec<(Keyspace, Key)> = active.chain(frozen).cloned().collect();
+        keys.sort();
+        keys.truncate(max);
+        keys
+    }
+
+    fn len(&self) -> usize {
+        self.entries().count()
     }
 }
 
@@ -360,6 +439,8 @@ struct Submission {
 /// the committer.
 pub struct DurableStore {
     db: Arc<Database>,
+    /// The key-state database: `kv`, `tombstoned` and the last group checkpointed.
+    kv_db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
     kv: Arc<RwLock<KvReader>>,
     tail: Arc<Mutex<LogTail>>,
@@ -391,8 +472,9 @@ impl std::fmt::Debug for DurableStore {
 }
 
 impl DurableStore {
-    /// Opens the store at `path`, creating it if missing. After a crash redb recovers to the last
-    /// durable commit here.
+    /// Opens the store at `path`, creating it if missing, with its key-state database beside it
+    /// ([`DurableStore::kv_path`]). After a crash redb recovers each to its last durable commit
+    /// here.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with(path, Options::default())
     }
@@ -400,43 +482,58 @@ impl DurableStore {
     /// Opens the store at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
         let db = Database::builder().create(path.as_ref()).map_err(db_err)?;
-        Self::start(db, options)
+        let kv_db = Database::builder().create(Self::kv_path(path.as_ref())).map_err(db_err)?;
+        Self::start(db, kv_db, options)
     }
 
-    /// Opens the store on a custom storage backend (used by the power-loss tests).
-    pub fn open_with_backend(backend: impl StorageBackend, options: Options) -> Result<Self, StoreError> {
+    /// The key-state database of the store at `path`: `NAME.kv.redb` beside `NAME.redb` (`PATH.kv`
+    /// beside a `PATH` without an extension).
+    pub fn kv_path(path: &Path) -> std::path::PathBuf {
+        match path.extension() {
+            Some(ext) => path.with_extension(format!("kv.{}", ext.to_string_lossy())),
+            None => path.with_extension("kv"),
+        }
+    }
+
+    /// Opens the store on custom storage backends, the main database's and the key-state
+    /// database's (used by the power-loss tests).
+    pub fn open_with_backends(
+        backend: impl StorageBackend,
+        kv_backend: impl StorageBackend,
+        options: Options,
+    ) -> Result<Self, StoreError> {
         let db = Database::builder().create_with_backend(backend).map_err(db_err)?;
-        Self::start(db, options)
+        let kv_db = Database::builder().create_with_backend(kv_backend).map_err(db_err)?;
+        Self::start(db, kv_db, options)
     }
 
-    fn start(db: Database, options: Options) -> Result<Self, StoreError> {
-        let states_wal;
+    fn start(db: Database, kv_db: Database, options: Options) -> Result<Self, StoreError> {
+        let format;
         // Create the tables up front so that reads never meet a missing table.
         let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
-        txn.open_table(KV).map_err(db_err)?;
-        txn.open_table(TOMBSTONED).map_err(db_err)?;
         let log_is_empty = txn.open_table(LOG).map_err(db_err)?.is_empty().map_err(db_err)?;
         txn.open_table(WAL).map_err(db_err)?;
         txn.open_table(IDEMPOTENCY).map_err(db_err)?;
         {
             // Refuse a store whose records this code would misread (a store written before the
             // format was recorded has format 0; one with an empty log has nothing to misread).
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            let format: u32 = read_meta(&meta, FORMAT)?;
-            states_wal = format == FORMAT_STATES_WAL;
-            if format != FORMAT_VERSION && !states_wal && !(format == 0 && log_is_empty) {
+            let meta = txn.open_table(META).map_err(db_err)?;
+            format = read_meta::<u32>(&meta, FORMAT)?;
+            let known = [FORMAT_VERSION, FORMAT_KV_INSIDE, FORMAT_STATES_WAL];
+            let readable = known.contains(&format) || (format == 0 && log_is_empty);
+            if !readable {
                 let detail = format!(
                     "store format {format}, this meshd reads {FORMAT_VERSION}: move the data directory aside \
                      and restart the DC (it starts empty and is refilled from its peers)"
                 );
                 return Err(StoreError::Corrupt { what: "store format", detail });
             }
-            if !states_wal {
-                meta.insert(FORMAT, encode(&FORMAT_VERSION).as_slice()).map_err(db_err)?;
-            }
+        }
+        if format != FORMAT_VERSION {
             // A store written before the tombstone index: build it once from `kv` (the states
             // replayed into the overlay below are indexed there).
+            let mut meta = txn.open_table(META).map_err(db_err)?;
             let indexed: bool = read_meta(&meta, TOMBSTONED_INDEXED)?;
             if !indexed {
                 let kv = txn.open_table(KV).map_err(db_err)?;
@@ -452,6 +549,15 @@ impl DurableStore {
             }
         }
         txn.commit().map_err(db_err)?;
+        let mut txn = kv_db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        txn.open_table(KV).map_err(db_err)?;
+        txn.open_table(TOMBSTONED).map_err(db_err)?;
+        txn.open_table(META).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        if format != FORMAT_VERSION {
+            move_key_states(&db, &kv_db, format)?;
+        }
         // Replay the write-ahead records after the last checkpoint into the overlay.
         let mut overlay = Overlay::default();
         let mut wal_bytes = 0u64;
@@ -459,9 +565,20 @@ impl DurableStore {
         {
             let txn = db.begin_read().map_err(db_err)?;
             let meta = txn.open_table(META).map_err(db_err)?;
-            let (committed, checkpointed): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
+            let (committed, deleted): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
+            let kv_txn = kv_db.begin_read().map_err(db_err)?;
+            let checkpointed: u64 = read_meta(&kv_txn.open_table(META).map_err(db_err)?, CHECKPOINTED)?;
+            if checkpointed < deleted {
+                let detail = format!(
+                    "the key-state database holds groups up to {checkpointed}, but the write-ahead records up to \
+                     {deleted} were deleted: the key-state file is missing or older than the store; restore it, or \
+                     move the data directory aside and restart the DC (it is refilled from its peers)"
+                );
+                return Err(StoreError::Corrupt { what: "key-state database", detail });
+            }
+            let states_wal = format == FORMAT_STATES_WAL;
             let wal = txn.open_table(WAL).map_err(db_err)?;
-            let kv = txn.open_table(KV).map_err(db_err)?;
+            let kv = kv_txn.open_table(KV).map_err(db_err)?;
             for entry in wal.range(checkpointed.saturating_add(1)..).map_err(db_err)? {
                 let (group, record) = entry.map_err(db_err)?;
                 let entries: Vec<WalEntry> = if states_wal {
@@ -478,7 +595,7 @@ impl DurableStore {
                         WalEntry::State(keyspace, key, state) => overlay.insert((keyspace, key), state),
                         WalEntry::Ops(ops) => {
                             for op in ops {
-                                replay_op(&mut overlay, &kv, op)?;
+                                replay_op(&mut overlay.active, &kv, op)?;
                             }
                         }
                     }
@@ -492,8 +609,8 @@ impl DurableStore {
             );
             overlay.group = committed;
         }
-        let recovered = Recovered { wal_groups, wal_bytes, keys: overlay.states.len() };
-        let db = Arc::new(db);
+        let recovered = Recovered { wal_groups, wal_bytes, keys: overlay.len() };
+        let (db, kv_db) = (Arc::new(db), Arc::new(kv_db));
         let overlay = Arc::new(RwLock::new(overlay));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -502,36 +619,61 @@ impl DurableStore {
             read_meta(&txn.open_table(META).map_err(db_err)?, LOG_LAST)?
         };
         let tail = Arc::new(Mutex::new(LogTail::new(options.log_tail_bytes_max, logged)));
-        let kv = Arc::new(RwLock::new(kv_reader(&db)?));
+        let kv = Arc::new(RwLock::new(kv_reader(&kv_db)?));
         let checkpoints = Arc::new(CheckpointCounters::default());
+        let checkpointer = Checkpointer {
+            kv_db: kv_db.clone(),
+            overlay: overlay.clone(),
+            kv: kv.clone(),
+            poisoned: poisoned.clone(),
+            checkpoints: checkpoints.clone(),
+            keys_max: options.checkpoint_keys_max,
+        };
         let mut committer = Committer {
             db: db.clone(),
             overlay: overlay.clone(),
-            kv: kv.clone(),
             tail: tail.clone(),
             poisoned: poisoned.clone(),
-            checkpoints: checkpoints.clone(),
             options,
             wal_bytes,
+            checkpointer: None,
+            checkpointed: None,
+            in_flight: false,
+            wal_deletable: None,
         };
-        if states_wal {
+        if format == FORMAT_STATES_WAL {
             // Whole-state records were replayed above: checkpoint them, so every record from
             // here on is of the current format, then say so.
-            committer.checkpoint()?;
+            let layer = committer.freeze();
+            checkpointer.checkpoint(&layer)?;
             let mut txn = db.begin_write().map_err(db_err)?;
             txn.set_durability(Durability::Immediate).map_err(db_err)?;
-            txn.open_table(META)
-                .map_err(db_err)?
-                .insert(FORMAT, encode(&FORMAT_VERSION).as_slice())
-                .map_err(db_err)?;
+            {
+                txn.open_table(WAL)
+                    .map_err(db_err)?
+                    .retain_in(..=layer.group, |_, _| false)
+                    .map_err(db_err)?;
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                meta.insert(WAL_POSITION, encode(&(layer.group, layer.group)).as_slice()).map_err(db_err)?;
+                meta.insert(FORMAT, encode(&FORMAT_VERSION).as_slice()).map_err(db_err)?;
+            }
             txn.commit().map_err(db_err)?;
         }
+        let (layers, frozen) = mpsc::sync_channel(1);
+        let (done, checkpointed) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("mesh-store-ckpt".into())
+            .spawn(move || checkpointer.run(frozen, done))
+            .map_err(db_err)?;
+        committer.checkpointer = Some((layers, checkpointer));
+        committer.checkpointed = Some(checkpointed);
         let committer = std::thread::Builder::new()
             .name("mesh-store-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(db_err)?;
         Ok(Self {
             db,
+            kv_db,
             overlay,
             kv,
             tail,
@@ -633,10 +775,63 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// Moves `kv` and `tombstoned` of a store written before the key-state database (format
+/// [`FORMAT_KV_INSIDE`], [`FORMAT_STATES_WAL`], or 0) into the key-state database, with the last
+/// group they cover; then deletes them from the main database and records the new format (a
+/// format-2 store keeps its format until its whole-state records are checkpointed). Each step
+/// is durable before the next starts, and a crash between them repeats the copy on the next
+/// open, so nothing is lost either way.
+fn move_key_states(db: &Database, kv_db: &Database, format: u32) -> Result<(), StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let (_, checkpointed): (u64, u64) = read_meta(&txn.open_table(META).map_err(db_err)?, WAL_POSITION)?;
+    let mut copy = kv_db.begin_write().map_err(db_err)?;
+    copy.set_durability(Durability::Immediate).map_err(db_err)?;
+    {
+        let mut kv = copy.open_table(KV).map_err(db_err)?;
+        if let Some(old) = open_if_exists(txn.open_table(KV))? {
+            for entry in old.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                kv.insert(k.value(), v.value()).map_err(db_err)?;
+            }
+        }
+        let mut index = copy.open_table(TOMBSTONED).map_err(db_err)?;
+        if let Some(old) = open_if_exists(txn.open_table(TOMBSTONED))? {
+            for entry in old.iter().map_err(db_err)? {
+                index.insert(entry.map_err(db_err)?.0.value(), ()).map_err(db_err)?;
+            }
+        }
+        let mut meta = copy.open_table(META).map_err(db_err)?;
+        let held: u64 = read_meta(&meta, CHECKPOINTED)?;
+        meta.insert(CHECKPOINTED, encode(&held.max(checkpointed)).as_slice()).map_err(db_err)?;
+    }
+    copy.commit().map_err(db_err)?;
+    drop(txn);
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    txn.delete_table(KV).map_err(db_err)?;
+    txn.delete_table(TOMBSTONED).map_err(db_err)?;
+    if format != FORMAT_STATES_WAL {
+        txn.open_table(META)
+            .map_err(db_err)?
+            .insert(FORMAT, encode(&FORMAT_VERSION).as_slice())
+            .map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)
+}
+
+/// A table of a read transaction, `None` when the database never had it.
+fn open_if_exists<T>(opened: Result<T, redb::TableError>) -> Result<Option<T>, StoreError> {
+    match opened {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
 /// Replays `op` onto its key's newest state: the overlay's, else `kv`'s, else a new key's. In
 /// place: a big set or many siblings is not copied per op.
 fn replay_op(
-    overlay: &mut Overlay,
+    overlay: &mut Layer,
     kv: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     op: Op,
 ) -> Result<(), StoreError> {
@@ -662,17 +857,25 @@ fn replay_op(
     Ok(())
 }
 
-/// The committer thread: the only writer of groups and checkpoints.
+/// The committer thread: the only writer of the main database after open.
 struct Committer {
     db: Arc<Database>,
     overlay: Arc<RwLock<Overlay>>,
-    kv: Arc<RwLock<KvReader>>,
     tail: Arc<Mutex<LogTail>>,
     poisoned: Arc<AtomicBool>,
-    checkpoints: Arc<CheckpointCounters>,
     options: Options,
-    /// Bytes of write-ahead records since the last checkpoint.
+    /// Bytes of write-ahead records since the last freeze.
     wal_bytes: u64,
+    /// Where frozen layers go, and the checkpointer thread (joined when the committer stops).
+    checkpointer: Option<(SyncSender<Arc<Layer>>, JoinHandle<()>)>,
+    /// The checkpointer's answers: the last group a checkpoint made durable in `kv`, or `Err`
+    /// when it failed (the store is poisoned then).
+    checkpointed: Option<Receiver<Result<u64, ()>>>,
+    /// A frozen layer is with the checkpointer.
+    in_flight: bool,
+    /// The write-ahead records up to this group are covered by a durable checkpoint: the next
+    /// group commit deletes them.
+    wal_deletable: Option<u64>,
 }
 
 impl Committer {
@@ -705,25 +908,84 @@ impl Committer {
             for done in callbacks {
                 done(result.clone());
             }
-            let due = {
-                let overlay = self.overlay.read().unwrap_or_else(|e| e.into_inner());
-                overlay.states.len() >= self.options.checkpoint_keys_max
-                    || self.wal_bytes >= self.options.checkpoint_wal_bytes_max
-            };
-            if result.is_ok() && due && self.checkpoint().is_err() {
-                // The write-ahead records still hold every state, but the database may refuse
-                // writes from now on: stop, as after a failed group.
+            if result.is_ok() {
+                self.schedule_checkpoint();
+            }
+        }
+        // Let the checkpoint in flight finish (its records are deleted on a later open).
+        if let Some((layers, checkpointer)) = self.checkpointer.take() {
+            drop(layers);
+            let _ = checkpointer.join();
+        }
+    }
+
+    /// Learns of finished checkpoints (waiting for the one in flight when `wait`), and freezes
+    /// the active layer for the next one when it is due. At most two generations are held: a
+    /// layer twice over the thresholds waits for the checkpoint in flight (backpressure).
+    fn schedule_checkpoint(&mut self) {
+        let (keys, bytes) = (self.options.checkpoint_keys_max, self.options.checkpoint_wal_bytes_max);
+        let active = self.overlay.read().unwrap_or_else(|e| e.into_inner()).active.states.len();
+        let due = active >= keys || self.wal_bytes >= bytes;
+        let full = active >= keys.saturating_mul(2) || self.wal_bytes >= bytes.saturating_mul(2);
+        self.collect_checkpoints(due && full);
+        if due && !self.in_flight && !self.poisoned.load(Ordering::SeqCst) {
+            let layer = self.freeze();
+            let sent = self.checkpointer.as_ref().is_some_and(|(layers, _)| layers.send(layer).is_ok());
+            if sent {
+                self.in_flight = true;
+            } else {
+                // The checkpointer is gone: the frozen layer stays readable, but nothing more can
+                // be checkpointed.
                 self.poisoned.store(true, Ordering::SeqCst);
             }
         }
     }
 
-    /// Writes every batch of the group in one transaction, returns once it is durable, and only
+    /// Takes the checkpointer's answers; with `wait`, blocks for the one in flight.
+    fn collect_checkpoints(&mut self, wait: bool) {
+        let Some(answers) = &self.checkpointed else { return };
+        loop {
+            let answer = if wait && self.in_flight {
+                answers.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
+            } else {
+                answers.try_recv()
+            };
+            match answer {
+                Ok(Ok(group)) => {
+                    self.in_flight = false;
+                    self.wal_deletable = Some(group);
+                }
+                Ok(Err(())) | Err(mpsc::TryRecvError::Disconnected) => {
+                    self.in_flight = false;
+                    self.poisoned.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+            }
+        }
+    }
+
+    /// Moves the active layer to `frozen`, for the checkpointer; returns it.
+    fn freeze(&mut self) -> Arc<Layer> {
+        let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
+        debug_assert!(overlay.frozen.is_none(), "one checkpoint at a time");
+        let mut layer = std::mem::take(&mut overlay.active);
+        layer.group = overlay.group;
+        let layer = Arc::new(layer);
+        overlay.frozen = Some(layer.clone());
+        self.wal_bytes = 0;
+        layer
+    }
+
+    /// Writes every batch of the group in one transaction (with the deletion of the
+    /// write-ahead records a durable checkpoint covers), returns once it is durable, and only
     /// then shows the group's states to readers.
     fn commit_group(&mut self, group: Vec<CommitBatch>) -> Result<(), StoreError> {
         let number = self.overlay.read().unwrap_or_else(|e| e.into_inner()).group + 1;
         let record = pack(&wal_entries(&group));
-        write_group(&self.db, group.iter(), number, &record, self.options.idempotency_window_ms)?;
+        let delete = self.wal_deletable;
+        write_group(&self.db, group.iter(), number, &record, delete, self.options.idempotency_window_ms)?;
+        self.wal_deletable = None;
         self.wal_bytes += record.len() as u64;
         // The batches are no longer needed: their ops move into the log's tail and their states
         // into the overlay, uncopied.
@@ -740,74 +1002,115 @@ impl Committer {
             overlay.insert((keyspace, key), state);
         }
         overlay.group = number;
-        drop(overlay);
-        // A read transaction held open keeps redb from reusing the pages freed since it began
-        // (every group rewrites its log, write-ahead and meta pages): renew the shared reader
-        // after each group, not only at checkpoints, so the file does not grow. (The group is
-        // durable already; if a reader cannot be opened, the old one still reads correctly.)
-        if let Ok(reader) = kv_reader(&self.db) {
-            *self.kv.write().unwrap_or_else(|e| e.into_inner()) = reader;
-        }
-        Ok(())
-    }
-
-    /// Writes the overlay's states into `kv` and drops the write-ahead records they cover, in one
-    /// transaction; then empties the overlay.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let result = self.checkpoint_txn();
-        self.checkpoints.count.fetch_add(1, Ordering::Relaxed);
-        self.checkpoints.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        result
-    }
-
-    fn checkpoint_txn(&mut self) -> Result<(), StoreError> {
-        let overlay = self.overlay.read().unwrap_or_else(|e| e.into_inner());
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(Durability::Immediate).map_err(db_err)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(db_err)?;
-            let mut index = txn.open_table(TOMBSTONED).map_err(db_err)?;
-            for ((keyspace, key), state) in &overlay.states {
-                let k = (keyspace.as_str(), key.as_str());
-                match state {
-                    Some(state) => kv.insert(k, encode(state).as_slice()).map(drop),
-                    None => kv.remove(k).map(drop),
-                }
-                .map_err(db_err)?;
-                if state.as_ref().is_some_and(KeyState::has_tombstones) {
-                    index.insert(k, ()).map_err(db_err)?;
-                } else {
-                    index.remove(k).map_err(db_err)?;
-                }
-            }
-            let mut wal = txn.open_table(WAL).map_err(db_err)?;
-            wal.retain_in(..=overlay.group, |_, _| false).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(WAL_POSITION, encode(&(overlay.group, overlay.group)).as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        drop(overlay);
-        // Readers see the new `kv` before the overlay forgets what it now holds.
-        let reader = kv_reader(&self.db)?;
-        *self.kv.write().unwrap_or_else(|e| e.into_inner()) = reader;
-        // Only this thread adds to the overlay, so nothing arrived since the read above.
-        let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
-        overlay.states.clear();
-        overlay.tombstoned.clear();
-        drop(overlay);
-        self.wal_bytes = 0;
         Ok(())
     }
 }
 
+/// The checkpointer thread: the only writer of the key-state database after open.
+struct Checkpointer {
+    kv_db: Arc<Database>,
+    overlay: Arc<RwLock<Overlay>>,
+    kv: Arc<RwLock<KvReader>>,
+    poisoned: Arc<AtomicBool>,
+    checkpoints: Arc<CheckpointCounters>,
+    /// [`Options::checkpoint_keys_max`].
+    keys_max: usize,
+}
+
+impl Checkpointer {
+    fn run(self, layers: Receiver<Arc<Layer>>, done: mpsc::Sender<Result<u64, ()>>) {
+        while let Ok(layer) = layers.recv() {
+            let result = self.checkpoint(&layer);
+            if result.is_err() {
+                // The frozen layer stays readable, but the database may refuse writes from now
+                // on: stop, as after a failed group.
+                self.poisoned.store(true, Ordering::SeqCst);
+            }
+            if done.send(result.map(|()| layer.group).map_err(drop)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes the frozen layer's states into `kv`, with the last group it covers, in one
+    /// durable transaction; then shows `kv` to readers and drops the layer from the overlay.
+    fn checkpoint(&self, layer: &Layer) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.checkpoint_txn(layer);
+        self.checkpoints.count.fetch_add(1, Ordering::Relaxed);
+        self.checkpoints.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        result?;
+        // Readers see the new `kv` before the overlay forgets what it now holds; both change
+        // under the overlay's write lock, so a reader holding the read lock sees either both
+        // before or both after.
+        let reader = kv_reader(&self.kv_db)?;
+        let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
+        *self.kv.write().unwrap_or_else(|e| e.into_inner()) = reader;
+        overlay.frozen = None;
+        Ok(())
+    }
+
+    /// Writes the layer in slices of [`CHECKPOINT_SLICE_KEYS`] keys, one transaction each,
+    /// resting as long as each slice took before the next while the next checkpoint is far from
+    /// due (its active layer under half of [`Options::checkpoint_keys_max`]): the checkpoint's disk writes and CPU
+    /// are spread out instead of competing in one burst with the group commits (whose fsyncs
+    /// queue behind its writes on the same disk). Only the last slice is durable and records the
+    /// group: redb persists the earlier, non-durable ones with it, and a crash before it leaves
+    /// `kv` as of the previous checkpoint (its pages were never made durable), which the
+    /// write-ahead records still cover.
+    fn checkpoint_txn(&self, layer: &Layer) -> Result<(), StoreError> {
+        let mut states = layer.states.iter().peekable();
+        loop {
+            let started = std::time::Instant::now();
+            let mut txn = self.kv_db.begin_write().map_err(db_err)?;
+            let last;
+            {
+                let mut kv = txn.open_table(KV).map_err(db_err)?;
+                let mut index = txn.open_table(TOMBSTONED).map_err(db_err)?;
+                for ((keyspace, key), state) in states.by_ref().take(CHECKPOINT_SLICE_KEYS) {
+                    let k = (keyspace.as_str(), key.as_str());
+                    match state {
+                        Some(state) => kv.insert(k, encode(state).as_slice()).map(drop),
+                        None => kv.remove(k).map(drop),
+                    }
+                    .map_err(db_err)?;
+                    if state.as_ref().is_some_and(KeyState::has_tombstones) {
+                        index.insert(k, ()).map_err(db_err)?;
+                    } else {
+                        index.remove(k).map_err(db_err)?;
+                    }
+                }
+                last = states.peek().is_none();
+                if last {
+                    let mut meta = txn.open_table(META).map_err(db_err)?;
+                    meta.insert(CHECKPOINTED, encode(&layer.group).as_slice()).map_err(db_err)?;
+                }
+            }
+            let durability = if last { Durability::Immediate } else { Durability::None };
+            txn.set_durability(durability).map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
+            if last {
+                return Ok(());
+            }
+            // Rest only while the next checkpoint is far from due: under a write rate that fills
+            // the active layer as fast as this writes, resting would hold up the writers.
+            let active = self.overlay.read().unwrap_or_else(|e| e.into_inner()).active.states.len();
+            if active < self.keys_max / 2 {
+                std::thread::sleep(started.elapsed());
+            }
+        }
+    }
+}
+
 /// Writes every batch of the group, as group `number` with write-ahead `record`, in one
-/// transaction and returns once it is durable.
+/// transaction and returns once it is durable. With `delete`, the same transaction deletes the
+/// write-ahead records up to that group (a durable checkpoint covers them).
 fn write_group<'a>(
     db: &Database,
     group: impl Iterator<Item = &'a CommitBatch> + Clone,
     number: u64,
     record: &[u8],
+    delete: Option<u64>,
     idempotency_window_ms: u64,
 ) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(db_err)?;
@@ -828,8 +1131,12 @@ fn write_group<'a>(
             let cutoff_ms = newest_ms.saturating_sub(idempotency_window_ms);
             idempotency.retain_in((0, "")..(cutoff_ms, ""), |_, _| false).map_err(db_err)?;
         }
-        let (_, checkpointed): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
-        meta.insert(WAL_POSITION, encode(&(number, checkpointed)).as_slice()).map_err(db_err)?;
+        let (_, mut deleted): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
+        if let Some(upto) = delete.filter(|upto| *upto > deleted) {
+            wal.retain_in(..=upto, |_, _| false).map_err(db_err)?;
+            deleted = upto;
+        }
+        meta.insert(WAL_POSITION, encode(&(number, deleted)).as_slice()).map_err(db_err)?;
         let mut seen: VersionVector = read_meta(&meta, SEEN)?;
         let mut log_last: VersionVector = read_meta(&meta, LOG_LAST)?;
         let (mut log_ops, mut log_bytes): (u64, u64) = read_meta(&meta, LOG_STATS)?;
@@ -952,7 +1259,7 @@ impl Store for DurableStore {
         // than `kv`, so a key the overlay holds is taken from the overlay only. Holding the
         // overlay's read lock keeps a checkpoint from moving states between the two meanwhile.
         let overlay = self.overlay();
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.kv_db.begin_read().map_err(db_err)?;
         let index = txn.open_table(TOMBSTONED).map_err(db_err)?;
         let start = match after {
             Some((ks, k)) => Bound::Excluded((ks.as_str(), k.as_str())),
@@ -968,13 +1275,12 @@ impl Store for DurableStore {
             let (k, _) = entry.map_err(db_err)?;
             let (ks, key) = k.value();
             let k = (Keyspace::new(ks).map_err(corrupt)?, Key::new(key).map_err(corrupt)?);
-            if !overlay.states.contains_key(&k) {
+            if overlay.newest(&k).is_none() {
                 stored.push(k);
             }
         }
-        let after_newer = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let newer = overlay.tombstoned.range::<(Keyspace, Key), _>((after_newer, Bound::Unbounded)).take(max);
-        let mut keys: Vec<(Keyspace, Key)> = stored.into_iter().chain(newer.cloned()).collect();
+        let newer = overlay.tombstoned_after(after, max);
+        let mut keys: Vec<(Keyspace, Key)> = stored.into_iter().chain(newer).collect();
         keys.sort();
         keys.truncate(max);
         let last = if keys.len() == max { keys.last().cloned() } else { None };
@@ -995,12 +1301,16 @@ impl Store for DurableStore {
 
     fn get(&self, keyspace: &Keyspace, key: &Key) -> Result<Option<KeyState>, StoreError> {
         self.check_usable()?;
-        // The overlay holds every state newer than `kv`. A checkpoint writes `kv` before it
-        // empties the overlay, so a miss here finds the state in `kv`.
-        if let Some(state) = self.overlay().states.get(&(keyspace.clone(), key.clone())) {
-            return Ok(state.clone());
-        }
-        let kv = self.kv.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // The overlay holds every state newer than `kv`. A checkpoint renews the `kv` reader
+        // and drops its frozen layer under the overlay's write lock, so the reader taken under
+        // the read lock holds every state the overlay does not.
+        let kv = {
+            let overlay = self.overlay();
+            if let Some(state) = overlay.newest(&(keyspace.clone(), key.clone())) {
+                return Ok(state.clone());
+            }
+            self.kv.read().unwrap_or_else(|e| e.into_inner()).clone()
+        };
         match kv.get((keyspace.as_str(), key.as_str())).map_err(db_err)? {
             Some(bytes) => Ok(Some(decode("key state", bytes.value())?)),
             None => Ok(None),
@@ -1011,12 +1321,12 @@ impl Store for DurableStore {
         self.check_usable()?;
         // The index of `kv`, corrected by the overlay's newer states (as in `key_count`).
         let overlay = self.overlay();
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.kv_db.begin_read().map_err(db_err)?;
         let index = txn.open_table(TOMBSTONED).map_err(db_err)?;
         let mut count = index.len().map_err(db_err)?;
-        for k in overlay.states.keys() {
+        for (k, _) in overlay.entries() {
             let indexed = index.get((k.0.as_str(), k.1.as_str())).map_err(db_err)?.is_some();
-            match (indexed, overlay.tombstoned.contains(k)) {
+            match (indexed, overlay.is_tombstoned(k)) {
                 (false, true) => count += 1,
                 (true, false) => count -= 1,
                 _ => {}
@@ -1033,7 +1343,7 @@ impl Store for DurableStore {
         let overlay = self.overlay();
         let kv = self.kv.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut count = kv.len().map_err(db_err)?;
-        for ((keyspace, key), state) in &overlay.states {
+        for ((keyspace, key), state) in overlay.entries() {
             let stored = kv.get((keyspace.as_str(), key.as_str())).map_err(db_err)?.is_some();
             match (stored, state.is_some()) {
                 (false, true) => count += 1,
@@ -1091,8 +1401,10 @@ impl Store for DurableStore {
                 continue;
             }
             let vector = read_meta(&meta, SEEN)?;
-            let kv = txn.open_table(KV).map_err(db_err)?;
-            return Ok(Box::new(DurableSnapshot { vector, kv, overlay: overlay.states.clone() }));
+            // `kv` as of now: any checkpoint it includes covers states the overlay still holds
+            // (newer or the same), and any it lacks left its layer in the overlay.
+            let kv = self.kv_db.begin_read().map_err(db_err)?.open_table(KV).map_err(db_err)?;
+            return Ok(Box::new(DurableSnapshot { vector, kv, overlay: overlay.merged() }));
         }
     }
 }
@@ -1189,7 +1501,7 @@ mod tests {
     use mesh_core::{Dot, Hlc, OpKind, ValueKind};
 
     #[test]
-    fn a_format_2_store_replays_its_whole_state_records_then_checkpoints_them_as_format_3() {
+    fn a_format_2_store_replays_its_whole_state_records_then_checkpoints_them_as_format_4() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
         drop(DurableStore::open(&path).unwrap());
@@ -1226,5 +1538,69 @@ mod tests {
         assert_eq!(store.recovered().wal_groups, 0, "the old records were checkpointed");
         assert_eq!(store.read_meta::<u32>(FORMAT).unwrap(), FORMAT_VERSION);
         assert_eq!(store.get(&users, &key).unwrap(), Some(state));
+    }
+
+    #[test]
+    fn a_format_3_store_moves_its_key_states_into_the_key_state_database_and_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let (users, live, dead) =
+            (Keyspace::new("users").unwrap(), Key::new("live").unwrap(), Key::new("dead").unwrap());
+        let mut state = KeyState::new(ValueKind::Register);
+        let op = |seq, kind| Op {
+            dot: Dot::new(DcId::new("us-east").unwrap(), seq),
+            hlc: Hlc::new(seq, 0),
+            keyspace: users.clone(),
+            key: live.clone(),
+            kind,
+            context: VersionVector::new(),
+        };
+        state.apply(&op(1, OpKind::Put(b"v".to_vec()))).unwrap();
+        let mut tombstone = KeyState::new(ValueKind::Register);
+        tombstone.apply(&op(2, OpKind::Delete)).unwrap();
+        assert!(tombstone.has_tombstones());
+        // What a format-3 meshd left: `kv` and its tombstone index in the main database,
+        // checkpointed up to group 7.
+        {
+            let db = Database::builder().create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut kv = txn.open_table(KV).unwrap();
+                kv.insert(("users", "live"), encode(&state).as_slice()).unwrap();
+                kv.insert(("users", "dead"), encode(&tombstone).as_slice()).unwrap();
+                txn.open_table(TOMBSTONED).unwrap().insert(("users", "dead"), ()).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(WAL_POSITION, encode(&(7u64, 7u64)).as_slice()).unwrap();
+                meta.insert(FORMAT, encode(&FORMAT_KV_INSIDE).as_slice()).unwrap();
+                meta.insert(TOMBSTONED_INDEXED, encode(&true).as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for round in 0..2u64 {
+            let store = DurableStore::open(&path).unwrap();
+            assert_eq!(store.read_meta::<u32>(FORMAT).unwrap(), FORMAT_VERSION);
+            assert_eq!(store.get(&users, &live).unwrap(), Some(state.clone()));
+            assert_eq!(store.get(&users, &dead).unwrap(), Some(tombstone.clone()));
+            assert_eq!(store.key_count().unwrap(), 2 + round);
+            assert_eq!(store.tombstones_held().unwrap(), 1);
+            assert_eq!(store.scan_tombstoned(None, 10).unwrap().keys, vec![(users.clone(), dead.clone())]);
+            // The next group commit carries on from group 7.
+            let key = format!("other{round}");
+            store
+                .commit(crate::testing::put_commit(
+                    &DcId::new("us-east").unwrap(),
+                    3 + round,
+                    &key,
+                    b"w".to_vec(),
+                ))
+                .unwrap();
+            drop(store);
+            let db = Database::builder().create(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            assert!(
+                open_if_exists(txn.open_table(KV)).unwrap().is_none(),
+                "the main database no longer holds kv"
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{dc, put_commit};
-use mesh_store::testing::PowerLossDisk;
+use mesh_store::testing::{PowerLossDisk, PowerSwitch};
 use mesh_store::{DurableStore, LogRead, Options, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -171,12 +171,14 @@ enum Cut {
 /// Runs power-loss rounds, cutting as `cut` says.
 fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
     let mut rng = StdRng::seed_from_u64(seed(test));
-    let mut image = Vec::new();
+    // The main database's disk image and the key-state database's: one power cut takes both.
+    let (mut image, mut kv_image) = (Vec::new(), Vec::new());
     let mut total_acks = 0usize;
     for round in 0..rounds {
-        let disk = PowerLossDisk::from_image(image.clone());
-        let switch = disk.switch();
-        let store = Arc::new(DurableStore::open_with_backend(disk, checkpoint_often()).unwrap());
+        let (disk, kv_disk) =
+            (PowerLossDisk::from_image(image.clone()), PowerLossDisk::from_image(kv_image.clone()));
+        let (switch, kv_switch) = (disk.switch(), kv_disk.switch());
+        let store = Arc::new(DurableStore::open_with_backends(disk, kv_disk, checkpoint_often()).unwrap());
         let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
         let sink = acked.clone();
         // Writers stop at their first failed commit, or once the power is off (a store that
@@ -196,13 +198,17 @@ fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
-        image = match &cut {
+        // Each disk keeps what it synced plus what the cut lets through of the rest; the two
+        // are cut a moment apart, as two files' pages reach a disk independently.
+        let mut cut_one = |switch: &PowerSwitch| match &cut {
             Cut::Prefix(keep) => {
                 let unsynced = switch.unsynced_writes();
                 switch.cut(keep(&mut rng, unsynced))
             }
             Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
         };
+        image = cut_one(&switch);
+        kv_image = cut_one(&kv_switch);
         off.store(true, Ordering::SeqCst);
         for w in writers {
             w.join().unwrap();
@@ -211,9 +217,12 @@ fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
         let acked = acked.lock().unwrap().clone();
         total_acks += acked.len();
 
-        let store =
-            DurableStore::open_with_backend(PowerLossDisk::from_image(image.clone()), checkpoint_often())
-                .unwrap();
+        let store = DurableStore::open_with_backends(
+            PowerLossDisk::from_image(image.clone()),
+            PowerLossDisk::from_image(kv_image.clone()),
+            checkpoint_often(),
+        )
+        .unwrap();
         for (seq, key) in &acked {
             common::assert_durable(&store, "us-east", *seq, key);
         }

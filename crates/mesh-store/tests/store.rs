@@ -231,7 +231,10 @@ fn a_snapshot_is_a_consistent_cut_that_later_commits_do_not_change() {
 fn concurrent_submitters_share_fsyncs() {
     let disk = PowerLossDisk::from_image(Vec::new());
     let switch = disk.switch();
-    let store = Arc::new(DurableStore::open_with_backend(disk, Options::default()).unwrap());
+    let store = Arc::new(
+        DurableStore::open_with_backends(disk, PowerLossDisk::from_image(Vec::new()), Options::default())
+            .unwrap(),
+    );
     let syncs_before = switch.syncs();
     let writers = 16;
     let per_writer = 50;
@@ -374,9 +377,11 @@ fn reopening_replays_states_written_since_the_last_checkpoint() {
 fn after_a_failed_commit_the_store_refuses_everything_until_reopened() {
     let disk = PowerLossDisk::from_image(Vec::new());
     let switch = disk.switch();
-    let store = DurableStore::open_with_backend(disk, Options::default()).unwrap();
+    let kv_disk = PowerLossDisk::from_image(Vec::new());
+    let kv_switch = kv_disk.switch();
+    let store = DurableStore::open_with_backends(disk, kv_disk, Options::default()).unwrap();
     store.commit(put_commit("us-east", 1, "user:1")).unwrap();
-    let image = switch.cut(0);
+    let (image, kv_image) = (switch.cut(0), kv_switch.cut(0));
     let err = store.commit(put_commit("us-east", 2, "user:2")).unwrap_err();
     assert!(matches!(err, StoreError::OutcomeUnknown(_)), "{err:?}");
     assert_eq!(store.commit(put_commit("us-east", 3, "user:3")).unwrap_err(), StoreError::Poisoned);
@@ -387,8 +392,12 @@ fn after_a_failed_commit_the_store_refuses_everything_until_reopened() {
         "a snapshot fails instead of waiting forever"
     );
     drop(store);
-    let store =
-        DurableStore::open_with_backend(PowerLossDisk::from_image(image), Options::default()).unwrap();
+    let store = DurableStore::open_with_backends(
+        PowerLossDisk::from_image(image),
+        PowerLossDisk::from_image(kv_image),
+        Options::default(),
+    )
+    .unwrap();
     common::assert_durable(&store, "us-east", 1, "user:1");
 }
 
