@@ -282,6 +282,10 @@ pub struct NodeSettings {
     /// write) and hold more states in memory: each key costs its state plus ~100 bytes. At least
     /// 1,024.
     pub checkpoint_keys: u64,
+    /// The store's page cache (both of its redb databases), in MiB. With `checkpoint_keys`
+    /// (two layers of states at most) and the log's tail in memory (16 MiB per origin), it bounds
+    /// a DC's memory. At least 16.
+    pub cache_mib: u64,
 }
 
 impl Default for NodeSettings {
@@ -295,6 +299,7 @@ impl Default for NodeSettings {
             otlp_traces_endpoint: String::new(),
             trace_sampling: 0.01,
             checkpoint_keys: 262_144,
+            cache_mib: 256,
         }
     }
 }
@@ -451,6 +456,9 @@ impl Topology {
         }
         if config.node.checkpoint_keys < 1_024 {
             return Err(bad("node.checkpoint_keys", "must be at least 1024"));
+        }
+        if !(16..=1 << 20).contains(&config.node.cache_mib) {
+            return Err(bad("node.cache_mib", "must be between 16 and 1048576"));
         }
         if config.dcs.is_empty() {
             return Err(bad("dcs", "at least one datacenter is required"));

@@ -161,13 +161,16 @@ fn a_bad_otlp_endpoint_or_interval_is_refused_by_name() {
 }
 
 #[test]
-fn a_checkpoint_below_1024_keys_is_refused_by_name() {
+fn a_checkpoint_below_1024_keys_or_a_cache_below_16_mib_is_refused_by_name() {
     let mut config = parse(include_str!("../../../mesh.toml"));
     config.node.checkpoint_keys = 1_023;
     let e = mesh_core::Topology::new(config.clone(), &mesh_core::builtin_resolvers()).unwrap_err();
     assert_eq!(e.field, "node.checkpoint_keys");
     config.node.checkpoint_keys = 1_024;
-    mesh_core::Topology::new(config, &mesh_core::builtin_resolvers()).unwrap();
+    mesh_core::Topology::new(config.clone(), &mesh_core::builtin_resolvers()).unwrap();
+    config.node.cache_mib = 8;
+    let e = mesh_core::Topology::new(config, &mesh_core::builtin_resolvers()).unwrap_err();
+    assert_eq!(e.field, "node.cache_mib");
 }
 
 #[test]

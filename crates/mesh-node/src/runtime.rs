@@ -843,6 +843,7 @@ impl Actor for DcActor {
             // About 1 KiB of write-ahead records per key before a checkpoint is due anyway: bounds
             // the replay on open when a few hot keys take most writes.
             checkpoint_wal_bytes_max: checkpoint_keys.saturating_mul(1_024),
+            cache_bytes: usize::try_from(args.topology.config.node.cache_mib << 20).unwrap_or(usize::MAX),
             ..Default::default()
         };
         // Replaying the write-ahead records can take seconds: off the async threads, so the API

@@ -163,6 +163,11 @@ pub struct Options {
     /// Per origin, the newest durable ops kept in memory up to about this many bytes, so that
     /// replicators read what was just committed without decoding log chunks.
     pub log_tail_bytes_max: usize,
+    /// Page cache of the two redb databases together, in bytes: a quarter for the main
+    /// database (log, write-ahead records), the rest for the key-state database (reads of keys
+    /// the overlay does not hold). Used by [`DurableStore::open_with`]; custom backends
+    /// ([`DurableStore::open_with_backends`]) take it too.
+    pub cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -172,6 +177,7 @@ impl Default for Options {
             checkpoint_wal_bytes_max: 64 << 20,
             idempotency_window_ms: 600_000,
             log_tail_bytes_max: 16 << 20,
+            cache_bytes: 256 << 20,
         }
     }
 }
@@ -481,8 +487,12 @@ impl DurableStore {
 
     /// Opens the store at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
-        let db = Database::builder().create(path.as_ref()).map_err(db_err)?;
-        let kv_db = Database::builder().create(Self::kv_path(path.as_ref())).map_err(db_err)?;
+        let (main_cache, kv_cache) = cache_split(options.cache_bytes);
+        let db = Database::builder().set_cache_size(main_cache).create(path.as_ref()).map_err(db_err)?;
+        let kv_db = Database::builder()
+            .set_cache_size(kv_cache)
+            .create(Self::kv_path(path.as_ref()))
+            .map_err(db_err)?;
         Self::start(db, kv_db, options)
     }
 
@@ -502,8 +512,11 @@ impl DurableStore {
         kv_backend: impl StorageBackend,
         options: Options,
     ) -> Result<Self, StoreError> {
-        let db = Database::builder().create_with_backend(backend).map_err(db_err)?;
-        let kv_db = Database::builder().create_with_backend(kv_backend).map_err(db_err)?;
+        let (main_cache, kv_cache) = cache_split(options.cache_bytes);
+        let db =
+            Database::builder().set_cache_size(main_cache).create_with_backend(backend).map_err(db_err)?;
+        let kv_db =
+            Database::builder().set_cache_size(kv_cache).create_with_backend(kv_backend).map_err(db_err)?;
         Self::start(db, kv_db, options)
     }
 
@@ -817,6 +830,11 @@ fn move_key_states(db: &Database, kv_db: &Database, format: u32) -> Result<(), S
             .map_err(db_err)?;
     }
     txn.commit().map_err(db_err)
+}
+
+/// [`Options::cache_bytes`] split between the main and the key-state database.
+fn cache_split(bytes: usize) -> (usize, usize) {
+    (bytes / 4, bytes - bytes / 4)
 }
 
 /// A table of a read transaction, `None` when the database never had it.
