@@ -53,8 +53,6 @@ use std::thread::JoinHandle;
 
 /// Most ops one group commit takes; a larger group waits for the next transaction.
 pub const GROUP_OPS_MAX: usize = 16_384;
-/// Keys per transaction of a checkpoint ([`Checkpointer::checkpoint_txn`]).
-const CHECKPOINT_SLICE_KEYS: usize = 8_192;
 /// Most submissions waiting for the committer; submitters block beyond it (backpressure).
 const QUEUE_SUBMISSIONS_MAX: usize = 8_192;
 
@@ -168,6 +166,8 @@ pub struct Options {
     /// the overlay does not hold). Used by [`DurableStore::open_with`]; custom backends
     /// ([`DurableStore::open_with_backends`]) take it too.
     pub cache_bytes: usize,
+    /// Keys per transaction of a checkpoint (its slices; only the last is durable).
+    pub checkpoint_slice_keys: usize,
 }
 
 impl Default for Options {
@@ -178,6 +178,7 @@ impl Default for Options {
             idempotency_window_ms: 600_000,
             log_tail_bytes_max: 16 << 20,
             cache_bytes: 256 << 20,
+            checkpoint_slice_keys: 8_192,
         }
     }
 }
@@ -487,12 +488,19 @@ impl DurableStore {
 
     /// Opens the store at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
+        let path = path.as_ref();
         let (main_cache, kv_cache) = cache_split(options.cache_bytes);
-        let db = Database::builder().set_cache_size(main_cache).create(path.as_ref()).map_err(db_err)?;
-        let kv_db = Database::builder()
-            .set_cache_size(kv_cache)
-            .create(Self::kv_path(path.as_ref()))
-            .map_err(db_err)?;
+        let db = Database::builder().set_cache_size(main_cache).create(path).map_err(db_err)?;
+        let kv_db =
+            Database::builder().set_cache_size(kv_cache).create(Self::kv_path(path)).map_err(db_err)?;
+        // The files' directory entries must be durable before anything relies on them: a power
+        // loss could otherwise lose a just-created key-state file after the main database
+        // deleted what was moved into it (format 3 to 4).
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(db_err)?;
         Self::start(db, kv_db, options)
     }
 
@@ -615,11 +623,14 @@ impl DurableStore {
                 }
                 overlay.group = group.value();
             }
-            assert_eq!(
-                overlay.group.max(checkpointed),
-                committed,
-                "write-ahead records end at the last group"
-            );
+            if overlay.group.max(checkpointed) != committed {
+                let detail = format!(
+                    "the last group committed is {committed}, but the write-ahead records and the key-state \
+                     database end at {}: the main database file is missing or older than the key-state file",
+                    overlay.group.max(checkpointed)
+                );
+                return Err(StoreError::Corrupt { what: "store", detail });
+            }
             overlay.group = committed;
         }
         let recovered = Recovered { wal_groups, wal_bytes, keys: overlay.len() };
@@ -634,6 +645,7 @@ impl DurableStore {
         let tail = Arc::new(Mutex::new(LogTail::new(options.log_tail_bytes_max, logged)));
         let kv = Arc::new(RwLock::new(kv_reader(&kv_db)?));
         let checkpoints = Arc::new(CheckpointCounters::default());
+        let hurry = Arc::new(AtomicBool::new(false));
         let checkpointer = Checkpointer {
             kv_db: kv_db.clone(),
             overlay: overlay.clone(),
@@ -641,6 +653,8 @@ impl DurableStore {
             poisoned: poisoned.clone(),
             checkpoints: checkpoints.clone(),
             keys_max: options.checkpoint_keys_max,
+            slice_keys: options.checkpoint_slice_keys,
+            hurry: hurry.clone(),
         };
         let mut committer = Committer {
             db: db.clone(),
@@ -653,12 +667,13 @@ impl DurableStore {
             checkpointed: None,
             in_flight: false,
             wal_deletable: None,
+            hurry,
         };
         if format == FORMAT_STATES_WAL {
             // Whole-state records were replayed above: checkpoint them, so every record from
             // here on is of the current format, then say so.
             let layer = committer.freeze();
-            checkpointer.checkpoint(&layer)?;
+            checkpointer.checkpoint(&layer, false)?;
             let mut txn = db.begin_write().map_err(db_err)?;
             txn.set_durability(Durability::Immediate).map_err(db_err)?;
             {
@@ -894,6 +909,8 @@ struct Committer {
     /// The write-ahead records up to this group are covered by a durable checkpoint: the next
     /// group commit deletes them.
     wal_deletable: Option<u64>,
+    /// Shared with the checkpointer: the next checkpoint is due.
+    hurry: Arc<AtomicBool>,
 }
 
 impl Committer {
@@ -945,6 +962,7 @@ impl Committer {
         let active = self.overlay.read().unwrap_or_else(|e| e.into_inner()).active.states.len();
         let due = active >= keys || self.wal_bytes >= bytes;
         let full = active >= keys.saturating_mul(2) || self.wal_bytes >= bytes.saturating_mul(2);
+        self.hurry.store(due, Ordering::SeqCst);
         self.collect_checkpoints(due && full);
         if due && !self.in_flight && !self.poisoned.load(Ordering::SeqCst) {
             let layer = self.freeze();
@@ -1033,12 +1051,17 @@ struct Checkpointer {
     checkpoints: Arc<CheckpointCounters>,
     /// [`Options::checkpoint_keys_max`].
     keys_max: usize,
+    /// [`Options::checkpoint_slice_keys`].
+    slice_keys: usize,
+    /// Set by the committer when the next checkpoint is due (by keys or by write-ahead bytes)
+    /// while this one runs: no more resting.
+    hurry: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
     fn run(self, layers: Receiver<Arc<Layer>>, done: mpsc::Sender<Result<u64, ()>>) {
         while let Ok(layer) = layers.recv() {
-            let result = self.checkpoint(&layer);
+            let result = self.checkpoint(&layer, true);
             if result.is_err() {
                 // The frozen layer stays readable, but the database may refuse writes from now
                 // on: stop, as after a failed group.
@@ -1052,9 +1075,9 @@ impl Checkpointer {
 
     /// Writes the frozen layer's states into `kv`, with the last group it covers, in one
     /// durable transaction; then shows `kv` to readers and drops the layer from the overlay.
-    fn checkpoint(&self, layer: &Layer) -> Result<(), StoreError> {
+    fn checkpoint(&self, layer: &Layer, rest: bool) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let result = self.checkpoint_txn(layer);
+        let result = self.checkpoint_txn(layer, rest);
         self.checkpoints.count.fetch_add(1, Ordering::Relaxed);
         self.checkpoints.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         result?;
@@ -1068,7 +1091,7 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Writes the layer in slices of [`CHECKPOINT_SLICE_KEYS`] keys, one transaction each,
+    /// Writes the layer in slices of [`Options::checkpoint_slice_keys`] keys, one transaction each,
     /// resting as long as each slice took before the next while the next checkpoint is far from
     /// due (its active layer under half of [`Options::checkpoint_keys_max`]): the checkpoint's disk writes and CPU
     /// are spread out instead of competing in one burst with the group commits (whose fsyncs
@@ -1076,7 +1099,7 @@ impl Checkpointer {
     /// group: redb persists the earlier, non-durable ones with it, and a crash before it leaves
     /// `kv` as of the previous checkpoint (its pages were never made durable), which the
     /// write-ahead records still cover.
-    fn checkpoint_txn(&self, layer: &Layer) -> Result<(), StoreError> {
+    fn checkpoint_txn(&self, layer: &Layer, rest: bool) -> Result<(), StoreError> {
         let mut states = layer.states.iter().peekable();
         loop {
             let started = std::time::Instant::now();
@@ -1085,7 +1108,7 @@ impl Checkpointer {
             {
                 let mut kv = txn.open_table(KV).map_err(db_err)?;
                 let mut index = txn.open_table(TOMBSTONED).map_err(db_err)?;
-                for ((keyspace, key), state) in states.by_ref().take(CHECKPOINT_SLICE_KEYS) {
+                for ((keyspace, key), state) in states.by_ref().take(self.slice_keys.max(1)) {
                     let k = (keyspace.as_str(), key.as_str());
                     match state {
                         Some(state) => kv.insert(k, encode(state).as_slice()).map(drop),
@@ -1113,7 +1136,7 @@ impl Checkpointer {
             // Rest only while the next checkpoint is far from due: under a write rate that fills
             // the active layer as fast as this writes, resting would hold up the writers.
             let active = self.overlay.read().unwrap_or_else(|e| e.into_inner()).active.states.len();
-            if active < self.keys_max / 2 {
+            if rest && active < self.keys_max / 2 && !self.hurry.load(Ordering::SeqCst) {
                 std::thread::sleep(started.elapsed());
             }
         }

@@ -24,7 +24,14 @@ const WRITERS: usize = 8;
 /// Checkpoints every few hundred keys, so that kills and power cuts also land during and after
 /// checkpoints, not only between write-ahead records.
 fn checkpoint_often() -> Options {
-    Options { checkpoint_keys_max: 200, checkpoint_wal_bytes_max: 64 << 10, ..Options::default() }
+    // Slices of 16 keys: most checkpoints write several non-durable slices before the durable
+    // last one, so cuts land between them too.
+    Options {
+        checkpoint_keys_max: 200,
+        checkpoint_wal_bytes_max: 64 << 10,
+        checkpoint_slice_keys: 16,
+        ..Options::default()
+    }
 }
 
 fn seed(test: &str) -> u64 {
@@ -199,7 +206,9 @@ fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
         // Each disk keeps what it synced plus what the cut lets through of the rest; the two
-        // are cut a moment apart, as two files' pages reach a disk independently.
+        // are cut a moment apart, in a random order, as two files' pages reach a disk
+        // independently.
+        let main_first = rng.random_bool(0.5);
         let mut cut_one = |switch: &PowerSwitch| match &cut {
             Cut::Prefix(keep) => {
                 let unsynced = switch.unsynced_writes();
@@ -207,8 +216,13 @@ fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
             }
             Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
         };
-        image = cut_one(&switch);
-        kv_image = cut_one(&kv_switch);
+        if main_first {
+            image = cut_one(&switch);
+            kv_image = cut_one(&kv_switch);
+        } else {
+            kv_image = cut_one(&kv_switch);
+            image = cut_one(&switch);
+        }
         off.store(true, Ordering::SeqCst);
         for w in writers {
             w.join().unwrap();

@@ -26,7 +26,12 @@ fn both(test: impl Fn(&dyn Store)) {
 }
 
 fn tiny_checkpoints() -> Options {
-    Options { checkpoint_keys_max: 3, checkpoint_wal_bytes_max: 4096, ..Options::default() }
+    Options {
+        checkpoint_keys_max: 3,
+        checkpoint_wal_bytes_max: 4096,
+        checkpoint_slice_keys: 2,
+        ..Options::default()
+    }
 }
 
 #[test]
