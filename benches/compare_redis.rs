@@ -231,13 +231,13 @@ fn start_mesh(dir: &Path) -> Mesh {
     Mesh { dir: dir.to_path_buf(), procs, apis, resp: resps[0] }
 }
 
+/// An HTTP client that returns error statuses as answers, with a whole-request timeout.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into()
+}
+
 fn http_get(port: u16, path: &str) -> String {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    agent
+    agent(Duration::from_secs(10))
         .get(format!("http://127.0.0.1:{port}{path}"))
         .header("authorization", &format!("Bearer {TOKEN}"))
         .call()
@@ -249,6 +249,12 @@ fn http_get(port: u16, path: &str) -> String {
 fn seen_of(port: u16, origin: &str) -> u64 {
     let status: serde_json::Value = serde_json::from_str(&http_get(port, "/v1/status")).unwrap_or_default();
     status["seen"]["dots"][origin].as_u64().unwrap_or(0)
+}
+
+/// Waits until the other DCs hold every write the first DC has made durable.
+fn wait_replicated(mesh: &Mesh, what: &str, limit: Duration) {
+    let target = seen_of(mesh.apis[0], "us-east");
+    wait_for(what, limit, || mesh.apis[1..].iter().all(|p| seen_of(*p, "us-east") >= target));
 }
 
 fn wire_bytes(port: u16) -> u64 {
@@ -263,10 +269,7 @@ fn run_mesh(mesh: &Mesh, requests: u64) -> Row {
     let (bytes_before, cpu_before) = (wire_bytes(mesh.apis[0]), cpu_of(&mesh.procs));
     let start = Instant::now();
     let acked = redis_benchmark(mesh.resp, Some(TOKEN), requests);
-    let target = seen_of(mesh.apis[0], "us-east");
-    wait_for("mesh DCs catch up", Duration::from_secs(600), || {
-        mesh.apis[1..].iter().all(|p| seen_of(*p, "us-east") >= target)
-    });
+    wait_replicated(mesh, "mesh DCs catch up", Duration::from_secs(600));
     let elapsed = start.elapsed().as_secs_f64();
     Row {
         acked,
@@ -278,12 +281,7 @@ fn run_mesh(mesh: &Mesh, requests: u64) -> Row {
 }
 
 fn http_post(port: u16, path: &str, body: &str) -> u16 {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    agent
+    agent(Duration::from_secs(60))
         .post(format!("http://127.0.0.1:{port}{path}"))
         .header("authorization", &format!("Bearer {TOKEN}"))
         .send(body.as_bytes())
@@ -309,10 +307,7 @@ fn reference_bytes(mesh: &Mesh, rounds: u64) -> f64 {
     let before = wire_bytes(mesh.apis[0]);
     for _ in 0..rounds {
         assert_eq!(http_post(mesh.apis[0], "/v1/batch", &body), 200, "the reference batch is written");
-        let target = seen_of(mesh.apis[0], "us-east");
-        wait_for("peers hold the reference batch", Duration::from_secs(60), || {
-            mesh.apis[1..].iter().all(|p| seen_of(*p, "us-east") >= target)
-        });
+        wait_replicated(mesh, "peers hold the reference batch", Duration::from_secs(60));
     }
     (wire_bytes(mesh.apis[0]) - before) as f64 / (rounds * records.len() as u64) as f64 / 2.0
 }
