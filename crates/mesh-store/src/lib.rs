@@ -280,6 +280,13 @@ pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("in-memory msgpack encoding of our own types cannot fail")
 }
 
+/// [`encode`] into `buf`, which is cleared first: a caller encoding many values reuses one
+/// buffer instead of growing a new one for each.
+pub(crate) fn encode_into<T: serde::Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
+    buf.clear();
+    rmp_serde::encode::write(buf, value).expect("in-memory msgpack encoding of our own types cannot fail")
+}
+
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],

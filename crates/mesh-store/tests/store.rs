@@ -542,6 +542,7 @@ fn tombstone_gcs_walk_visits_only_keys_holding_tombstones_however_many_keys_ther
         }
         // One page finds every tombstoned key, wherever it sorts among the others.
         assert_eq!(walk_tombstoned(store, 10), (vec!["user:050".into(), "user:199".into(), "zz".into()], 1));
+        assert_eq!(store.tombstones_held().unwrap(), 3);
         // Pages as small as one key: one per tombstoned key, and the last one says so.
         assert_eq!(walk_tombstoned(store, 1).1, 4);
         // A key written live again, or removed (collected), leaves the walk.
@@ -588,5 +589,23 @@ fn the_tombstone_index_survives_checkpoints_and_reopens_and_is_built_for_an_olde
         }
         let store = DurableStore::open_with(&path, options).unwrap();
         assert_eq!(walk_tombstoned(&store, 10).0, ["user:07"], "rebuilt with {options:?}");
+        assert_eq!(store.tombstones_held().unwrap(), 1, "{options:?}");
+        // A checkpointed tombstone overwritten live, and a new one, held in memory or not.
+        store.commit(put_commit("us-east", 24, "user:07")).unwrap();
+        assert_eq!(store.tombstones_held().unwrap(), 0, "{options:?}");
+        store.commit(delete_commit(25, "user:01")).unwrap();
+        assert_eq!(store.tombstones_held().unwrap(), 1, "{options:?}");
+        assert_eq!(walk_tombstoned(&store, 10).0, ["user:01"], "{options:?}");
+        store.commit(delete_commit(26, "user:07")).unwrap();
+        assert_eq!(walk_tombstoned(&store, 10).0, ["user:01", "user:07"], "{options:?}");
+        assert_eq!(store.tombstones_held().unwrap(), 2, "{options:?}");
+        drop(store);
+        let store = DurableStore::open_with(&path, options).unwrap();
+        assert_eq!(store.tombstones_held().unwrap(), 2, "{options:?}");
+        store.commit(put_commit("us-east", 27, "user:07")).unwrap();
+        store.commit(put_commit("us-east", 28, "user:01")).unwrap();
+        assert_eq!(store.tombstones_held().unwrap(), 0, "{options:?}");
+        assert_eq!(walk_tombstoned(&store, 10).0, Vec::<String>::new(), "{options:?}");
+        drop(store);
     }
 }
