@@ -168,6 +168,10 @@ pub struct Options {
     pub cache_bytes: usize,
     /// Keys per transaction of a checkpoint (its slices; only the last is durable).
     pub checkpoint_slice_keys: usize,
+    /// Smallest number of keys the filter of `kv`'s keys ([`KvKeys`]) is sized for. It is
+    /// rebuilt, for twice the keys `kv` holds, once more keys than that were added; tests set
+    /// this small so that rebuilds happen.
+    pub key_filter_items_min: usize,
 }
 
 impl Default for Options {
@@ -179,7 +183,68 @@ impl Default for Options {
             log_tail_bytes_max: 16 << 20,
             cache_bytes: 256 << 20,
             checkpoint_slice_keys: 8_192,
+            key_filter_items_min: 1 << 20,
         }
+    }
+}
+
+/// The false-positive rate [`KvKeys`] is sized for.
+const KEY_FILTER_FALSE_POS: f64 = 0.01;
+
+/// A Bloom filter (Bloom 1970, "Space/time trade-offs in hash coding with allowable errors")
+/// of the keys `kv` holds: a read of a key the overlay does not hold, and the filter says `kv`
+/// does not hold either, is answered "absent" without descending `kv`'s B-tree (most writes of
+/// new keys read their key first; the miss was a tenth of each DC's CPU in a profile).
+///
+/// Holds every key `kv` holds (it may hold more: removed keys stay, and 1 % of others test
+/// positive). The checkpointer is `kv`'s only writer: it adds a checkpoint's keys once the
+/// checkpoint is durable and before readers see the new `kv` (both under the overlay's write
+/// lock, so a reader sees the filter and `kv` of the same checkpoint or later filters). When
+/// more keys were added than it was sized for, the checkpointer builds a new one from a scan of
+/// `kv` and swaps it in at the same point.
+#[derive(Debug)]
+struct KvKeys {
+    filter: fastbloom::AtomicBloomFilter,
+    /// The keys it was sized for.
+    capacity: usize,
+    /// Keys added (a key added twice counts twice).
+    items: std::sync::atomic::AtomicUsize,
+}
+
+impl KvKeys {
+    /// A filter of every key of `kv`, sized for twice as many and at least `items_min`.
+    fn build(
+        kv: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+        items_min: usize,
+    ) -> Result<Self, StoreError> {
+        let held = usize::try_from(kv.len().map_err(db_err)?).unwrap_or(usize::MAX);
+        let capacity = held.saturating_mul(2).max(items_min).max(1);
+        let keys = Self {
+            filter: fastbloom::AtomicBloomFilter::with_false_pos(KEY_FILTER_FALSE_POS)
+                .expected_items(capacity),
+            capacity,
+            items: std::sync::atomic::AtomicUsize::new(0),
+        };
+        for entry in kv.iter().map_err(db_err)? {
+            let (k, _) = entry.map_err(db_err)?;
+            keys.add(k.value().0, k.value().1);
+        }
+        Ok(keys)
+    }
+
+    fn add(&self, keyspace: &str, key: &str) {
+        self.filter.insert(&(keyspace, key));
+        self.items.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `false`: `kv` does not hold the key.
+    fn may_hold(&self, keyspace: &str, key: &str) -> bool {
+        self.filter.contains(&(keyspace, key))
+    }
+
+    /// Whether adding `more` keys would pass the number it was sized for.
+    fn full_after(&self, more: usize) -> bool {
+        self.items.load(Ordering::Relaxed).saturating_add(more) > self.capacity
     }
 }
 
@@ -201,6 +266,8 @@ struct Overlay {
     frozen: Option<Arc<Layer>>,
     /// The last group whose states the overlay includes.
     group: u64,
+    /// The keys `kv` holds, as of the `kv` reader readers are given (or a superset).
+    kv_keys: Option<Arc<KvKeys>>,
 }
 
 /// A key of the overlay, borrowed: looks up a [`Layer`]'s states without cloning the key. Hashes
@@ -657,7 +724,6 @@ impl DurableStore {
         }
         let recovered = Recovered { wal_groups, wal_bytes, keys: overlay.len() };
         let (db, kv_db) = (Arc::new(db), Arc::new(kv_db));
-        let overlay = Arc::new(RwLock::new(overlay));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
         let poisoned = Arc::new(AtomicBool::new(false));
         let logged = {
@@ -665,9 +731,12 @@ impl DurableStore {
             read_meta(&txn.open_table(META).map_err(db_err)?, LOG_LAST)?
         };
         let tail = Arc::new(Mutex::new(LogTail::new(options.log_tail_bytes_max, logged)));
-        let kv = Arc::new(RwLock::new(kv_reader(&kv_db)?));
+        let kv = kv_reader(&kv_db)?;
+        overlay.kv_keys = Some(Arc::new(KvKeys::build(kv.as_ref(), options.key_filter_items_min)?));
+        let kv = Arc::new(RwLock::new(kv));
         let checkpoints = Arc::new(CheckpointCounters::default());
         let hurry = Arc::new(AtomicBool::new(false));
+        let overlay = Arc::new(RwLock::new(overlay));
         let checkpointer = Checkpointer {
             kv_db: kv_db.clone(),
             overlay: overlay.clone(),
@@ -676,6 +745,7 @@ impl DurableStore {
             checkpoints: checkpoints.clone(),
             keys_max: options.checkpoint_keys_max,
             slice_keys: options.checkpoint_slice_keys,
+            key_filter_items_min: options.key_filter_items_min,
             hurry: hurry.clone(),
         };
         let mut committer = Committer {
@@ -1075,6 +1145,8 @@ struct Checkpointer {
     keys_max: usize,
     /// [`Options::checkpoint_slice_keys`].
     slice_keys: usize,
+    /// [`Options::key_filter_items_min`].
+    key_filter_items_min: usize,
     /// Set by the committer when the next checkpoint is due (by keys or by write-ahead bytes)
     /// while this one runs: no more resting.
     hurry: Arc<AtomicBool>,
@@ -1103,12 +1175,30 @@ impl Checkpointer {
         self.checkpoints.count.fetch_add(1, Ordering::Relaxed);
         self.checkpoints.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         result?;
+        // The filter of `kv`'s keys learns the checkpoint's keys before readers see the new
+        // `kv`: into the one readers use, or into a new one built from `kv` as it is now
+        // (this thread is its only writer), swapped in below.
+        let reader = kv_reader(&self.kv_db)?;
+        let keys = self.overlay.read().unwrap_or_else(|e| e.into_inner()).kv_keys.clone();
+        let rebuilt = match keys {
+            Some(keys) if !keys.full_after(layer.states.len()) => {
+                for (keyspace, key) in
+                    layer.states.iter().filter(|(_, state)| state.is_some()).map(|(k, _)| k)
+                {
+                    keys.add(keyspace.as_str(), key.as_str());
+                }
+                None
+            }
+            _ => Some(Arc::new(KvKeys::build(reader.as_ref(), self.key_filter_items_min)?)),
+        };
         // Readers see the new `kv` before the overlay forgets what it now holds; both change
         // under the overlay's write lock, so a reader holding the read lock sees either both
         // before or both after.
-        let reader = kv_reader(&self.kv_db)?;
         let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
         *self.kv.write().unwrap_or_else(|e| e.into_inner()) = reader;
+        if let Some(keys) = rebuilt {
+            overlay.kv_keys = Some(keys);
+        }
         overlay.frozen = None;
         Ok(())
     }
@@ -1379,6 +1469,9 @@ impl Store for DurableStore {
             let overlay = self.overlay();
             if let Some(state) = overlay.newest(KeyRef(keyspace, key)) {
                 return Ok(state.clone());
+            }
+            if overlay.kv_keys.as_ref().is_some_and(|keys| !keys.may_hold(keyspace.as_str(), key.as_str())) {
+                return Ok(None);
             }
             self.kv.read().unwrap_or_else(|e| e.into_inner()).clone()
         };

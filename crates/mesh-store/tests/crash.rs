@@ -30,6 +30,8 @@ fn checkpoint_often() -> Options {
         checkpoint_keys_max: 200,
         checkpoint_wal_bytes_max: 64 << 10,
         checkpoint_slice_keys: 16,
+        // The filter of checkpointed keys is rebuilt every few checkpoints.
+        key_filter_items_min: 300,
         ..Options::default()
     }
 }

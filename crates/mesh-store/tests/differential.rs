@@ -60,6 +60,7 @@ proptest! {
             checkpoint_keys_max: 5,
             checkpoint_wal_bytes_max: 8 << 10,
             log_tail_bytes_max,
+            key_filter_items_min: 4,
             ..Options::default()
         };
         let mut durable = DurableStore::open_with(&path, options).unwrap();

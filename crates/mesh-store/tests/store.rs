@@ -30,6 +30,7 @@ fn tiny_checkpoints() -> Options {
         checkpoint_keys_max: 3,
         checkpoint_wal_bytes_max: 4096,
         checkpoint_slice_keys: 2,
+        key_filter_items_min: 2,
         ..Options::default()
     }
 }
