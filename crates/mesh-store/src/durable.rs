@@ -281,13 +281,40 @@ impl hashbrown::Equivalent<(Keyspace, Key)> for KeyRef<'_> {
     }
 }
 
+/// A key state as the overlay holds it: encoded as `kv` holds it ([`encode_into`]), so a
+/// checkpoint copies the bytes instead of walking a cold tree of allocations per key, and a key
+/// costs one allocation of its encoding (about a third of the decoded state's memory).
+#[derive(Debug)]
+struct Held {
+    /// `None`: removed.
+    bytes: Option<Box<[u8]>>,
+    /// Whether the state holds a tombstone.
+    tombstoned: bool,
+}
+
+impl Held {
+    /// `state` encoded; `buf` is scratch space, kept for the next call.
+    fn of(state: Option<&KeyState>, buf: &mut Vec<u8>) -> Self {
+        let bytes = state.map(|state| {
+            encode_into(buf, state);
+            Box::from(buf.as_slice())
+        });
+        Self { bytes, tombstoned: state.is_some_and(KeyState::has_tombstones) }
+    }
+
+    /// The state it holds (`None`: removed).
+    fn state(&self) -> Result<Option<KeyState>, StoreError> {
+        self.bytes.as_deref().map(|bytes| decode("key state", bytes)).transpose()
+    }
+}
+
 /// One generation of the overlay.
 #[derive(Debug, Default)]
 struct Layer {
     /// A hash map, not an ordered one: every read and write of a key looks here, and a lookup
     /// in an ordered map of a few hundred thousand keys compared strings on every level (a
     /// tenth of each DC's CPU in a profile). The checkpointer sorts the keys it writes.
-    states: hashbrown::HashMap<(Keyspace, Key), Option<KeyState>>,
+    states: hashbrown::HashMap<(Keyspace, Key), Held>,
     /// The keys of `states` whose state holds a tombstone.
     tombstoned: BTreeSet<(Keyspace, Key)>,
     /// Frozen: the last group it includes.
@@ -295,23 +322,23 @@ struct Layer {
 }
 
 impl Layer {
-    fn insert(&mut self, k: (Keyspace, Key), state: Option<KeyState>) {
-        if state.as_ref().is_some_and(KeyState::has_tombstones) {
+    fn insert(&mut self, k: (Keyspace, Key), held: Held) {
+        if held.tombstoned {
             self.tombstoned.insert(k.clone());
         } else {
             self.tombstoned.remove(&k);
         }
-        self.states.insert(k, state);
+        self.states.insert(k, held);
     }
 }
 
 impl Overlay {
-    fn insert(&mut self, k: (Keyspace, Key), state: Option<KeyState>) {
-        self.active.insert(k, state);
+    fn insert(&mut self, k: (Keyspace, Key), held: Held) {
+        self.active.insert(k, held);
     }
 
-    /// The newest state of `k` the overlay holds (`Some(None)`: removed), if it holds one.
-    fn newest(&self, k: KeyRef<'_>) -> Option<&Option<KeyState>> {
+    /// The newest state of `k` the overlay holds, if it holds one.
+    fn newest(&self, k: KeyRef<'_>) -> Option<&Held> {
         self.active.states.get(&k).or_else(|| self.frozen.as_ref()?.states.get(&k))
     }
 
@@ -332,14 +359,14 @@ impl Overlay {
     }
 
     /// Every key the overlay holds a state for, once, with its newest state.
-    fn entries(&self) -> impl Iterator<Item = (&(Keyspace, Key), &Option<KeyState>)> {
+    fn entries(&self) -> impl Iterator<Item = (&(Keyspace, Key), &Held)> {
         let frozen = self.frozen.iter().flat_map(|f| f.states.iter());
         self.active.states.iter().chain(frozen.filter(|(k, _)| !self.active.states.contains_key(*k)))
     }
 
     /// The newest states, merged into one map (for a snapshot).
-    fn merged(&self) -> BTreeMap<(Keyspace, Key), Option<KeyState>> {
-        self.entries().map(|(k, v)| (k.clone(), v.clone())).collect()
+    fn merged(&self) -> Result<BTreeMap<(Keyspace, Key), Option<KeyState>>, StoreError> {
+        self.entries().map(|(k, held)| Ok((k.clone(), held.state()?))).collect()
     }
 
     /// The first `max` keys after `after` whose newest overlay state has a tombstone, in order.
@@ -689,6 +716,7 @@ impl DurableStore {
             let states_wal = format == FORMAT_STATES_WAL;
             let wal = txn.open_table(WAL).map_err(db_err)?;
             let kv = kv_txn.open_table(KV).map_err(db_err)?;
+            let mut replayed = hashbrown::HashMap::new();
             for entry in wal.range(checkpointed.saturating_add(1)..).map_err(db_err)? {
                 let (group, record) = entry.map_err(db_err)?;
                 let entries: Vec<WalEntry> = if states_wal {
@@ -702,15 +730,21 @@ impl DurableStore {
                 wal_groups += 1;
                 for entry in entries {
                     match entry {
-                        WalEntry::State(keyspace, key, state) => overlay.insert((keyspace, key), state),
+                        WalEntry::State(keyspace, key, state) => {
+                            replayed.insert((keyspace, key), state);
+                        }
                         WalEntry::Ops(ops) => {
                             for op in ops {
-                                replay_op(&mut overlay.active, &kv, op)?;
+                                replay_op(&mut replayed, &kv, op)?;
                             }
                         }
                     }
                 }
                 overlay.group = group.value();
+            }
+            let mut buf = Vec::new();
+            for (k, state) in replayed {
+                overlay.insert(k, Held::of(state.as_ref(), &mut buf));
             }
             if overlay.group.max(checkpointed) != committed {
                 let detail = format!(
@@ -760,6 +794,7 @@ impl DurableStore {
             in_flight: false,
             wal_deletable: None,
             hurry,
+            buf: Vec::new(),
         };
         if format == FORMAT_STATES_WAL {
             // Whole-state records were replayed above: checkpoint them, so every record from
@@ -953,32 +988,28 @@ fn open_if_exists<T>(opened: Result<T, redb::TableError>) -> Result<Option<T>, S
     }
 }
 
-/// Replays `op` onto its key's newest state: the overlay's, else `kv`'s, else a new key's. In
-/// place: a big set or many siblings is not copied per op.
+/// Replays `op` onto its key's newest state: `replayed`'s, else `kv`'s, else a new key's. In
+/// place, decoded: a big set or many siblings is not copied or encoded per op (the states go
+/// into the overlay once the replay is done).
 fn replay_op(
-    overlay: &mut Layer,
+    replayed: &mut hashbrown::HashMap<(Keyspace, Key), Option<KeyState>>,
     kv: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     op: Op,
 ) -> Result<(), StoreError> {
     let k = (op.keyspace.clone(), op.key.clone());
-    if !overlay.states.contains_key(&k) {
+    if !replayed.contains_key(&k) {
         let stored = match kv.get((op.keyspace.as_str(), op.key.as_str())).map_err(db_err)? {
             Some(bytes) => Some(decode::<KeyState>("key state", bytes.value())?),
             None => None,
         };
-        overlay.states.insert(k.clone(), stored);
+        replayed.insert(k.clone(), stored);
     }
-    let slot = overlay.states.get_mut(&k).expect("inserted above");
+    let slot = replayed.get_mut(&k).expect("inserted above");
     let state = slot.get_or_insert_with(|| KeyState::new(op.kind.value_kind()));
     state.apply(&op).map_err(|e| StoreError::Corrupt {
         what: "write-ahead record",
         detail: format!("{:?} does not apply to {}/{} on replay: {e}", op.dot, op.keyspace, op.key),
     })?;
-    if state.has_tombstones() {
-        overlay.tombstoned.insert(k);
-    } else {
-        overlay.tombstoned.remove(&k);
-    }
     Ok(())
 }
 
@@ -1003,6 +1034,8 @@ struct Committer {
     wal_deletable: Option<u64>,
     /// Shared with the checkpointer: the next checkpoint is due.
     hurry: Arc<AtomicBool>,
+    /// Scratch space for encoding states into the overlay.
+    buf: Vec<u8>,
 }
 
 impl Committer {
@@ -1125,9 +1158,15 @@ impl Committer {
                 states.push(batch.states);
             }
         }
+        // Encoded before the write lock: readers wait only for the inserts.
+        let held: Vec<_> = states
+            .into_iter()
+            .flatten()
+            .map(|(keyspace, key, state)| ((keyspace, key), Held::of(state.as_ref(), &mut self.buf)))
+            .collect();
         let mut overlay = self.overlay.write().unwrap_or_else(|e| e.into_inner());
-        for (keyspace, key, state) in states.into_iter().flatten() {
-            overlay.insert((keyspace, key), state);
+        for (k, held) in held {
+            overlay.insert(k, held);
         }
         overlay.group = number;
         Ok(())
@@ -1183,7 +1222,7 @@ impl Checkpointer {
         let rebuilt = match keys {
             Some(keys) if !keys.full_after(layer.states.len()) => {
                 for (keyspace, key) in
-                    layer.states.iter().filter(|(_, state)| state.is_some()).map(|(k, _)| k)
+                    layer.states.iter().filter(|(_, held)| held.bytes.is_some()).map(|(k, _)| k)
                 {
                     keys.add(keyspace.as_str(), key.as_str());
                 }
@@ -1217,7 +1256,6 @@ impl Checkpointer {
         let mut sorted: Vec<_> = layer.states.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut states = sorted.into_iter().peekable();
-        let mut buf = Vec::new();
         loop {
             let started = std::time::Instant::now();
             let mut txn = self.kv_db.begin_write().map_err(db_err)?;
@@ -1225,17 +1263,14 @@ impl Checkpointer {
             {
                 let mut kv = txn.open_table(KV).map_err(db_err)?;
                 let mut index = txn.open_table(TOMBSTONED).map_err(db_err)?;
-                for ((keyspace, key), state) in states.by_ref().take(self.slice_keys.max(1)) {
+                for ((keyspace, key), held) in states.by_ref().take(self.slice_keys.max(1)) {
                     let k = (keyspace.as_str(), key.as_str());
-                    match state {
-                        Some(state) => {
-                            encode_into(&mut buf, state);
-                            kv.insert(k, buf.as_slice()).map(drop)
-                        }
+                    match &held.bytes {
+                        Some(bytes) => kv.insert(k, &**bytes).map(drop),
                         None => kv.remove(k).map(drop),
                     }
                     .map_err(db_err)?;
-                    if state.as_ref().is_some_and(KeyState::has_tombstones) {
+                    if held.tombstoned {
                         index.insert(k, ()).map_err(db_err)?;
                     } else {
                         index.remove(k).map_err(db_err)?;
@@ -1467,8 +1502,8 @@ impl Store for DurableStore {
         // the read lock holds every state the overlay does not.
         let kv = {
             let overlay = self.overlay();
-            if let Some(state) = overlay.newest(KeyRef(keyspace, key)) {
-                return Ok(state.clone());
+            if let Some(held) = overlay.newest(KeyRef(keyspace, key)) {
+                return held.state();
             }
             if overlay.kv_keys.as_ref().is_some_and(|keys| !keys.may_hold(keyspace.as_str(), key.as_str())) {
                 return Ok(None);
@@ -1516,9 +1551,9 @@ impl Store for DurableStore {
         let overlay = self.overlay();
         let kv = self.kv.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut count = kv.len().map_err(db_err)?;
-        for ((keyspace, key), state) in overlay.entries() {
+        for ((keyspace, key), held) in overlay.entries() {
             let stored = kv.get((keyspace.as_str(), key.as_str())).map_err(db_err)?.is_some();
-            match (stored, state.is_some()) {
+            match (stored, held.bytes.is_some()) {
                 (false, true) => count += 1,
                 (true, false) => count -= 1,
                 _ => {}
@@ -1577,7 +1612,7 @@ impl Store for DurableStore {
             // `kv` as of now: any checkpoint it includes covers states the overlay still holds
             // (newer or the same), and any it lacks left its layer in the overlay.
             let kv = self.kv_db.begin_read().map_err(db_err)?.open_table(KV).map_err(db_err)?;
-            return Ok(Box::new(DurableSnapshot { vector, kv, overlay: overlay.merged() }));
+            return Ok(Box::new(DurableSnapshot { vector, kv, overlay: overlay.merged()? }));
         }
     }
 }
