@@ -342,15 +342,6 @@ impl Overlay {
         self.active.states.get(&k).or_else(|| self.frozen.as_ref()?.states.get(&k))
     }
 
-    /// Whether the newest state of `k` the overlay holds has a tombstone (`false` when it holds
-    /// none).
-    fn is_tombstoned(&self, k: &(Keyspace, Key)) -> bool {
-        if self.active.states.contains_key(k) {
-            return self.active.tombstoned.contains(k);
-        }
-        self.frozen.as_ref().is_some_and(|f| f.tombstoned.contains(k))
-    }
-
     /// Every key whose newest overlay state has a tombstone, once.
     fn tombstoned_keys(&self) -> impl Iterator<Item = &(Keyspace, Key)> {
         let frozen = self.frozen.iter().flat_map(|f| f.tombstoned.iter());
@@ -1553,8 +1544,8 @@ impl Store for DurableStore {
             let (k, _) = entry.map_err(db_err)?;
             let (ks, key) = k.value();
             let k = (Keyspace::new(ks).map_err(corrupt)?, Key::new(key).map_err(corrupt)?);
-            let held = overlay.newest(KeyRef(&k.0, &k.1)).is_none() || overlay.is_tombstoned(&k);
-            count += u64::from(held);
+            let counted = overlay.newest(KeyRef(&k.0, &k.1)).is_none_or(|held| held.tombstoned);
+            count += u64::from(counted);
         }
         // Keys the overlay's newest states tombstone and the index does not hold.
         for k in overlay.tombstoned_keys() {
