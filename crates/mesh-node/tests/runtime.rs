@@ -331,8 +331,17 @@ async fn each_actor_kind_restarts_without_losing_an_acknowledged_write() {
                 // The failure detector restarts: it resumes from the resolver's state, keeps
                 // judging the peer (heartbeats flow both ways again) and does not close the link.
                 let health = pair.healths[0].borrow().clone().expect("a health actor");
-                let before = peer_status(&pair).await;
-                assert_eq!(before.health, Health::Healthy, "{before:?}");
+                // The pool's restart above opened a new link, and a link coming up resets the
+                // detector (a peer never heard from on it is down): wait for its first heartbeats.
+                let start = Instant::now();
+                loop {
+                    let before = peer_status(&pair).await;
+                    if before.health == Health::Healthy {
+                        break;
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(10), "west never healthy: {before:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 health.cast(HealthMsg::Fail("forced by the test".into())).unwrap();
                 let start = Instant::now();
                 while pair.healths[0].borrow().as_ref().is_none_or(|h| h.get_id() == health.get_id()) {
