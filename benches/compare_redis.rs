@@ -9,7 +9,11 @@
 //!    directories); the same redis-benchmark run against the first DC's RESP port (acks after
 //!    the local fsync); then wait until both other DCs' `seen` hold every write.
 //! 3. mesh replication lag at a steady 10,000 writes/s (`meshctl bench --rate 10000`), read
-//!    from the nodes' own per-op histograms.
+//!    from the nodes' own per-op histograms. Beside it, for the same seconds, a probe of the
+//!    disk the DCs write to: one thread overwrites a 4 KiB block of a file in the same directory
+//!    and `fdatasync`s it every 10 ms, and prints that latency's p50/p99/p99.9/max and the time
+//!    spent in syncs over 20 ms. Every lag sample includes two such syncs (the origin's commit,
+//!    then the receiver's), so the disk's own tail in the same seconds is the floor of the lag's.
 //!
 //! Prints one table: acked ops/s, replicated ops/s (acked writes / time until every replica or
 //! DC held them), the mesh/Redis ratio, CPU µs per replicated op (user + system time of the
@@ -393,6 +397,36 @@ fn partition(mesh: &Mesh, seconds: u64) -> Partition {
     }
 }
 
+/// `fdatasync` latency of the disk under `dir` while `seconds` pass: a 4 KiB block
+/// overwritten and synced every 10 ms. Returns the histogram (µs) and the µs spent in syncs
+/// that took over 20 ms.
+fn disk_probe(dir: &Path, seconds: u64) -> (hdrhistogram::Histogram<u64>, u64) {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fdatasync-probe");
+    let file = std::fs::File::create(&path).expect("the probe file is created");
+    let block = [0x5au8; 4096];
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut stalled_us = 0;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    for i in 0u64.. {
+        if Instant::now() >= end {
+            break;
+        }
+        file.write_all_at(&block, (i % 256) * 4096).expect("the probe writes");
+        let started = Instant::now();
+        file.sync_data().expect("the probe syncs");
+        let us = started.elapsed().as_micros() as u64;
+        histogram.saturating_record(us.max(1));
+        if us > 20_000 {
+            stalled_us += us;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    (histogram, stalled_us)
+}
+
 /// Lag p50 and p99 (ms) at each other DC at a steady 10,000 writes/s, from `meshctl bench`.
 fn mesh_lag(mesh: &Mesh, seconds: u64) -> Vec<(String, String, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
@@ -431,7 +465,10 @@ fn main() {
     std::fs::create_dir_all(&mesh_dir).unwrap();
     let mesh = start_mesh(&mesh_dir);
     let ours = run_mesh(&mesh, requests);
+    let probe_dir = mesh.dir.clone();
+    let probe = std::thread::spawn(move || disk_probe(&probe_dir, lag_seconds));
     let lags = mesh_lag(&mesh, lag_seconds);
+    let (disk, stalled_us) = probe.join().expect("the disk probe finishes");
     let reference = reference_bytes(&mesh, 10);
     let cut = (partition_seconds > 0).then(|| partition(&mesh, partition_seconds));
     drop(mesh);
@@ -459,6 +496,16 @@ fn main() {
     for (dc, p50, p99) in lags {
         println!("  {dc}: p50 {p50}, p99 {p99}");
     }
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "  the disk in the same seconds (4 KiB write + fdatasync every 10 ms, {} syncs): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {:.0} ms of the run in syncs over 20 ms",
+        disk.len(),
+        ms(disk.value_at_quantile(0.5)),
+        ms(disk.value_at_quantile(0.99)),
+        ms(disk.value_at_quantile(0.999)),
+        ms(disk.max()),
+        ms(stalled_us)
+    );
     println!();
     println!("mesh wire bytes per op to each peer, reference records (1,000-op batches): {reference:.1}");
     if let Some(p) = cut {
