@@ -166,7 +166,9 @@ pub struct Options {
     /// the overlay does not hold). Used by [`DurableStore::open_with`]; custom backends
     /// ([`DurableStore::open_with_backends`]) take it too.
     pub cache_bytes: usize,
-    /// Keys per transaction of a checkpoint (its slices; only the last is durable).
+    /// Keys per transaction of a checkpoint (its slices, each durable; only the last records
+    /// the group the checkpoint covers). Smaller slices sync less at a time: each slice's
+    /// sync is what the group commits' syncs wait behind while a checkpoint runs.
     pub checkpoint_slice_keys: usize,
     /// Smallest number of keys the filter of `kv`'s keys ([`KvKeys`]) is sized for. It is
     /// rebuilt, for twice the keys `kv` holds, once more keys than that were added; tests set
@@ -182,7 +184,7 @@ impl Default for Options {
             idempotency_window_ms: 600_000,
             log_tail_bytes_max: 16 << 20,
             cache_bytes: 256 << 20,
-            checkpoint_slice_keys: 8_192,
+            checkpoint_slice_keys: 1_024,
             key_filter_items_min: 1 << 20,
         }
     }
@@ -1254,14 +1256,21 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Writes the layer in slices of [`Options::checkpoint_slice_keys`] keys, one transaction each,
-    /// resting as long as each slice took before the next while the next checkpoint is far from
-    /// due (its active layer under half of [`Options::checkpoint_keys_max`]): the checkpoint's disk writes and CPU
-    /// are spread out instead of competing in one burst with the group commits (whose fsyncs
-    /// queue behind its writes on the same disk). Only the last slice is durable and records the
-    /// group: redb persists the earlier, non-durable ones with it, and a crash before it leaves
-    /// `kv` as of the previous checkpoint (its pages were never made durable), which the
-    /// write-ahead records still cover.
+    /// Writes the layer in slices of [`Options::checkpoint_slice_keys`] keys, one durable
+    /// transaction each, resting as long as each slice took before the next while the next
+    /// checkpoint is far from due (its active layer under half of
+    /// [`Options::checkpoint_keys_max`]): the checkpoint's disk writes and CPU are spread out
+    /// instead of competing in one burst with the group commits, whose fsyncs wait behind
+    /// whatever the disk has been given to write. Every slice is durable because redb keeps a
+    /// non-durable commit's pages in its own write buffer (redb 4.6,
+    /// `PagedCachedFile::write_barrier`): with only the last slice durable, a checkpoint into a
+    /// large tree handed the disk hundreds of MB at once, and group commits waited 119–168 ms
+    /// for it (docs/performance.md). Only the last slice records the group the checkpoint
+    /// covers. A crash before it leaves `kv` with some keys as of this checkpoint and
+    /// `checkpointed` naming the previous one; opening replays the write-ahead records after
+    /// it, which still exist (they are deleted only once the last slice is durable), and
+    /// replay is idempotent over states that are ahead: `KeyState::apply` skips an op the
+    /// state covers, and a whole-state record overwrites, in commit order.
     fn checkpoint_txn(&self, layer: &Layer, rest: bool) -> Result<(), StoreError> {
         // In key order: each slice then touches one range of the B-tree's leaves, copying each
         // leaf once, instead of every slice touching leaves all over the tree.
@@ -1294,8 +1303,7 @@ impl Checkpointer {
                     meta.insert(CHECKPOINTED, encode(&layer.group).as_slice()).map_err(db_err)?;
                 }
             }
-            let durability = if last { Durability::Immediate } else { Durability::None };
-            txn.set_durability(durability).map_err(db_err)?;
+            txn.set_durability(Durability::Immediate).map_err(db_err)?;
             txn.commit().map_err(db_err)?;
             if last {
                 return Ok(());
