@@ -141,6 +141,11 @@ const LOG_STATS: &str = "log_stats";
 const ACKED_PREFIX: &str = "acked/";
 /// (last group number committed, last group number checkpointed into `kv`).
 const WAL_POSITION: &str = "wal";
+/// Most write-ahead records one group commit deletes once a checkpoint covers them; the rest go
+/// in the next group commits. Deleting a whole checkpoint's records (a few thousand at 10,000
+/// writes/s) in one commit held it for 29–55 ms, and every write of the group waited with it
+/// (docs/performance.md). Each commit deletes more than it adds, so the deletions keep up.
+const WAL_DELETE_RECORDS_MAX: usize = 64;
 /// The store's identity record (`Option<StoreIdentity>`).
 const IDENTITY: &str = "identity";
 /// Whether `tombstoned` indexes `kv` (a store written before the index has it built on open).
@@ -1152,7 +1157,7 @@ impl Committer {
         let number = self.overlay.read().unwrap_or_else(|e| e.into_inner()).group + 1;
         pack_into(&mut self.record, &wal_entries(&group));
         let delete = self.wal_deletable;
-        write_group(
+        let deleted = write_group(
             &self.db,
             group.iter(),
             number,
@@ -1160,7 +1165,9 @@ impl Committer {
             delete,
             self.options.idempotency_window_ms,
         )?;
-        self.wal_deletable = None;
+        if delete.is_some_and(|upto| deleted >= upto) {
+            self.wal_deletable = None;
+        }
         self.wal_bytes += self.record.len() as u64;
         // The batches are no longer needed: their ops move into the log's tail and their states
         // into the overlay, uncopied.
@@ -1320,7 +1327,8 @@ impl Checkpointer {
 
 /// Writes every batch of the group, as group `number` with write-ahead `record`, in one
 /// transaction and returns once it is durable. With `delete`, the same transaction deletes the
-/// write-ahead records up to that group (a durable checkpoint covers them).
+/// oldest write-ahead records up to that group (a durable checkpoint covers them), at most
+/// [`WAL_DELETE_RECORDS_MAX`] of them. Returns the group up to which records are deleted.
 fn write_group<'a>(
     db: &Database,
     group: impl Iterator<Item = &'a CommitBatch> + Clone,
@@ -1328,10 +1336,10 @@ fn write_group<'a>(
     record: &[u8],
     delete: Option<u64>,
     idempotency_window_ms: u64,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
-    {
+    let deleted = {
         let mut log = txn.open_table(LOG).map_err(db_err)?;
         let mut wal = txn.open_table(WAL).map_err(db_err)?;
         let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -1349,8 +1357,13 @@ fn write_group<'a>(
         }
         let (_, mut deleted): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
         if let Some(upto) = delete.filter(|upto| *upto > deleted) {
-            wal.retain_in(..=upto, |_, _| false).map_err(db_err)?;
-            deleted = upto;
+            // The records up to `deleted` are gone: the range starts at the oldest one left.
+            let bound = match wal.range(..=upto).map_err(db_err)?.nth(WAL_DELETE_RECORDS_MAX - 1) {
+                Some(entry) => entry.map_err(db_err)?.0.value(),
+                None => upto,
+            };
+            wal.retain_in(..=bound, |_, _| false).map_err(db_err)?;
+            deleted = bound;
         }
         meta.insert(WAL_POSITION, encode(&(number, deleted)).as_slice()).map_err(db_err)?;
         let mut seen: VersionVector = read_meta(&meta, SEEN)?;
@@ -1406,8 +1419,10 @@ fn write_group<'a>(
             stored.join(&vv);
             meta.insert(name.as_str(), encode(&stored).as_slice()).map_err(db_err)?;
         }
-    }
-    txn.commit().map_err(db_err)
+        deleted
+    };
+    txn.commit().map_err(db_err)?;
+    Ok(deleted)
 }
 
 impl LogRead for DurableStore {
@@ -1727,6 +1742,56 @@ fn walk_states(
 mod tests {
     use super::*;
     use mesh_core::{Dot, Hlc, OpKind, ValueKind};
+
+    /// Write-ahead records left in the main database, and the group they are deleted up to.
+    fn wal_records(store: &DurableStore) -> (u64, u64) {
+        let txn = store.db.begin_read().unwrap();
+        let left = txn.open_table(WAL).unwrap().len().unwrap();
+        let (_, deleted): (u64, u64) = read_meta(&txn.open_table(META).unwrap(), WAL_POSITION).unwrap();
+        (left, deleted)
+    }
+
+    #[test]
+    fn covered_write_ahead_records_are_deleted_a_bounded_number_per_group_commit_until_none_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let options = Options { checkpoint_keys_max: 200, checkpoint_slice_keys: 50, ..Options::default() };
+        let store = DurableStore::open_with(&path, options).unwrap();
+        let origin = DcId::new("us-east").unwrap();
+        let mut deleted_before = 0;
+        let mut deleted_in_one = 0;
+        // One key per group commit: a checkpoint covers 200 records, more than one group
+        // commit may delete.
+        for seq in 1..=1_000u64 {
+            let key = format!("k{seq}");
+            store
+                .commit(crate::testing::put_commit(&origin, seq, &key, crate::testing::value_for(&key, 8)))
+                .unwrap();
+            let (_, deleted) = wal_records(&store);
+            deleted_in_one = deleted_in_one.max(deleted - deleted_before);
+            deleted_before = deleted;
+        }
+        assert!(deleted_in_one > 0, "checkpoints covered records and some were deleted");
+        assert!(
+            deleted_in_one <= WAL_DELETE_RECORDS_MAX as u64,
+            "one group commit deleted {deleted_in_one} records"
+        );
+        // Commits that carry nothing else go on deleting until no covered record is left.
+        for _ in 0..20 {
+            store.commit(CommitBatch::default()).unwrap();
+        }
+        // What is left: the records no durable checkpoint covers yet (the active layer's, and
+        // a frozen one's while its checkpoint runs), at most two layers of 200 keys.
+        let (left, deleted) = wal_records(&store);
+        assert!(left <= 2 * 200 + 20, "{left} records left, deleted up to group {deleted}");
+        drop(store);
+        let store = DurableStore::open_with(&path, options).unwrap();
+        for seq in [1u64, 199, 200, 201, 640, 1_000] {
+            let key = format!("k{seq}");
+            let state = store.get(&Keyspace::new("users").unwrap(), &Key::new(&key).unwrap()).unwrap();
+            assert!(state.is_some(), "{key} is kept across the reopen");
+        }
+    }
 
     #[test]
     fn a_format_2_store_replays_its_whole_state_records_then_checkpoints_them_as_format_4() {
