@@ -16,7 +16,7 @@
 //! [`Options::checkpoint_keys_max`] keys or [`Options::checkpoint_wal_bytes_max`] bytes of
 //! write-ahead records have accumulated, the states written since the last checkpoint are
 //! frozen, and a second thread (the checkpointer) writes the latest state of each of their keys
-//! into `kv` in one transaction. A copy-on-write B-tree pays a page copy for every leaf a
+//! into `kv`, in slices of durable transactions, the last recording the group it covers. A copy-on-write B-tree pays a page copy for every leaf a
 //! transaction touches, so writing states per group costs a leaf per key per commit;
 //! checkpointing writes each hot key once and touches each leaf once per checkpoint. Until then
 //! the states live in memory (the overlay), which reads consult first; on open the write-ahead
@@ -139,7 +139,9 @@ pub const LOG_CHUNK_OPS_MAX: usize = 1_024;
 pub const LOG_CHUNK_PAYLOAD_BYTES_MAX: usize = 256 << 10;
 const LOG_STATS: &str = "log_stats";
 const ACKED_PREFIX: &str = "acked/";
-/// (last group number committed, last group number checkpointed into `kv`).
+/// (last group number committed, group number the write-ahead records are deleted up to).
+/// Format 3 wrote the last group checkpointed as the second number (`move_key_states` reads it
+/// so).
 const WAL_POSITION: &str = "wal";
 /// Most write-ahead records one group commit deletes once a checkpoint covers them; the rest go
 /// in the next group commits. Deleting a whole checkpoint's records (a few thousand at 10,000
@@ -708,7 +710,9 @@ impl DurableStore {
         let mut overlay = Overlay::default();
         let mut wal_bytes = 0u64;
         let mut wal_groups = 0u64;
-        {
+        // Records a durable checkpoint covers but a crash left undeleted: the first group
+        // commits delete them.
+        let wal_deletable = {
             let txn = db.begin_read().map_err(db_err)?;
             let meta = txn.open_table(META).map_err(db_err)?;
             let (committed, deleted): (u64, u64) = read_meta(&meta, WAL_POSITION)?;
@@ -764,7 +768,8 @@ impl DurableStore {
                 return Err(StoreError::Corrupt { what: "store", detail });
             }
             overlay.group = committed;
-        }
+            (deleted < checkpointed).then_some(checkpointed)
+        };
         let recovered = Recovered { wal_groups, wal_bytes, keys: overlay.len() };
         let (db, kv_db) = (Arc::new(db), Arc::new(kv_db));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
@@ -801,7 +806,7 @@ impl DurableStore {
             checkpointer: None,
             checkpointed: None,
             in_flight: false,
-            wal_deletable: None,
+            wal_deletable,
             hurry,
             buf: Vec::new(),
             record: Vec::new(),
@@ -1084,7 +1089,8 @@ impl Committer {
                 self.schedule_checkpoint();
             }
         }
-        // Let the checkpoint in flight finish (its records are deleted on a later open).
+        // Let the checkpoint in flight finish (its records are deleted after a later checkpoint,
+        // once the store is open again).
         if let Some((layers, checkpointer)) = self.checkpointer.take() {
             drop(layers);
             let _ = checkpointer.join();
@@ -1227,8 +1233,9 @@ impl Checkpointer {
         }
     }
 
-    /// Writes the frozen layer's states into `kv`, with the last group it covers, in one
-    /// durable transaction; then shows `kv` to readers and drops the layer from the overlay.
+    /// Writes the frozen layer's states into `kv`, in durable slices, the last recording the
+    /// group the layer covers ([`Checkpointer::checkpoint_txn`]); then shows `kv` to readers
+    /// and drops the layer from the overlay.
     fn checkpoint(&self, layer: &Layer, rest: bool) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let result = self.checkpoint_txn(layer, rest);
@@ -1784,9 +1791,31 @@ mod tests {
         // a frozen one's while its checkpoint runs), at most two layers of 200 keys.
         let (left, deleted) = wal_records(&store);
         assert!(left <= 2 * 200 + 20, "{left} records left, deleted up to group {deleted}");
+        // Covered records the store closed with are deleted by the first commits after it opens:
+        // close it while a checkpoint runs (closing waits for it, and no commit deletes its
+        // records).
+        let mut last = 1_000u64;
+        while store.overlay().frozen.is_none() {
+            last += 1;
+            assert!(last < 2_000, "a checkpoint starts every 200 keys");
+            let key = format!("k{last}");
+            store
+                .commit(crate::testing::put_commit(&origin, last, &key, crate::testing::value_for(&key, 8)))
+                .unwrap();
+        }
         drop(store);
         let store = DurableStore::open_with(&path, options).unwrap();
-        for seq in [1u64, 199, 200, 201, 640, 1_000] {
+        let checkpointed: u64 = {
+            let txn = store.kv_db.begin_read().unwrap();
+            read_meta(&txn.open_table(META).unwrap(), CHECKPOINTED).unwrap()
+        };
+        let (_, deleted) = wal_records(&store);
+        assert!(deleted < checkpointed, "the store closed with covered records: {deleted} < {checkpointed}");
+        for _ in 0..(200 / WAL_DELETE_RECORDS_MAX + 1) {
+            store.commit(CommitBatch::default()).unwrap();
+        }
+        assert_eq!(wal_records(&store).1, checkpointed, "the covered records are deleted");
+        for seq in [1u64, 199, 200, 201, 640, 1_000, last] {
             let key = format!("k{seq}");
             let state = store.get(&Keyspace::new("users").unwrap(), &Key::new(&key).unwrap()).unwrap();
             assert!(state.is_some(), "{key} is kept across the reopen");
