@@ -16,8 +16,9 @@
 //! [`Options::checkpoint_keys_max`] keys or [`Options::checkpoint_wal_bytes_max`] bytes of
 //! write-ahead records have accumulated, the states written since the last checkpoint are
 //! frozen, and a second thread (the checkpointer) writes the latest state of each of their keys
-//! into `kv`, in slices of durable transactions, the last recording the group it covers. A copy-on-write B-tree pays a page copy for every leaf a
-//! transaction touches, so writing states per group costs a leaf per key per commit;
+//! into `kv`, in slices of durable transactions, the last recording the group it covers. A
+//! copy-on-write B-tree pays a page copy for every leaf a transaction touches, so writing
+//! states per group costs a leaf per key per commit;
 //! checkpointing writes each hot key once and touches each leaf once per checkpoint. Until then
 //! the states live in memory (the overlay), which reads consult first; on open the write-ahead
 //! records after the last checkpoint are replayed into it. The same checkpoint keeps
@@ -1089,8 +1090,8 @@ impl Committer {
                 self.schedule_checkpoint();
             }
         }
-        // Let the checkpoint in flight finish (its records are deleted after a later checkpoint,
-        // once the store is open again).
+        // Let the checkpoint in flight finish (the first group commits after the store opens
+        // again delete the records it covers).
         if let Some((layers, checkpointer)) = self.checkpointer.take() {
             drop(layers);
             let _ = checkpointer.join();
