@@ -30,7 +30,8 @@
 //!    10000` writes for the partition's length, then SIGCONT heals it. Prints the writer's RSS
 //!    before and at its peak during the partition (sampled every 250 ms), and the catch-up rate:
 //!    the ops the third DC lacked at the heal divided by the time until it held them all (also
-//!    from the first op it applied, which leaves out the redial).
+//!    from the first op it applied, which leaves out the redial). A catch-up under 100k ops/s
+//!    keeps the three DCs' logs (`target/tmp/compare_redis-logs-<unix seconds>`).
 //!
 //! Flags: `MESH_COMPARE_REQUESTS` (default 1,000,000), `MESH_COMPARE_LAG_SECONDS` (10),
 //! `MESH_COMPARE_PARTITION_SECONDS` (60; 0 skips step 5; the memory target asks for 600).
@@ -471,6 +472,18 @@ fn main() {
     let (disk, stalled_us) = probe.join().expect("the disk probe finishes");
     let reference = reference_bytes(&mesh, 10);
     let cut = (partition_seconds > 0).then(|| partition(&mesh, partition_seconds));
+    // A catch-up under the 100k ops/s is kept for a look: the three DCs' logs outlive
+    // the temporary directory.
+    let kept_logs = cut.as_ref().filter(|p| (p.behind as f64 / p.heal_to_caught_up) < 100_000.0).map(|_| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("compare_redis-logs-{secs}"));
+        std::fs::create_dir_all(&kept).unwrap();
+        for name in ["us-east", "us-west", "eu-central"] {
+            let log = format!("{name}.log");
+            std::fs::copy(mesh.dir.join(&log), kept.join(&log)).unwrap();
+        }
+        kept
+    });
     drop(mesh);
     println!();
     println!("| system | acked ops/s | replicated ops/s | CPU µs per replicated op | bytes per op to each replica |");
@@ -526,5 +539,8 @@ fn main() {
             p.rss_before_kib / 1024,
             p.rss_peak_kib / 1024
         );
+        if let Some(kept) = kept_logs {
+            println!("  the catch-up was under 100k ops/s: the DCs' logs are kept in {}", kept.display());
+        }
     }
 }
