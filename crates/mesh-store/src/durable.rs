@@ -343,12 +343,17 @@ impl Layer {
     /// front cut the lag's p99 at 10,000 writes/s from 49–53 ms to 17–19 ms
     /// (docs/performance.md). The table ends as large as growing to that many keys makes it;
     /// only its control bytes (one per slot) are touched up front.
-    /// At most [`LAYER_KEYS_RESERVED_MAX`] keys are reserved.
     fn with_capacity(keys: usize) -> Self {
-        Self {
-            states: hashbrown::HashMap::with_capacity(keys.min(LAYER_KEYS_RESERVED_MAX)),
-            ..Self::default()
-        }
+        let mut layer = Self::default();
+        layer.reserve_for(keys);
+        layer
+    }
+
+    /// Makes room for `keys` keys in all (those held included), at most
+    /// [`LAYER_KEYS_RESERVED_MAX`].
+    fn reserve_for(&mut self, keys: usize) {
+        let keys = keys.min(LAYER_KEYS_RESERVED_MAX);
+        self.states.reserve(keys.saturating_sub(self.states.len()));
     }
 
     fn insert(&mut self, k: (Keyspace, Key), held: Held) {
@@ -791,11 +796,7 @@ impl DurableStore {
             (deleted < checkpointed).then_some(checkpointed)
         };
         let recovered = Recovered { wal_groups, wal_bytes, keys: overlay.len() };
-        let room = options
-            .checkpoint_keys_max
-            .min(LAYER_KEYS_RESERVED_MAX)
-            .saturating_sub(overlay.active.states.len());
-        overlay.active.states.reserve(room);
+        overlay.active.reserve_for(options.checkpoint_keys_max);
         let (db, kv_db) = (Arc::new(db), Arc::new(kv_db));
         let (queue, rx) = mpsc::sync_channel(QUEUE_SUBMISSIONS_MAX);
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -1779,9 +1780,8 @@ mod tests {
 
     /// Write-ahead records left in the main database, and the group they are deleted up to.
     fn wal_records(store: &DurableStore) -> (u64, u64) {
-        let txn = store.db.begin_read().unwrap();
-        let left = txn.open_table(WAL).unwrap().len().unwrap();
-        let (_, deleted): (u64, u64) = read_meta(&txn.open_table(META).unwrap(), WAL_POSITION).unwrap();
+        let left = store.db.begin_read().unwrap().open_table(WAL).unwrap().len().unwrap();
+        let (_, deleted): (u64, u64) = store.read_meta(WAL_POSITION).unwrap();
         (left, deleted)
     }
 
