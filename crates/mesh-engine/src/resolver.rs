@@ -26,7 +26,10 @@ use mesh_core::{
     Applied, Conflict, DcId, Dot, HlcClock, Key, KeyState, Keyspace, Op, OpKind, StateError, Strategy,
     VersionVector, VALUE_BYTES_MAX,
 };
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+// foldhash, not SipHash: every op of a batch goes through these maps (a SipHash insert and the
+// per-persist map's rehashes were ~13 % of a receiving DC's runtime threads in a 1M-SET profile).
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 /// Names a persist effect; reported back through [`Resolver::handle_committed`]. Assigned in
@@ -293,6 +296,10 @@ pub struct Resolver {
     /// The persist collecting the changes since the last [`Resolver::poll_output`] (its held
     /// outputs are the last entry of `held`).
     open: Option<OpenPersist>,
+    /// The last flushed persist's emptied `states` index, kept for the next one: a fresh index
+    /// per persist allocated and grew a table for each batch's keys (a receiving DC's largest
+    /// single cost in `persist`, 1M-SET profile in docs/performance.md).
+    spare_index: HashMap<(Keyspace, Key), usize>,
     next_persist: PersistId,
     skewed: bool,
     outputs: VecDeque<Output>,
@@ -323,6 +330,7 @@ impl Resolver {
             pending_keys: VecDeque::new(),
             held: VecDeque::new(),
             open: None,
+            spare_index: HashMap::new(),
             next_persist: PersistId(1),
             skewed: false,
             outputs: VecDeque::new(),
@@ -730,7 +738,8 @@ impl Resolver {
         let id = self.next_persist;
         self.next_persist = PersistId(id.0 + 1);
         self.held.push_back((id, Vec::new()));
-        self.open = Some(OpenPersist { id, batch: CommitBatch::default(), states: HashMap::new() });
+        let states = std::mem::take(&mut self.spare_index);
+        self.open = Some(OpenPersist { id, batch: CommitBatch::default(), states });
         id
     }
 
@@ -753,6 +762,9 @@ impl Resolver {
         }
         open.batch.ops.extend(ops);
         open.batch.idempotency.extend(idempotency);
+        open.states.reserve(states.len());
+        open.batch.states.reserve(states.len());
+        open.batch.states_from_ops.reserve(states.len());
         for (k, state) in states {
             self.pending.insert(k.clone(), (state.clone(), id));
             // A key changed twice in one persist is stored once, as it ends; it is derived from
@@ -780,9 +792,11 @@ impl Resolver {
     /// Emits the open persist, if any.
     fn flush(&mut self) {
         if let Some(open) = self.open.take() {
-            if !open.states.is_empty() {
-                self.pending_keys.push_back((open.id, open.states.into_keys().collect()));
+            let mut index = open.states;
+            if !index.is_empty() {
+                self.pending_keys.push_back((open.id, index.drain().map(|(k, _)| k).collect()));
             }
+            self.spare_index = index;
             self.outputs.push_back(Output::Persist { id: open.id, batch: open.batch });
         }
     }
