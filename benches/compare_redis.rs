@@ -31,7 +31,8 @@
 //!    before and at its peak during the partition (sampled every 250 ms), and the catch-up rate:
 //!    the ops the third DC lacked at the heal divided by the time until it held them all (also
 //!    from the first op it applied, which leaves out the redial). A catch-up under 100k ops/s
-//!    keeps the three DCs' logs (`target/tmp/compare_redis-logs-<unix seconds>`).
+//!    keeps the three DCs' logs, status and metrics (`target/tmp/compare_redis-logs-<unix
+//!    seconds>`).
 //!
 //! Flags: `MESH_COMPARE_REQUESTS` (default 1,000,000), `MESH_COMPARE_LAG_SECONDS` (10),
 //! `MESH_COMPARE_PARTITION_SECONDS` (60; 0 skips step 5; the memory target asks for 600).
@@ -486,9 +487,13 @@ fn main() {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("compare_redis-logs-{secs}"));
         std::fs::create_dir_all(&kept).unwrap();
-        for name in DCS {
+        // With each DC's status and metrics as the catch-up left them: per link, the batches,
+        // ops, relayed ops and retransmits that tell which link carried the backlog.
+        for (name, api) in DCS.iter().zip(&mesh.apis) {
             let log = format!("{name}.log");
             std::fs::copy(mesh.dir.join(&log), kept.join(&log)).unwrap();
+            std::fs::write(kept.join(format!("{name}.status.json")), http_get(*api, "/v1/status")).unwrap();
+            std::fs::write(kept.join(format!("{name}.metrics.txt")), http_get(*api, "/metrics")).unwrap();
         }
         kept
     });

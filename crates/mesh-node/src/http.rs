@@ -393,6 +393,7 @@ fn status_json(s: &DcStatus) -> Value {
         "max_replication_lag_ms": s.lag_alert_ms,
         "peers": peers,
         "links_refused": s.stats.links_refused,
+        "gaps": s.stats.gaps,
         "state_transfers_sent": s.stats.transfers_sent,
         "state_transfers_received": s.stats.transfers_received,
         "conflicts": s.conflicts,
