@@ -30,23 +30,34 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Tells mimalloc never to return freed memory to the OS (purge delay −1), unless the operator
-/// set `MIMALLOC_PURGE_DELAY`, which mimalloc reads at start and this then leaves alone.
+/// set the purge delay in the environment (`MIMALLOC_PURGE_DELAY`, or its older name
+/// `MIMALLOC_RESET_DELAY`; mimalloc reads either at start, in any letter case), which this then
+/// leaves alone.
 ///
 /// By default mimalloc gives pages freed for a second back to the OS (`madvise`), and the next
 /// allocation there faults in a fresh zeroed page. A DC frees and reallocates hundreds of MB a
 /// minute (the overlay's layers, redb's page buffers, batches allocated on one thread and freed
 /// on another), so under a 1M-SET redis-benchmark run the kernel's page zeroing was 11–15 % of
-/// each DC's CPU and ~50k page faults per DC; without purging, ~1–4k faults, 11 % less CPU per
-/// replicated op and 13 % more replicated SETs/s (three interleaved runs each,
+/// each DC's CPU, with 35–62k page faults per DC; without purging, 1–6k faults, 8–11 % less CPU
+/// per replicated op and ~9 % more replicated SETs/s (three interleaved pairs,
 /// docs/performance.md). The cost: a DC's resident memory stays at its high-water mark instead
 /// of shrinking after a burst; it is bounded by the same settings as the peak (`node.cache_mib`,
 /// `node.checkpoint_keys`, docs/configuration.md).
+///
+/// Must run first in `main`, before any other thread exists: `mi_option_set` is a plain store.
 fn allocator_keeps_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    let set_by_operator = std::env::vars_os().any(|(name, _)| {
+        name.to_str().is_some_and(|n| {
+            n.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY") || n.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
+        })
+    });
+    if set_by_operator {
         return;
     }
-    // SAFETY: `mi_option_set` takes any option and value; it only stores the value, which
-    // mimalloc reads at its next purge. Valid option per the constant's note.
+    // SAFETY: `mi_option_set` takes any option and value and only stores the value (a plain,
+    // non-atomic store), which mimalloc reads at each purge. This runs first in `main`, before
+    // any other thread exists, so nothing reads it concurrently. The option number is checked
+    // by the test below.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
@@ -340,7 +351,9 @@ mod tests {
     /// default to other values.
     #[test]
     fn the_option_meshd_sets_is_mimallocs_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        if std::env::vars_os()
+            .any(|(name, _)| name.to_string_lossy().to_ascii_uppercase().starts_with("MIMALLOC_"))
+        {
             return;
         }
         // SAFETY: reading an option has no precondition.
