@@ -271,8 +271,6 @@ fn members_changed(state: &KeyState, kind: &OpKind) -> u64 {
 struct OpenPersist {
     id: PersistId,
     batch: CommitBatch,
-    /// Where each key's state sits in `batch.states`.
-    states: HashMap<(Keyspace, Key), usize>,
 }
 
 /// The conflict resolver of one DC. See the module docs for the call order.
@@ -296,10 +294,11 @@ pub struct Resolver {
     /// The persist collecting the changes since the last [`Resolver::poll_output`] (its held
     /// outputs are the last entry of `held`).
     open: Option<OpenPersist>,
-    /// The last flushed persist's emptied `states` index, kept for the next one: a fresh index
-    /// per persist allocated and grew a table for each batch's keys (a receiving DC's largest
-    /// single cost in `persist`, 1M-SET profile in docs/performance.md).
-    spare_index: HashMap<(Keyspace, Key), usize>,
+    /// Where each key of the open persist sits in its `batch.states`; emptied at each flush
+    /// and kept, with its capacity, for the next persist: a fresh index per persist allocated
+    /// and grew a table for each batch's keys (a receiving DC's largest single cost in
+    /// `persist`, 1M-SET profile in docs/performance.md).
+    open_index: HashMap<(Keyspace, Key), usize>,
     next_persist: PersistId,
     skewed: bool,
     outputs: VecDeque<Output>,
@@ -330,7 +329,7 @@ impl Resolver {
             pending_keys: VecDeque::new(),
             held: VecDeque::new(),
             open: None,
-            spare_index: HashMap::new(),
+            open_index: HashMap::new(),
             next_persist: PersistId(1),
             skewed: false,
             outputs: VecDeque::new(),
@@ -738,8 +737,7 @@ impl Resolver {
         let id = self.next_persist;
         self.next_persist = PersistId(id.0 + 1);
         self.held.push_back((id, Vec::new()));
-        let states = std::mem::take(&mut self.spare_index);
-        self.open = Some(OpenPersist { id, batch: CommitBatch::default(), states });
+        self.open = Some(OpenPersist { id, batch: CommitBatch::default() });
         id
     }
 
@@ -762,14 +760,14 @@ impl Resolver {
         }
         open.batch.ops.extend(ops);
         open.batch.idempotency.extend(idempotency);
-        open.states.reserve(states.len());
+        self.open_index.reserve(states.len());
         open.batch.states.reserve(states.len());
         open.batch.states_from_ops.reserve(states.len());
         for (k, state) in states {
             self.pending.insert(k.clone(), (state.clone(), id));
             // A key changed twice in one persist is stored once, as it ends; it is derived from
             // the persist's ops only if every change to it was an op's.
-            match open.states.get(&k) {
+            match self.open_index.get(&k) {
                 Some(&i) => {
                     open.batch.states[i].2 = state;
                     open.batch.states_from_ops[i] &= from_ops;
@@ -777,7 +775,7 @@ impl Resolver {
                 None => {
                     open.batch.states.push((k.0.clone(), k.1.clone(), state));
                     open.batch.states_from_ops.push(from_ops);
-                    open.states.insert(k, open.batch.states.len() - 1);
+                    self.open_index.insert(k, open.batch.states.len() - 1);
                 }
             }
         }
@@ -792,11 +790,9 @@ impl Resolver {
     /// Emits the open persist, if any.
     fn flush(&mut self) {
         if let Some(open) = self.open.take() {
-            let mut index = open.states;
-            if !index.is_empty() {
-                self.pending_keys.push_back((open.id, index.drain().map(|(k, _)| k).collect()));
+            if !self.open_index.is_empty() {
+                self.pending_keys.push_back((open.id, self.open_index.drain().map(|(k, _)| k).collect()));
             }
-            self.spare_index = index;
             self.outputs.push_back(Output::Persist { id: open.id, batch: open.batch });
         }
     }

@@ -46,12 +46,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 ///
 /// Must run first in `main`, before any other thread exists: `mi_option_set` is a plain store.
 fn allocator_keeps_freed_memory() {
-    let set_by_operator = std::env::vars_os().any(|(name, _)| {
-        name.to_str().is_some_and(|n| {
-            n.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY") || n.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
-        })
-    });
-    if set_by_operator {
+    if purge_delay_in_environment() {
         return;
     }
     // SAFETY: `mi_option_set` takes any option and value and only stores the value (a plain,
@@ -59,6 +54,16 @@ fn allocator_keeps_freed_memory() {
     // any other thread exists, so nothing reads it concurrently. The option number is checked
     // by the test below.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
+/// Whether the environment sets mimalloc's purge delay, under either name mimalloc reads
+/// (`MIMALLOC_PURGE_DELAY`, `MIMALLOC_RESET_DELAY`, in any letter case).
+fn purge_delay_in_environment() -> bool {
+    std::env::vars_os().any(|(name, _)| {
+        name.to_str().is_some_and(|n| {
+            n.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY") || n.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
+        })
+    })
 }
 
 #[derive(Parser)]
@@ -351,9 +356,7 @@ mod tests {
     /// default to other values.
     #[test]
     fn the_option_meshd_sets_is_mimallocs_purge_delay() {
-        if std::env::vars_os()
-            .any(|(name, _)| name.to_string_lossy().to_ascii_uppercase().starts_with("MIMALLOC_"))
-        {
+        if super::purge_delay_in_environment() {
             return;
         }
         // SAFETY: reading an option has no precondition.
