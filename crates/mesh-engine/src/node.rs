@@ -629,7 +629,11 @@ impl<R: RngCore> Node<R> {
         now_ms: u64,
     ) -> VersionVector {
         let p = &self.peers[peer];
-        let direct = p.replicator.direct_progress(now_ms, self.config.relay_delay_ms);
+        let mut direct = p.replicator.direct_progress(now_ms, self.config.relay_delay_ms);
+        if p.replicator.opened_within(now_ms, self.config.relay_delay_ms) {
+            // A link just opened relays nothing yet: the peer's other links opened with it.
+            direct.extend(self.durable.iter().map(|(origin, _)| origin.clone()));
+        }
         targets(&self.local, peer, &self.durable, held_long, p.returned, suspect, &direct)
     }
 
@@ -1054,7 +1058,7 @@ impl<R: RngCore> Node<R> {
                 self.gate.handle_hello(peer, own);
                 self.learn_durable(peer, &hello.seen, true);
                 let p = self.peers.get_mut(peer).expect("a peer");
-                p.replicator.handle_open(&accepted.resume_from);
+                p.replicator.handle_open(now_ms, &accepted.resume_from);
                 self.effects.push_back(Effect::Health(HealthInput::LinkOpen(peer.clone())));
             }
         }

@@ -82,6 +82,8 @@ struct Link {
     direct_pending: BTreeSet<DcId>,
     /// Per origin, when the peer last got its ops from elsewhere than this link.
     direct_ms: std::collections::BTreeMap<DcId, u64>,
+    /// When the link opened.
+    opened_ms: u64,
 }
 
 impl Link {
@@ -133,7 +135,10 @@ pub struct LogReadFailed {
 /// has them from their origin by then, and its reports raise `peer_seen` so nothing is sent —
 /// or all of them when that origin is suspect or down from here; none while the peer gets that
 /// origin's ops from elsewhere (`direct`, see [`Replicator::direct_progress`]: large values on a
-/// slow link take longer than the relay delay, and relaying them would send what is on its way).
+/// slow link take longer than the relay delay, and relaying them would send what is on its way),
+/// nor in the relay delay after the link opens ([`Replicator::opened_within`]: after a partition
+/// or a restart the origin streams the same backlog over its own new link, and a relay started
+/// at once would race it and send every op twice).
 pub fn targets(
     local: &DcId,
     peer: &DcId,
@@ -210,13 +215,23 @@ impl Replicator {
         link.direct_ms.iter().filter(|(_, t)| now_ms < **t + within_ms).map(|(o, _)| o.clone()).collect()
     }
 
+    /// Whether the link opened less than `within_ms` before `now_ms`. Until then, whether the
+    /// peer gets a third DC's ops from elsewhere is not known: its links to the others usually
+    /// open at the same moment (the peer came back from a partition or a restart), and a relay
+    /// started at once would race the origins' own streams and send the backlog twice. `false`
+    /// while the link is closed.
+    pub fn opened_within(&self, now_ms: u64, within_ms: u64) -> bool {
+        self.link.as_ref().is_some_and(|link| now_ms < link.opened_ms + within_ms)
+    }
+
     /// Batches sent and not acknowledged.
     pub fn inflight(&self) -> usize {
         self.link.as_ref().map_or(0, |l| l.inflight.len())
     }
 
-    /// The link opened and the peer's Hello reported `hello_seen`: streaming resumes there.
-    pub fn handle_open(&mut self, hello_seen: &VersionVector) {
+    /// The link opened at `now_ms` and the peer's Hello reported `hello_seen`: streaming
+    /// resumes there.
+    pub fn handle_open(&mut self, now_ms: u64, hello_seen: &VersionVector) {
         // Not joined with what was known: a peer that restarted with less (a disk that lost
         // acknowledged data) must get it again.
         self.peer_seen = hello_seen.clone();
@@ -230,6 +245,7 @@ impl Replicator {
             progress_ms: None,
             direct_pending: BTreeSet::new(),
             direct_ms: std::collections::BTreeMap::new(),
+            opened_ms: now_ms,
         });
     }
 

@@ -85,7 +85,7 @@ fn seqs(ops: &[Op]) -> Vec<(String, u64)> {
 
 fn opened() -> Replicator {
     let mut r = Replicator::new(dc("a"), dc("b"), config());
-    r.handle_open(&VersionVector::new());
+    r.handle_open(0, &VersionVector::new());
     r
 }
 
@@ -210,7 +210,7 @@ fn a_reopened_link_resumes_from_the_hello_even_below_what_was_acknowledged() {
     assert_eq!(r.poll_batch(10, &want, &log).unwrap(), None, "the peer has everything");
     r.handle_close();
     // The peer restarted having lost seq 3 (a disk that lied): it gets it again.
-    r.handle_open(&vv(&[("a", 2)]));
+    r.handle_open(0, &vv(&[("a", 2)]));
     let again = r.poll_batch(20, &want, &log).unwrap();
     let again = again.or_else(|| r.poll_batch(25, &want, &log).unwrap()).expect("resent after the delay");
     assert_eq!(seqs(&again), [("a".into(), 3)]);
@@ -264,4 +264,16 @@ fn a_compacted_origin_is_reported_for_state_transfer_and_not_read_again() {
     assert_eq!(r.poll_batch(0, &want, &log).unwrap(), None);
     assert_eq!(r.poll_batch(10, &want, &log).unwrap(), None);
     assert_eq!(r.compacted(), vec![dc("a")]);
+}
+
+#[test]
+fn a_link_counts_as_just_opened_for_the_relay_delay() {
+    let mut r = Replicator::new(dc("a"), dc("b"), config());
+    assert!(!r.opened_within(0, 1_500), "a closed link");
+    r.handle_open(1_000, &VersionVector::new());
+    assert!(r.opened_within(1_000, 1_500));
+    assert!(r.opened_within(2_499, 1_500));
+    assert!(!r.opened_within(2_500, 1_500), "the relay delay passed");
+    r.handle_close();
+    assert!(!r.opened_within(1_200, 1_500), "closed again");
 }

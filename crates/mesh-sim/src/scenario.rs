@@ -263,11 +263,15 @@ pub struct Check {
     pub lag_bound_s: f64,
     /// Check deliveries per op ≤ 1.1 × (N − 1) (only meaningful without faults).
     pub deliveries: bool,
+    /// Check deliveries per op ≤ this bound, for a scenario with faults: after a heal each
+    /// origin streams its backlog to the DC that was cut off, and a relay of the same ops by a
+    /// third DC would cross it again (DESIGN.md, "Replication protocol").
+    pub deliveries_max: Option<f64>,
 }
 
 impl Default for Check {
     fn default() -> Self {
-        Self { convergence_bound_s: 10.0, lag_bound_s: 10.0, deliveries: false }
+        Self { convergence_bound_s: 10.0, lag_bound_s: 10.0, deliveries: false, deliveries_max: None }
     }
 }
 
