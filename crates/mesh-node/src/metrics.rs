@@ -75,8 +75,8 @@ pub struct Observed {
     pub sync_waiting: u64,
     /// The op log: ops and bytes held (`None`: unreadable).
     pub log: Option<(u64, u64)>,
-    /// Checkpoints done and their total time in µs.
-    pub checkpoints: (u64, u64),
+    /// Checkpoints: done, their time, and the time commits waited for them.
+    pub checkpoints: mesh_store::CheckpointStats,
     /// Remote ops whose HLC was beyond `max_clock_skew_ms` ahead.
     pub hlc_beyond_skew: u64,
     /// Keys holding a tombstone not collected yet (`None`: not counted yet).
@@ -421,7 +421,7 @@ fn observers(
     type DcCount = fn(&Observed) -> u64;
     let dc_counters: [(&'static str, &'static str, DcCount); 5] = [
         ("mesh_checkpoints", "Store checkpoints (overlay states written into the key table)", |o| {
-            o.checkpoints.0
+            o.checkpoints.count
         }),
         (
             "mesh_hlc_remote_beyond_skew",
@@ -488,10 +488,23 @@ fn observers(
         .with_unit("s")
         .with_description("Time spent in store checkpoints (with mesh_checkpoints_total: the mean)")
         .with_callback(move |o| {
-            o.observe(seconds.lock().unwrap_or_else(|e| e.into_inner()).checkpoints.1 as f64 / 1e6, &[])
+            o.observe(seconds.lock().unwrap_or_else(|e| e.into_inner()).checkpoints.micros as f64 / 1e6, &[])
         })
         .build();
     out.push(Box::new(checkpoint_time));
+    let seconds = observed.clone();
+    let checkpoint_wait = meter
+        .f64_observable_counter("mesh_checkpoint_wait_duration")
+        .with_unit("s")
+        .with_description(
+            "Time group commits waited for the checkpoint in flight (two checkpoints' worth of keys in memory)",
+        )
+        .with_callback(move |o| {
+            let waited = seconds.lock().unwrap_or_else(|e| e.into_inner()).checkpoints.waited_micros;
+            o.observe(waited as f64 / 1e6, &[])
+        })
+        .build();
+    out.push(Box::new(checkpoint_wait));
     let sync = observed.clone();
     let gauge = meter
         .u64_observable_gauge("mesh_sync_waiting")

@@ -54,6 +54,10 @@ use std::thread::JoinHandle;
 
 /// Most ops one group commit takes; a larger group waits for the next transaction.
 pub const GROUP_OPS_MAX: usize = 16_384;
+/// Longest rest of the checkpointer between two slices ([`Checkpointer::rest`]): a rest as
+/// long as the slice before it spreads a checkpoint's disk writes, but a slice that took seconds
+/// (a stalled disk or process) must not be followed by seconds of idleness.
+const CHECKPOINT_REST_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most submissions waiting for the committer; submitters block beyond it (backpressure).
 const QUEUE_SUBMISSIONS_MAX: usize = 8_192;
 
@@ -262,11 +266,26 @@ impl KvKeys {
     }
 }
 
-/// Checkpoints done and the time they took ([`DurableStore::checkpoint_stats`]).
+/// Checkpoints done, the time they took, and the time group commits waited for them
+/// ([`DurableStore::checkpoint_stats`]).
 #[derive(Debug, Default)]
 struct CheckpointCounters {
     count: std::sync::atomic::AtomicU64,
     micros: std::sync::atomic::AtomicU64,
+    waited_micros: std::sync::atomic::AtomicU64,
+}
+
+/// Checkpoints since the store opened ([`DurableStore::checkpoint_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Checkpoints done.
+    pub count: u64,
+    /// Their total time, in µs, rests between slices included.
+    pub micros: u64,
+    /// Total time the committer waited for the checkpoint in flight before taking the next
+    /// group, in µs: the overlay held two checkpoints' worth of keys (the memory bound of
+    /// [`Options::checkpoint_keys_max`]), so writes and remote applies waited for the key table.
+    pub waited_micros: u64,
 }
 
 /// Key states newer than `kv` (`None`: removed), in two generations: those written since the
@@ -834,6 +853,7 @@ impl DurableStore {
             in_flight: false,
             wal_deletable,
             hurry,
+            checkpoints: checkpoints.clone(),
             buf: Vec::new(),
             record: Vec::new(),
         };
@@ -935,9 +955,15 @@ impl DurableStore {
         Ok(removed)
     }
 
-    /// Checkpoints done since the store opened, and their total time in µs.
-    pub fn checkpoint_stats(&self) -> (u64, u64) {
-        (self.checkpoints.count.load(Ordering::Relaxed), self.checkpoints.micros.load(Ordering::Relaxed))
+    /// Checkpoints since the store opened: how many, their time, and the time commits waited
+    /// for them.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        let c = &self.checkpoints;
+        CheckpointStats {
+            count: c.count.load(Ordering::Relaxed),
+            micros: c.micros.load(Ordering::Relaxed),
+            waited_micros: c.waited_micros.load(Ordering::Relaxed),
+        }
     }
 
     fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
@@ -1075,6 +1101,8 @@ struct Committer {
     wal_deletable: Option<u64>,
     /// Shared with the checkpointer: the next checkpoint is due.
     hurry: Arc<AtomicBool>,
+    /// Shared with the checkpointer; the committer adds the time it waits for a checkpoint.
+    checkpoints: Arc<CheckpointCounters>,
     /// Scratch space for encoding states into the overlay.
     buf: Vec<u8>,
     /// The group's write-ahead record, packed ([`pack_into`]).
@@ -1132,6 +1160,12 @@ impl Committer {
         let due = active >= keys || self.wal_bytes >= bytes;
         let full = active >= keys.saturating_mul(2) || self.wal_bytes >= bytes.saturating_mul(2);
         self.hurry.store(due, Ordering::SeqCst);
+        if due {
+            // A checkpointer resting between slices starts its next slice now.
+            if let Some((_, checkpointer)) = &self.checkpointer {
+                checkpointer.thread().unpark();
+            }
+        }
         self.collect_checkpoints(due && full);
         if due && !self.in_flight && !self.poisoned.load(Ordering::SeqCst) {
             let layer = self.freeze();
@@ -1151,7 +1185,11 @@ impl Committer {
         let Some(answers) = &self.checkpointed else { return };
         loop {
             let answer = if wait && self.in_flight {
-                answers.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
+                let started = std::time::Instant::now();
+                let answer = answers.recv().map_err(|_| mpsc::TryRecvError::Disconnected);
+                let waited = started.elapsed().as_micros() as u64;
+                self.checkpoints.waited_micros.fetch_add(waited, Ordering::Relaxed);
+                answer
             } else {
                 answers.try_recv()
             };
@@ -1247,6 +1285,26 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// Rests between two slices for `time`, or less: only while the next checkpoint is far from
+    /// due (its active layer under half of [`Options::checkpoint_keys_max`]), and no longer once
+    /// the committer says it is due (`hurry`, with an unpark). Under a write rate that fills the
+    /// active layer as fast as this writes, resting would hold up the writers; and a slice that
+    /// took long because the process or the disk stalled (a paused VM, SIGSTOP, a sync that
+    /// hung) must not make the writers wait as long again: the committer waits for this
+    /// checkpoint once the active layer holds a second checkpoint's worth of keys.
+    fn rest(&self, time: std::time::Duration) {
+        let until = std::time::Instant::now() + time;
+        loop {
+            let active = self.overlay.read().unwrap_or_else(|e| e.into_inner()).active.states.len();
+            let now = std::time::Instant::now();
+            if active >= self.keys_max / 2 || self.hurry.load(Ordering::SeqCst) || now >= until {
+                return;
+            }
+            // Woken early by the committer's unpark (or spuriously): the loop looks again.
+            std::thread::park_timeout(until - now);
+        }
+    }
+
     fn run(self, layers: Receiver<Arc<Layer>>, done: mpsc::Sender<Result<u64, ()>>) {
         while let Ok(layer) = layers.recv() {
             let result = self.checkpoint(&layer, true);
@@ -1348,11 +1406,8 @@ impl Checkpointer {
             if last {
                 return Ok(());
             }
-            // Rest only while the next checkpoint is far from due: under a write rate that fills
-            // the active layer as fast as this writes, resting would hold up the writers.
-            let active = self.overlay.read().unwrap_or_else(|e| e.into_inner()).active.states.len();
-            if rest && active < self.keys_max / 2 && !self.hurry.load(Ordering::SeqCst) {
-                std::thread::sleep(started.elapsed());
+            if rest {
+                self.rest(started.elapsed().min(CHECKPOINT_REST_MAX));
             }
         }
     }

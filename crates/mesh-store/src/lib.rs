@@ -19,7 +19,8 @@ mod mem;
 pub mod testing;
 
 pub use durable::{
-    DurableStore, Options, Recovered, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX, LOG_CHUNK_PAYLOAD_BYTES_MAX,
+    CheckpointStats, DurableStore, Options, Recovered, GROUP_OPS_MAX, LOG_CHUNK_OPS_MAX,
+    LOG_CHUNK_PAYLOAD_BYTES_MAX,
 };
 pub use mem::MemStore;
 

@@ -610,3 +610,70 @@ fn the_tombstone_index_survives_checkpoints_and_reopens_and_is_built_for_an_olde
         drop(store);
     }
 }
+
+/// A disk whose next sync, once armed, hangs for a while: a stalled disk, or a process paused
+/// (SIGSTOP, a frozen VM) in the middle of a sync.
+#[derive(Debug)]
+struct StallingDisk {
+    inner: PowerLossDisk,
+    stall: Arc<std::sync::Mutex<Option<std::time::Duration>>>,
+}
+
+impl redb::StorageBackend for StallingDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let stall = self.stall.lock().unwrap().take();
+        if let Some(time) = stall {
+            std::thread::sleep(time);
+        }
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(offset, data)
+    }
+}
+
+#[test]
+fn a_checkpoint_slice_that_stalled_is_not_followed_by_as_long_a_rest_that_writers_wait_for() {
+    // The checkpointer rests between slices as long as the slice took. A slice whose sync hung
+    // for 3 s (after a 60 s SIGSTOP, 60 s) was followed by a rest as long, uninterrupted, and
+    // once the writes resumed and filled a second checkpoint's worth of keys, every commit
+    // waited for it: a DC coming back from a partition applied nothing for a minute.
+    let stall = Arc::new(std::sync::Mutex::new(None));
+    let kv_disk = StallingDisk { inner: PowerLossDisk::from_image(Vec::new()), stall: stall.clone() };
+    let options = Options {
+        checkpoint_keys_max: 256,
+        checkpoint_wal_bytes_max: u64::MAX,
+        checkpoint_slice_keys: 16,
+        ..Options::default()
+    };
+    let store =
+        DurableStore::open_with_backends(PowerLossDisk::from_image(Vec::new()), kv_disk, options).unwrap();
+    let hang = std::time::Duration::from_secs(3);
+    *stall.lock().unwrap() = Some(hang);
+    let mut seq = 0;
+    let mut write = |keys: u64| {
+        for _ in 0..keys {
+            seq += 1;
+            store.commit(put_commit("us-east", seq, &format!("user:{seq}"))).unwrap();
+        }
+    };
+    // A checkpoint's worth of keys: the checkpoint starts, and its first slice's sync hangs.
+    // One more write tells the checkpointer the next checkpoint is far from due.
+    write(256 + 1);
+    std::thread::sleep(hang + std::time::Duration::from_millis(300));
+    assert_eq!(stall.lock().unwrap().take(), None, "the checkpoint's sync hung");
+    // The writes resume: two checkpoints' worth of keys, so the committer waits for this one
+    // (after the group that filled them: the next commit is the one that waits).
+    write(512 + 1);
+    let waited = store.checkpoint_stats().waited_micros;
+    assert!(waited < 1_000_000, "commits waited {waited} µs for a checkpoint that had stalled for 3 s");
+}
