@@ -835,7 +835,7 @@ impl<R: RngCore> Node<R> {
             self.effects.push_back(Effect::Health(HealthInput::LinkClosed(peer.clone())));
         }
         p.link = None;
-        p.replicator.handle_close();
+        p.replicator.handle_close(now_ms);
         // A transfer restarts from a fresh snapshot on the next link, and the next link resends
         // what was held back.
         p.transfer_out.cancel();

@@ -84,6 +84,8 @@ struct Link {
     direct_ms: std::collections::BTreeMap<DcId, u64>,
     /// When the link opened.
     opened_ms: u64,
+    /// How long the link had been closed before it opened (`None`: never open before).
+    closed_for_ms: Option<u64>,
 }
 
 impl Link {
@@ -114,6 +116,8 @@ pub struct Replicator {
     /// What the peer holds durably, as far as this DC knows.
     peer_seen: VersionVector,
     link: Option<Link>,
+    /// When the link last closed (`None`: open, or never opened).
+    closed_ms: Option<u64>,
     stats: ReplicatorStats,
 }
 
@@ -136,9 +140,9 @@ pub struct LogReadFailed {
 /// or all of them when that origin is suspect or down from here; none while the peer gets that
 /// origin's ops from elsewhere (`direct`, see [`Replicator::direct_progress`]: large values on a
 /// slow link take longer than the relay delay, and relaying them would send what is on its way),
-/// nor in the relay delay after the link opens ([`Replicator::opened_within`]: after a partition
-/// or a restart the origin streams the same backlog over its own new link, and a relay started
-/// at once would race it and send every op twice).
+/// nor in the relay delay after the link opens following an outage ([`Replicator::opened_within`]:
+/// after a partition or a restart the origin streams the same backlog over its own new link, and
+/// a relay started at once would race it and send every op twice).
 pub fn targets(
     local: &DcId,
     peer: &DcId,
@@ -178,6 +182,7 @@ impl Replicator {
             config,
             peer_seen: VersionVector::new(),
             link: None,
+            closed_ms: None,
             stats: ReplicatorStats::default(),
         }
     }
@@ -215,13 +220,17 @@ impl Replicator {
         link.direct_ms.iter().filter(|(_, t)| now_ms < **t + within_ms).map(|(o, _)| o.clone()).collect()
     }
 
-    /// Whether the link opened less than `within_ms` before `now_ms`. Until then, whether the
-    /// peer gets a third DC's ops from elsewhere is not known: its links to the others usually
-    /// open at the same moment (the peer came back from a partition or a restart), and a relay
-    /// started at once would race the origins' own streams and send the backlog twice. `false`
-    /// while the link is closed.
+    /// Whether the link opened less than `within_ms` before `now_ms` after being closed for at
+    /// least `within_ms` (or at start). Until then, whether the peer gets a third DC's ops from
+    /// elsewhere is not known: after an outage its links to the others usually open at the same
+    /// moment (the peer came back from a partition or a restart), and a relay started at once
+    /// would race the origins' own streams and send the backlog twice. A link that was down for
+    /// less (a flap) relays at once, as before it dropped: a link that keeps flapping must not
+    /// stop relaying altogether. `false` while the link is closed.
     pub fn opened_within(&self, now_ms: u64, within_ms: u64) -> bool {
-        self.link.as_ref().is_some_and(|link| now_ms < link.opened_ms + within_ms)
+        self.link.as_ref().is_some_and(|link| {
+            now_ms < link.opened_ms + within_ms && link.closed_for_ms.is_none_or(|down| down >= within_ms)
+        })
     }
 
     /// Batches sent and not acknowledged.
@@ -246,12 +255,15 @@ impl Replicator {
             direct_pending: BTreeSet::new(),
             direct_ms: std::collections::BTreeMap::new(),
             opened_ms: now_ms,
+            closed_for_ms: self.closed_ms.take().map(|closed| now_ms.saturating_sub(closed)),
         });
     }
 
-    /// The link dropped; whatever was in flight is sent again from the next Hello.
-    pub fn handle_close(&mut self) {
-        self.link = None;
+    /// The link dropped at `now_ms`; whatever was in flight is sent again from the next Hello.
+    pub fn handle_close(&mut self, now_ms: u64) {
+        if self.link.take().is_some() {
+            self.closed_ms = Some(now_ms);
+        }
     }
 
     /// The peer is known to hold `seen` durably.

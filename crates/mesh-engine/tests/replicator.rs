@@ -208,7 +208,7 @@ fn a_reopened_link_resumes_from_the_hello_even_below_what_was_acknowledged() {
     r.poll_batch(0, &want, &log).unwrap().unwrap();
     r.handle_peer_seen(&vv(&[("a", 3)]));
     assert_eq!(r.poll_batch(10, &want, &log).unwrap(), None, "the peer has everything");
-    r.handle_close();
+    r.handle_close(10);
     // The peer restarted having lost seq 3 (a disk that lied): it gets it again.
     r.handle_open(0, &vv(&[("a", 2)]));
     let again = r.poll_batch(20, &want, &log).unwrap();
@@ -267,13 +267,21 @@ fn a_compacted_origin_is_reported_for_state_transfer_and_not_read_again() {
 }
 
 #[test]
-fn a_link_counts_as_just_opened_for_the_relay_delay() {
+fn a_link_counts_as_just_opened_for_the_relay_delay_after_an_outage_not_after_a_flap() {
     let mut r = Replicator::new(dc("a"), dc("b"), config());
     assert!(!r.opened_within(0, 1_500), "a closed link");
     r.handle_open(1_000, &VersionVector::new());
-    assert!(r.opened_within(1_000, 1_500));
+    assert!(r.opened_within(1_000, 1_500), "the first open (a start)");
     assert!(r.opened_within(2_499, 1_500));
     assert!(!r.opened_within(2_500, 1_500), "the relay delay passed");
-    r.handle_close();
-    assert!(!r.opened_within(1_200, 1_500), "closed again");
+    r.handle_close(3_000);
+    assert!(!r.opened_within(3_200, 1_500), "closed again");
+    // Down for 1 s, less than the delay: a flap, relaying goes on at once.
+    r.handle_open(4_000, &VersionVector::new());
+    assert!(!r.opened_within(4_000, 1_500));
+    r.handle_close(4_500);
+    // Down for 60 s: an outage, the peer's other links are opening too.
+    r.handle_open(64_500, &VersionVector::new());
+    assert!(r.opened_within(64_500, 1_500));
+    assert!(!r.opened_within(66_000, 1_500));
 }
