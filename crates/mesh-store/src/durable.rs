@@ -1160,8 +1160,9 @@ impl Committer {
         let due = active >= keys || self.wal_bytes >= bytes;
         let full = active >= keys.saturating_mul(2) || self.wal_bytes >= bytes.saturating_mul(2);
         self.hurry.store(due, Ordering::SeqCst);
-        if due {
-            // A checkpointer resting between slices starts its next slice now.
+        if due || active >= keys / 2 {
+            // A checkpointer resting between slices starts its next slice now (it rests only
+            // while the active layer is under half a checkpoint).
             if let Some((_, checkpointer)) = &self.checkpointer {
                 checkpointer.thread().unpark();
             }
@@ -1357,9 +1358,8 @@ impl Checkpointer {
     }
 
     /// Writes the layer in slices of [`Options::checkpoint_slice_keys`] keys, one durable
-    /// transaction each, resting as long as each slice took before the next while the next
-    /// checkpoint is far from due (its active layer under half of
-    /// [`Options::checkpoint_keys_max`]): the checkpoint's disk writes and CPU are spread out
+    /// transaction each, resting as long as each slice took (at most [`CHECKPOINT_REST_MAX`])
+    /// before the next while the next checkpoint is far from due ([`Checkpointer::rest`]): the checkpoint's disk writes and CPU are spread out
     /// instead of competing in one burst with the group commits, whose fsyncs wait behind
     /// whatever the disk has been given to write. Every slice is durable because redb keeps a
     /// non-durable commit's pages in its own write buffer (redb 4.6,

@@ -673,7 +673,10 @@ fn a_checkpoint_slice_that_stalled_is_not_followed_by_as_long_a_rest_that_writer
     assert_eq!(stall.lock().unwrap().take(), None, "the checkpoint's sync hung");
     // The writes resume: two checkpoints' worth of keys, so the committer waits for this one
     // (after the group that filled them: the next commit is the one that waits).
+    let started = std::time::Instant::now();
     write(512 + 1);
+    let took = started.elapsed();
     let waited = store.checkpoint_stats().waited_micros;
     assert!(waited < 1_000_000, "commits waited {waited} µs for a checkpoint that had stalled for 3 s");
+    assert!(took < std::time::Duration::from_secs(1), "513 commits took {took:?}");
 }
