@@ -1093,8 +1093,12 @@ impl<R: RngCore> Node<R> {
             (Timer::Relay, self.relay.poll_timeout()),
             (Timer::StartGate, self.gate.poll_timeout()),
         ];
-        let peers = self.peers.iter().flat_map(|(id, p)| {
+        let relay_delay_ms = self.config.relay_delay_ms;
+        let peers = self.peers.iter().flat_map(move |(id, p)| {
+            // The end of a just-opened link's wait: the relay may start then.
+            let wait_ends = p.replicator.opened_wait_ends(relay_delay_ms).filter(|at| *at > self.last_now_ms);
             [
+                (Timer::Relay, wait_ends),
                 (Timer::Replicator(id.clone()), p.replicator.poll_timeout()),
                 (Timer::Dial(id.clone()), p.dialer.poll_timeout()),
                 (Timer::Transfer(id.clone()), p.transfer_out.poll_timeout()),

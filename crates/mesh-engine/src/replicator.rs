@@ -228,9 +228,14 @@ impl Replicator {
     /// less (a flap) relays at once, as before it dropped: a link that keeps flapping must not
     /// stop relaying altogether. `false` while the link is closed.
     pub fn opened_within(&self, now_ms: u64, within_ms: u64) -> bool {
-        self.link.as_ref().is_some_and(|link| {
-            now_ms < link.opened_ms + within_ms && link.closed_for_ms.is_none_or(|down| down >= within_ms)
-        })
+        self.opened_wait_ends(within_ms).is_some_and(|end| now_ms < end)
+    }
+
+    /// When the wait of [`Replicator::opened_within`] ends (or ended) for the open link, in ms;
+    /// `None` when the link is closed or opened after a flap (no wait).
+    pub fn opened_wait_ends(&self, within_ms: u64) -> Option<u64> {
+        let link = self.link.as_ref()?;
+        link.closed_for_ms.is_none_or(|down| down >= within_ms).then_some(link.opened_ms + within_ms)
     }
 
     /// Batches sent and not acknowledged.

@@ -22,7 +22,8 @@ pub enum Timer {
     /// An outgoing state transfer to the peer is abandoned without an answer
     /// ([`crate::transfer::TransferOut`]).
     Transfer(DcId),
-    /// An op becomes old enough to relay ([`crate::replicator::RelayClock`]).
+    /// An op becomes old enough to relay ([`crate::replicator::RelayClock`]), or a link that
+    /// just opened ends its wait before relaying ([`crate::replicator::Replicator::opened_within`]).
     Relay,
     /// The start gate's bound passes ([`crate::gate::StartGate`]).
     StartGate,

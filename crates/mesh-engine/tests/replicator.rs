@@ -272,6 +272,7 @@ fn a_link_counts_as_just_opened_for_the_relay_delay_after_an_outage_not_after_a_
     assert!(!r.opened_within(0, 1_500), "a closed link");
     r.handle_open(1_000, &VersionVector::new());
     assert!(r.opened_within(1_000, 1_500), "the first open (a start)");
+    assert_eq!(r.opened_wait_ends(1_500), Some(2_500), "the node wakes then to start relaying");
     assert!(r.opened_within(2_499, 1_500));
     assert!(!r.opened_within(2_500, 1_500), "the relay delay passed");
     r.handle_close(3_000);
@@ -279,6 +280,7 @@ fn a_link_counts_as_just_opened_for_the_relay_delay_after_an_outage_not_after_a_
     // Down for 1 s, less than the delay: a flap, relaying goes on at once.
     r.handle_open(4_000, &VersionVector::new());
     assert!(!r.opened_within(4_000, 1_500));
+    assert_eq!(r.opened_wait_ends(1_500), None);
     r.handle_close(4_500);
     // Down for 60 s: an outage, the peer's other links are opening too.
     r.handle_open(64_500, &VersionVector::new());
