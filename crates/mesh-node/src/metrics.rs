@@ -497,7 +497,7 @@ fn observers(
         .f64_observable_counter("mesh_checkpoint_wait_duration")
         .with_unit("s")
         .with_description(
-            "Time group commits waited for the checkpoint in flight (two checkpoints' worth of keys in memory)",
+            "Time group commits waited for the checkpoint in flight (twice checkpoint_keys written since it started)",
         )
         .with_callback(move |o| {
             let waited = seconds.lock().unwrap_or_else(|e| e.into_inner()).checkpoints.waited_micros;

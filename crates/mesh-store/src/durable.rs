@@ -58,6 +58,13 @@ pub const GROUP_OPS_MAX: usize = 16_384;
 /// long as the slice before it spreads a checkpoint's disk writes, but a slice that took seconds
 /// (a stalled disk or process) must not be followed by seconds of idleness.
 const CHECKPOINT_REST_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether the next checkpoint is far from due, so the checkpointer may rest between slices:
+/// the active layer holds under half of [`Options::checkpoint_keys_max`] (`keys_max`) keys. The
+/// committer wakes a resting checkpointer once this no longer holds.
+fn rest_allowed(active_keys: usize, keys_max: usize) -> bool {
+    active_keys < keys_max / 2
+}
 /// Most submissions waiting for the committer; submitters block beyond it (backpressure).
 const QUEUE_SUBMISSIONS_MAX: usize = 8_192;
 
@@ -283,8 +290,10 @@ pub struct CheckpointStats {
     /// Their total time, in µs, rests between slices included.
     pub micros: u64,
     /// Total time the committer waited for the checkpoint in flight before taking the next
-    /// group, in µs: the overlay held two checkpoints' worth of keys (the memory bound of
-    /// [`Options::checkpoint_keys_max`]), so writes and remote applies waited for the key table.
+    /// group, in µs: the states written since it started reached twice
+    /// [`Options::checkpoint_keys_max`] keys (or twice [`Options::checkpoint_wal_bytes_max`]),
+    /// with the checkpoint's own still in memory, so writes and remote applies waited for the
+    /// key table.
     pub waited_micros: u64,
 }
 
@@ -1160,9 +1169,8 @@ impl Committer {
         let due = active >= keys || self.wal_bytes >= bytes;
         let full = active >= keys.saturating_mul(2) || self.wal_bytes >= bytes.saturating_mul(2);
         self.hurry.store(due, Ordering::SeqCst);
-        if due || active >= keys / 2 {
-            // A checkpointer resting between slices starts its next slice now (it rests only
-            // while the active layer is under half a checkpoint).
+        if due || !rest_allowed(active, keys) {
+            // A checkpointer resting between slices starts its next slice now.
             if let Some((_, checkpointer)) = &self.checkpointer {
                 checkpointer.thread().unpark();
             }
@@ -1287,18 +1295,18 @@ struct Checkpointer {
 
 impl Checkpointer {
     /// Rests between two slices for `time`, or less: only while the next checkpoint is far from
-    /// due (its active layer under half of [`Options::checkpoint_keys_max`]), and no longer once
-    /// the committer says it is due (`hurry`, with an unpark). Under a write rate that fills the
-    /// active layer as fast as this writes, resting would hold up the writers; and a slice that
-    /// took long because the process or the disk stalled (a paused VM, SIGSTOP, a sync that
-    /// hung) must not make the writers wait as long again: the committer waits for this
-    /// checkpoint once the active layer holds a second checkpoint's worth of keys.
+    /// due ([`rest_allowed`]) and the committer has not said it is due (`hurry`); the committer
+    /// unparks this thread when either changes. Under a write rate that fills the active layer
+    /// as fast as this writes, resting would hold up the writers; and a slice that took long
+    /// because the process or the disk stalled (a paused VM, SIGSTOP, a sync that hung) must not
+    /// make the writers wait as long again: the committer waits for this checkpoint once the
+    /// active layer holds twice [`Options::checkpoint_keys_max`] keys.
     fn rest(&self, time: std::time::Duration) {
         let until = std::time::Instant::now() + time;
         loop {
             let active = self.overlay.read().unwrap_or_else(|e| e.into_inner()).active.states.len();
             let now = std::time::Instant::now();
-            if active >= self.keys_max / 2 || self.hurry.load(Ordering::SeqCst) || now >= until {
+            if !rest_allowed(active, self.keys_max) || self.hurry.load(Ordering::SeqCst) || now >= until {
                 return;
             }
             // Woken early by the committer's unpark (or spuriously): the loop looks again.
@@ -1359,13 +1367,13 @@ impl Checkpointer {
 
     /// Writes the layer in slices of [`Options::checkpoint_slice_keys`] keys, one durable
     /// transaction each, resting as long as each slice took (at most [`CHECKPOINT_REST_MAX`])
-    /// before the next while the next checkpoint is far from due ([`Checkpointer::rest`]): the checkpoint's disk writes and CPU are spread out
-    /// instead of competing in one burst with the group commits, whose fsyncs wait behind
-    /// whatever the disk has been given to write. Every slice is durable because redb keeps a
-    /// non-durable commit's pages in its own write buffer (redb 4.6,
-    /// `PagedCachedFile::write_barrier`): with only the last slice durable, a checkpoint into a
-    /// large tree handed the disk hundreds of MB at once, and group commits waited 119–168 ms
-    /// for it (docs/performance.md). Only the last slice records the group the checkpoint
+    /// before the next while the next checkpoint is far from due ([`Checkpointer::rest`]): the
+    /// checkpoint's disk writes and CPU are spread out instead of competing in one burst with
+    /// the group commits, whose fsyncs wait behind whatever the disk has been given to write.
+    /// Every slice is durable because redb keeps a non-durable commit's pages in its own write
+    /// buffer (redb 4.6, `PagedCachedFile::write_barrier`): with only the last slice durable, a
+    /// checkpoint into a large tree handed the disk hundreds of MB at once, and group commits
+    /// waited 119–168 ms for it (docs/performance.md). Only the last slice records the group the checkpoint
     /// covers. A crash before it leaves `kv` with some keys as of this checkpoint and
     /// `checkpointed` naming the previous one; opening replays the write-ahead records after
     /// it, which still exist (they are deleted only once the last slice is durable), and

@@ -10,19 +10,16 @@ use crate::world::World;
 pub(crate) fn finish(world: &mut World) {
     let check = &world.scenario.file.check;
     let n = world.dcs.len() as f64;
-    let bounds: Vec<(f64, String)> = [
-        check.deliveries.then(|| (1.1 * (n - 1.0), "1.1 × (N − 1)".to_string())),
-        check.deliveries_max.map(|max| (max, "check.deliveries_max".to_string())),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let bounds = [
+        check.deliveries.then_some((1.1 * (n - 1.0), "1.1 × (N − 1)")),
+        check.deliveries_max.map(|max| (max, "check.deliveries_max")),
+    ];
     let ops = world.history.ops.len() as f64;
     if ops == 0.0 {
         return;
     }
     let per_op = world.stats.ops_delivered as f64 / ops;
-    for (bound, name) in bounds {
+    for (bound, name) in bounds.into_iter().flatten() {
         if per_op > bound {
             let detail = format!("{per_op:.3} deliveries per op, more than {name} = {bound:.2}");
             world.history.violation("deliveries", world.now_ms, detail);
