@@ -177,17 +177,79 @@ enum Cut {
     Sectors,
 }
 
-/// Runs power-loss rounds, cutting as `cut` says.
-fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
+/// Where the store's files live during power-loss rounds.
+#[derive(Clone, Copy)]
+enum Medium {
+    /// Two [`PowerLossDisk`]s given to redb as its storage backends, one per database: every
+    /// write and sync redb issues, but nothing the store does with files itself.
+    Backends,
+    /// Real files on a mounted [`mesh_powerloss_fs::Mount`] (FUSE), opened by path: also the
+    /// directory entries, which survive only once their directory is synced. One cut takes both
+    /// databases' files at the same moment.
+    Filesystem,
+}
+
+/// The disks' contents between rounds.
+enum Images {
+    Backends { main: Vec<u8>, kv: Vec<u8> },
+    Filesystem(mesh_powerloss_fs::Image),
+}
+
+/// A store opened on `images`, with what cuts its power. The filesystem's mount (and its
+/// directory) live as long as the store.
+struct Opened {
+    store: Arc<DurableStore>,
+    power: Power,
+}
+
+enum Power {
+    Backends(PowerSwitch, PowerSwitch),
+    /// The mount, and the directory it is mounted on (removed after the mount ends).
+    Filesystem {
+        mount: mesh_powerloss_fs::Mount,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Images {
+    fn new(medium: Medium) -> Self {
+        match medium {
+            Medium::Backends => Images::Backends { main: Vec::new(), kv: Vec::new() },
+            Medium::Filesystem => Images::Filesystem(mesh_powerloss_fs::Image::default()),
+        }
+    }
+
+    fn open(&self) -> Opened {
+        match self {
+            Images::Backends { main, kv } => {
+                let (disk, kv_disk) =
+                    (PowerLossDisk::from_image(main.clone()), PowerLossDisk::from_image(kv.clone()));
+                let power = Power::Backends(disk.switch(), kv_disk.switch());
+                let store = DurableStore::open_with_backends(disk, kv_disk, checkpoint_often()).unwrap();
+                Opened { store: Arc::new(store), power }
+            }
+            Images::Filesystem(image) => {
+                let dir = tempfile::tempdir().unwrap();
+                let mount = mesh_powerloss_fs::Mount::new(dir.path(), image)
+                    .expect("mount the power-loss filesystem (needs /dev/fuse and root, or fuse3)");
+                let store =
+                    DurableStore::open_with(dir.path().join("store.redb"), checkpoint_often()).unwrap();
+                Opened { store: Arc::new(store), power: Power::Filesystem { mount, _dir: dir } }
+            }
+        }
+    }
+}
+
+/// Runs power-loss rounds on `medium`, cutting as `cut` says.
+fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
+    if matches!(medium, Medium::Filesystem) && mesh_powerloss_fs::skip_without_fuse(test) {
+        return;
+    }
     let mut rng = StdRng::seed_from_u64(seed(test));
-    // The main database's disk image and the key-state database's: one power cut takes both.
-    let (mut image, mut kv_image) = (Vec::new(), Vec::new());
+    let mut images = Images::new(medium);
     let mut total_acks = 0usize;
     for round in 0..rounds {
-        let (disk, kv_disk) =
-            (PowerLossDisk::from_image(image.clone()), PowerLossDisk::from_image(kv_image.clone()));
-        let (switch, kv_switch) = (disk.switch(), kv_disk.switch());
-        let store = Arc::new(DurableStore::open_with_backends(disk, kv_disk, checkpoint_often()).unwrap());
+        let Opened { store, power } = images.open();
         let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
         let sink = acked.clone();
         // Writers stop at their first failed commit, or once the power is off (a store that
@@ -200,47 +262,66 @@ fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
             move || stop.load(Ordering::SeqCst),
             move |seq, key| sink.lock().unwrap().push((seq, key.into())),
         );
-        // Cut at a random moment after the writers have started acknowledging.
+        // Cut at a random moment after the writers have started acknowledging. Through FUSE
+        // every write and sync is a round trip to the filesystem's thread, and 50 ms hold about
+        // half the writes they do on the backends, so fewer rounds would reach a checkpoint:
+        // there the cut also waits for a random number of acknowledgements, up to two
+        // checkpoints' worth of keys.
+        let acks_min = match medium {
+            Medium::Backends => 1,
+            Medium::Filesystem => rng.random_range(1..=2 * checkpoint_often().checkpoint_keys_max),
+        };
         let started = Instant::now();
-        while acked.lock().unwrap().is_empty() {
-            assert!(started.elapsed() < Duration::from_secs(60), "round {round}: nothing was acknowledged");
+        while acked.lock().unwrap().len() < acks_min {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "round {round}: too little was acknowledged"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
-        // Each disk keeps what it synced plus what the cut lets through of the rest; the two
-        // are cut a moment apart, in a random order, as two files' pages reach a disk
-        // independently.
-        let main_first = rng.random_bool(0.5);
-        let mut cut_one = |switch: &PowerSwitch| match &cut {
-            Cut::Prefix(keep) => {
-                let unsynced = switch.unsynced_writes();
-                switch.cut(keep(&mut rng, unsynced))
+        images = match &power {
+            Power::Backends(switch, kv_switch) => {
+                let main_first = rng.random_bool(0.5);
+                // Each disk keeps what it synced plus what the cut lets through of the rest; the
+                // two are cut a moment apart, in a random order, as two files' pages reach a
+                // disk independently.
+                let mut cut_one = |switch: &PowerSwitch| match &cut {
+                    Cut::Prefix(keep) => {
+                        let unsynced = switch.unsynced_writes();
+                        switch.cut(keep(&mut rng, unsynced))
+                    }
+                    Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
+                };
+                if main_first {
+                    let main = cut_one(switch);
+                    Images::Backends { main, kv: cut_one(kv_switch) }
+                } else {
+                    let kv = cut_one(kv_switch);
+                    Images::Backends { main: cut_one(switch), kv }
+                }
             }
-            Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
+            Power::Filesystem { mount, .. } => Images::Filesystem(match &cut {
+                Cut::Prefix(keep) => {
+                    let unsynced = mount.unsynced_writes();
+                    mount.cut(keep(&mut rng, unsynced))
+                }
+                Cut::Sectors => mount.cut_sectors(|| rng.random_bool(0.5)),
+            }),
         };
-        if main_first {
-            image = cut_one(&switch);
-            kv_image = cut_one(&kv_switch);
-        } else {
-            kv_image = cut_one(&kv_switch);
-            image = cut_one(&switch);
-        }
         off.store(true, Ordering::SeqCst);
         for w in writers {
             w.join().unwrap();
         }
         drop(store);
+        drop(power);
         let acked = acked.lock().unwrap().clone();
         total_acks += acked.len();
 
-        let store = DurableStore::open_with_backends(
-            PowerLossDisk::from_image(image.clone()),
-            PowerLossDisk::from_image(kv_image.clone()),
-            checkpoint_often(),
-        )
-        .unwrap();
+        let Opened { store: reopened, power } = images.open();
+        let store = &*reopened;
         for (seq, key) in &acked {
-            common::assert_durable(&store, "us-east", *seq, key);
+            common::assert_durable(store, "us-east", *seq, key);
         }
         // What survived is one consistent prefix: the log is gapless up to `seen`, and every
         // logged op's key holds that op's state (acknowledged or not).
@@ -248,8 +329,10 @@ fn power_loss_rounds(test: &str, rounds: u64, cut: Cut) {
         let log = store.read_log(&dc("us-east"), 0, usize::MAX, usize::MAX).unwrap();
         assert_eq!(log.len() as u64, seen, "round {round}: the log is gapless up to seen");
         for op in log.iter().filter(|op| op.key.as_str().starts_with(&format!("r{round}:"))) {
-            common::assert_durable(&store, "us-east", op.dot.seq, op.key.as_str());
+            common::assert_durable(store, "us-east", op.dot.seq, op.key.as_str());
         }
+        drop(reopened);
+        drop(power);
     }
     eprintln!("{test}: {rounds} power cuts, {total_acks} acknowledged writes, all present");
 }
@@ -259,6 +342,7 @@ fn power_loss_dropping_every_unsynced_write_loses_no_acknowledged_write() {
     power_loss_rounds(
         "power_loss_dropping_every_unsynced_write_loses_no_acknowledged_write",
         25,
+        Medium::Backends,
         Cut::Prefix(|_, _| 0),
     );
 }
@@ -268,6 +352,7 @@ fn power_loss_keeping_a_prefix_of_unsynced_writes_loses_no_acknowledged_write() 
     power_loss_rounds(
         "power_loss_keeping_a_prefix_of_unsynced_writes_loses_no_acknowledged_write",
         25,
+        Medium::Backends,
         Cut::Prefix(|rng, unsynced| rng.random_range(0..=unsynced)),
     );
 }
@@ -277,6 +362,41 @@ fn power_loss_keeping_a_random_subset_of_unsynced_sectors_loses_no_acknowledged_
     power_loss_rounds(
         "power_loss_keeping_a_random_subset_of_unsynced_sectors_loses_no_acknowledged_write",
         25,
+        Medium::Backends,
+        Cut::Sectors,
+    );
+}
+
+// The same rounds with the store's files on a filesystem that loses power (FUSE): what redb and
+// the store do with files, not only redb's writes and syncs, is on trial, as it will be for an
+// engine that opens its own files.
+
+#[test]
+fn power_loss_on_a_filesystem_dropping_every_unsynced_write_loses_no_acknowledged_write() {
+    power_loss_rounds(
+        "power_loss_on_a_filesystem_dropping_every_unsynced_write_loses_no_acknowledged_write",
+        25,
+        Medium::Filesystem,
+        Cut::Prefix(|_, _| 0),
+    );
+}
+
+#[test]
+fn power_loss_on_a_filesystem_keeping_a_prefix_of_unsynced_writes_loses_no_acknowledged_write() {
+    power_loss_rounds(
+        "power_loss_on_a_filesystem_keeping_a_prefix_of_unsynced_writes_loses_no_acknowledged_write",
+        25,
+        Medium::Filesystem,
+        Cut::Prefix(|rng, unsynced| rng.random_range(0..=unsynced)),
+    );
+}
+
+#[test]
+fn power_loss_on_a_filesystem_keeping_a_random_subset_of_unsynced_sectors_loses_no_acknowledged_write() {
+    power_loss_rounds(
+        "power_loss_on_a_filesystem_keeping_a_random_subset_of_unsynced_sectors_loses_no_acknowledged_write",
+        25,
+        Medium::Filesystem,
         Cut::Sectors,
     );
 }
