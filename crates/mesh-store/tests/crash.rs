@@ -196,7 +196,8 @@ enum Images {
 }
 
 /// A store opened on `images`, with what cuts its power. The filesystem's mount (and its
-/// directory) live as long as the store.
+/// directory) live as long as the store: fields drop in order, the store first, also when a
+/// failed assertion unwinds.
 struct Opened {
     store: Arc<DurableStore>,
     power: Power,
@@ -249,7 +250,7 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
     let mut images = Images::new(medium);
     let mut total_acks = 0usize;
     for round in 0..rounds {
-        let Opened { store, power } = images.open();
+        let opened = images.open();
         let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
         let sink = acked.clone();
         // Writers stop at their first failed commit, or once the power is off (a store that
@@ -257,7 +258,7 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
         let off = Arc::new(AtomicBool::new(false));
         let stop = off.clone();
         let writers = write_until_failure(
-            store.clone(),
+            opened.store.clone(),
             round,
             move || stop.load(Ordering::SeqCst),
             move |seq, key| sink.lock().unwrap().push((seq, key.into())),
@@ -280,7 +281,7 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
-        images = match &power {
+        images = match &opened.power {
             Power::Backends(switch, kv_switch) => {
                 let main_first = rng.random_bool(0.5);
                 // Each disk keeps what it synced plus what the cut lets through of the rest; the
@@ -313,13 +314,12 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
         for w in writers {
             w.join().unwrap();
         }
-        drop(store);
-        drop(power);
+        drop(opened);
         let acked = acked.lock().unwrap().clone();
         total_acks += acked.len();
 
-        let Opened { store: reopened, power } = images.open();
-        let store = &*reopened;
+        let reopened = images.open();
+        let store = &*reopened.store;
         for (seq, key) in &acked {
             common::assert_durable(store, "us-east", *seq, key);
         }
@@ -332,7 +332,6 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
             common::assert_durable(store, "us-east", op.dot.seq, op.key.as_str());
         }
         drop(reopened);
-        drop(power);
     }
     eprintln!("{test}: {rounds} power cuts, {total_acks} acknowledged writes, all present");
 }
