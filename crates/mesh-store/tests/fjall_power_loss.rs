@@ -1,0 +1,167 @@
+//! Measure first, prove it the same way (issue 12): is fjall's sorted ingestion, the way a
+//! checkpoint would write key states into it (docs/performance.md, "What changed on 2026-12-02
+//! (fourth session)"), durable once `Ingestion::finish` returns? Each round ingests sorted runs
+//! of keys into a fjall database on the power-loss filesystem (`mesh_powerloss_fs`), a second
+//! thread cuts the power at a random moment, and the database reopened on what survived must
+//! hold every run whose `finish` returned, each key with its own value.
+//!
+//! This tests fjall as mesh would use it, before mesh uses it; the store itself does not use
+//! fjall yet. Seeds: `MESH_TEST_SEED` replays a run.
+
+use mesh_powerloss_fs::{Image, Mount};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ROUNDS: u64 = 12;
+/// Keys per ingested run: a checkpoint's worth at the crash tests' scale.
+const RUN_KEYS: usize = 500;
+
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("MESH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("{test}: seed {seed} (replay: MESH_TEST_SEED={seed} cargo test -p mesh-store --test fjall_power_loss)");
+    seed
+}
+
+/// Syncs a directory's entries.
+fn sync_dir(path: &std::path::Path) {
+    std::fs::File::open(path).and_then(|d| d.sync_all()).expect("sync a directory");
+}
+
+/// The value stored under `key`: derived from it, so a reader can check what it got.
+fn value_for(key: &[u8]) -> Vec<u8> {
+    let mut value = b"state of ".to_vec();
+    value.extend_from_slice(key);
+    value.resize(150, b'.');
+    value
+}
+
+/// Ingests runs of sorted keys until a call fails; returns the runs whose `finish` returned.
+/// `opened` is told once the database and its keyspace are open.
+fn ingest_until_failure(
+    dir: &std::path::Path,
+    round: u64,
+    rng: &mut StdRng,
+    opened: std::sync::mpsc::Sender<std::time::Instant>,
+) -> Vec<Vec<Vec<u8>>> {
+    let mut finished = Vec::new();
+    let db = match fjall::Database::builder(dir).open() {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("round {round}: open failed: {e}");
+            return finished;
+        }
+    };
+    let keyspace = match db.keyspace("kv", fjall::KeyspaceCreateOptions::default) {
+        Ok(keyspace) => keyspace,
+        Err(e) => {
+            eprintln!("round {round}: keyspace failed: {e}");
+            return finished;
+        }
+    };
+    // fjall 3.1.13 creates a keyspace's directory (`keyspaces/<id>`) without syncing
+    // `keyspaces/`: without this sync a power loss can drop the new keyspace and every run
+    // ingested into it (found by this test; the user of fjall must sync it).
+    sync_dir(&dir.join("keyspaces"));
+    opened.send(std::time::Instant::now()).unwrap();
+    for run in 0.. {
+        let mut keys: Vec<Vec<u8>> = (0..RUN_KEYS)
+            .map(|_| format!("users\0r{round}:{:010}", rng.random_range(0..1u64 << 32)).into_bytes())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let ingested = (|| -> fjall::Result<()> {
+            let mut ingestion = keyspace.start_ingestion()?;
+            for key in &keys {
+                ingestion.write(key.as_slice(), value_for(key))?;
+            }
+            ingestion.finish()
+        })();
+        if let Err(e) = ingested {
+            eprintln!("round {round}: run {run} failed after {} finished runs: {e}", finished.len());
+            break;
+        }
+        finished.push(keys);
+    }
+    finished
+}
+
+#[test]
+fn fjall_ingestion_is_durable_once_finish_returns() {
+    let test = "fjall_ingestion_is_durable_once_finish_returns";
+    if mesh_powerloss_fs::skip_without_fuse(test) {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(seed(test));
+    let mut image = Image::default();
+    let mut total = 0usize;
+    for round in 0..ROUNDS {
+        let mountpoint = tempfile::tempdir().unwrap();
+        let mount = Arc::new(Mount::new(mountpoint.path(), &image).expect("mount"));
+        let dir = mountpoint.path().join("kv");
+        if round == 0 {
+            // The database's directory, durable before anything is put in it, as the store
+            // makes its files' entries durable.
+            std::fs::create_dir(&dir).unwrap();
+            sync_dir(mountpoint.path());
+        }
+        // The cut comes from another thread, at a random moment: inside an ingestion's table
+        // writes, its syncs, the version it records, or between runs.
+        let keep_sectors = rng.random_bool(0.5);
+        let delay = Duration::from_millis(rng.random_range(5..200));
+        let cut_seed = rng.random::<u64>();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (opened, open) = std::sync::mpsc::channel::<std::time::Instant>();
+        let cutter = {
+            let (mount, cut) = (mount.clone(), cut.clone());
+            std::thread::spawn(move || {
+                // After the database is open (or failed to: then at once).
+                if let Ok(at) = open.recv() {
+                    std::thread::sleep(delay.saturating_sub(at.elapsed()));
+                }
+                let mut rng = StdRng::seed_from_u64(cut_seed);
+                let image = if keep_sectors {
+                    mount.cut_sectors(|| rng.random_bool(0.5))
+                } else {
+                    let unsynced = mount.unsynced_writes();
+                    mount.cut(rng.random_range(0..=unsynced))
+                };
+                cut.store(true, Ordering::SeqCst);
+                image
+            })
+        };
+        let finished = ingest_until_failure(&dir, round, &mut rng, opened);
+        image = cutter.join().unwrap();
+        assert!(cut.load(Ordering::SeqCst));
+        drop(mount);
+
+        // Reboot: mount what survived and check every finished run.
+        let mountpoint = tempfile::tempdir().unwrap();
+        let mount = Mount::new(mountpoint.path(), &image).expect("mount");
+        {
+            let db = fjall::Database::builder(mountpoint.path().join("kv"))
+                .open()
+                .unwrap_or_else(|e| panic!("round {round}: fjall does not open after the cut: {e}"));
+            let keyspace = db.keyspace("kv", fjall::KeyspaceCreateOptions::default).unwrap();
+            for (run, keys) in finished.iter().enumerate() {
+                for key in keys {
+                    let value = keyspace.get(key).unwrap();
+                    assert_eq!(
+                        value.as_deref(),
+                        Some(value_for(key).as_slice()),
+                        "round {round}: run {run} finished before the cut, key {:?} lost or wrong",
+                        String::from_utf8_lossy(key)
+                    );
+                }
+            }
+            total += finished.len();
+        }
+        drop(mount);
+    }
+    eprintln!("{test}: {ROUNDS} power cuts, {total} finished runs, all present");
+    assert!(total >= ROUNDS as usize, "too few runs finished before the cuts to prove anything");
+}
