@@ -143,6 +143,9 @@ fn a_truncation_is_a_change_like_a_write() {
     let mut read = String::new();
     File::open(dir.path().join("f")).unwrap().read_to_string(&mut read).unwrap();
     assert_eq!(read, "0123");
+    // O_TRUNC reaches the filesystem as a resize too (fuser does not negotiate an atomic one).
+    fs::write(dir.path().join("f"), b"ab").unwrap();
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"ab");
     assert_eq!(fs.cut(0).file("f"), Some(&b"0123456789"[..]));
     let missing = File::open(dir.path().join("f")).unwrap_err();
     assert!(missing.raw_os_error() == Some(libc::EIO) || missing.kind() == ErrorKind::Other, "{missing}");
