@@ -15,7 +15,9 @@
 //!   (Pillai et al., "All File Systems Are Not Created Equal", OSDI 2014). A file synced but
 //!   never linked durably is lost; a rename not followed by a directory sync is undone.
 //!
-//! [`Mount::cut`] cuts the power: from then on every call fails with `EIO`, and it returns the
+//! [`Mount::cut`] cuts the power: from then on every call that reaches the filesystem fails
+//! with `EIO` (reads the kernel serves from its page cache still succeed; writes and syncs do
+//! not), and it returns the
 //! [`Image`] a power loss would leave: each durable directory tree with each file's durable bytes
 //! plus, at most, a prefix of the writes issued since the file's last sync, in the order they
 //! were issued across all files (a disk may have written some of them before the power went).
@@ -42,6 +44,9 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Largest file the filesystem holds (4 GiB); writes and resizes past it fail with `EFBIG`.
+pub const FILE_BYTES_MAX: u64 = 4 << 30;
 
 /// The unit a reordering disk writes or loses as a whole ([`Mount::cut_sectors`]).
 pub const SECTOR_BYTES: u64 = 4096;
@@ -269,8 +274,18 @@ impl State {
         })
     }
 
-    /// Records a change of `ino`'s bytes: applied now, durable at the file's next sync.
+    /// Records a change of `ino`'s bytes: applied now, durable at the file's next sync. A file
+    /// may not grow past [`FILE_BYTES_MAX`] (`EFBIG`): the filesystem is memory, and a panic
+    /// on its one thread would leave every caller waiting.
     fn change(&mut self, ino: u64, pending: Pending) -> Result<(), Errno> {
+        let end = match &pending {
+            Pending::Write { offset, data } => offset.saturating_add(data.len() as u64),
+            Pending::SetLen(len) => *len,
+            Pending::Sectors(_) => 0,
+        };
+        if end > FILE_BYTES_MAX {
+            return Err(Errno::EFBIG);
+        }
         let issue = self.next_issue;
         let file = self.file_mut(ino)?;
         pending.apply(&mut file.current);
@@ -291,8 +306,9 @@ impl State {
         Ok(ino)
     }
 
-    /// The image a power loss leaves, where `survives(issue, file's pending index)` says which
-    /// unsynced changes the disk had written: applied to the durable bytes in issue order.
+    /// The image a power loss leaves: the first `keep_first` unsynced changes (in issue order
+    /// across files) survive whole, and of each later one what `survives` returns (`None`:
+    /// nothing), applied to the durable bytes in issue order.
     fn image(&self, mut survives: impl FnMut(&Pending) -> Option<Pending>, keep_first: usize) -> Image {
         // Which unsynced changes survive is decided in issue order across all files.
         let mut issued: Vec<(u64, u64, &Pending)> = Vec::new();
@@ -533,7 +549,7 @@ impl Filesystem for PowerLossFs {
         reply: ReplyWrite,
     ) {
         match self.with(|s| s.change(to_u64(ino), Pending::Write { offset, data: data.to_vec() })) {
-            Ok(()) => reply.written(u32::try_from(data.len()).expect("a FUSE write is at most 128 KiB")),
+            Ok(()) => reply.written(u32::try_from(data.len()).expect("a FUSE write is far below 4 GiB")),
             Err(e) => reply.error(e),
         }
     }
@@ -656,6 +672,9 @@ impl Filesystem for PowerLossFs {
                 return Err(Errno::EOPNOTSUPP);
             }
             let end = offset.saturating_add(length);
+            if end > FILE_BYTES_MAX {
+                return Err(Errno::EFBIG);
+            }
             let len = s.file_mut(to_u64(ino))?.current.len() as u64;
             if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > len {
                 s.change(to_u64(ino), Pending::SetLen(end))?;
@@ -737,6 +756,11 @@ impl Mount {
         )
     }
 
+    /// Whether the power was cut: every call fails from then on.
+    pub fn is_cut(&self) -> bool {
+        self.fs.lock().dead
+    }
+
     /// File and directory syncs completed so far.
     pub fn syncs(&self) -> u64 {
         self.fs.lock().syncs
@@ -751,6 +775,9 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
+            // The power goes first: a store or engine still running here (a test that
+            // panicked) gets EIO and stops instead of keeping files open and busy.
+            self.fs.lock().dead = true;
             if session.umount_and_join().is_err() {
                 // Busy: a file is still open here (a test that panicked with a store open).
                 // Detach it instead, so that no dead mount outlives the test; the session's
@@ -772,10 +799,17 @@ pub const REQUIRE_ENV: &str = "MESH_REQUIRE_FUSE";
 /// (no `/dev/fuse`, or neither root nor `fusermount3`): tries a mount of an empty image on a
 /// temporary directory. Prints why when it skips. Panics instead when [`REQUIRE_ENV`] is set.
 pub fn skip_without_fuse(test: &str) -> bool {
-    let attempt = std::env::temp_dir().join(format!("mesh-powerloss-probe-{}", std::process::id()));
-    let result =
-        std::fs::create_dir_all(&attempt).and_then(|()| Mount::new(&attempt, &Image::default()).map(drop));
-    let _ = std::fs::remove_dir(&attempt);
+    // One probe per process, on its own directory: tests running in parallel threads would
+    // otherwise mount on, and remove, one another's.
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = PROBE.get_or_init(|| {
+        let attempt = std::env::temp_dir().join(format!("mesh-powerloss-probe-{}", std::process::id()));
+        let result = std::fs::create_dir_all(&attempt)
+            .and_then(|()| Mount::new(&attempt, &Image::default()).map(drop))
+            .map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir(&attempt);
+        result
+    });
     match result {
         Ok(()) => false,
         Err(e) if std::env::var_os(REQUIRE_ENV).is_some() => {

@@ -11,7 +11,6 @@
 use mesh_powerloss_fs::{Image, Mount};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,25 +40,31 @@ fn value_for(key: &[u8]) -> Vec<u8> {
 }
 
 /// Ingests runs of sorted keys until a call fails; returns the runs whose `finish` returned.
-/// `opened` is told once the database and its keyspace are open.
+/// `opened` is told once the database and its keyspace are open. Every failure must come
+/// from the power cut (`mount` is cut by then): an error before it is fjall's or this test's.
 fn ingest_until_failure(
     dir: &std::path::Path,
     round: u64,
     rng: &mut StdRng,
     opened: std::sync::mpsc::Sender<std::time::Instant>,
+    mount: &Mount,
 ) -> Vec<Vec<Vec<u8>>> {
+    let after_cut = |what: &str, e: &dyn std::fmt::Display| {
+        assert!(mount.is_cut(), "round {round}: {what} failed before the power cut: {e}");
+        eprintln!("round {round}: {what} failed after the cut: {e}");
+    };
     let mut finished = Vec::new();
     let db = match fjall::Database::builder(dir).open() {
         Ok(db) => db,
         Err(e) => {
-            eprintln!("round {round}: open failed: {e}");
+            after_cut("open", &e);
             return finished;
         }
     };
     let keyspace = match db.keyspace("kv", fjall::KeyspaceCreateOptions::default) {
         Ok(keyspace) => keyspace,
         Err(e) => {
-            eprintln!("round {round}: keyspace failed: {e}");
+            after_cut("keyspace", &e);
             return finished;
         }
     };
@@ -82,7 +87,7 @@ fn ingest_until_failure(
             ingestion.finish()
         })();
         if let Err(e) = ingested {
-            eprintln!("round {round}: run {run} failed after {} finished runs: {e}", finished.len());
+            after_cut(&format!("run {run}, after {} finished runs,", finished.len()), &e);
             break;
         }
         finished.push(keys);
@@ -98,7 +103,9 @@ fn fjall_ingestion_is_durable_once_finish_returns() {
     }
     let mut rng = StdRng::seed_from_u64(seed(test));
     let mut image = Image::default();
-    let mut total = 0usize;
+    // Every run finished so far, by round: a later round's ingestions and compactions must
+    // not lose them either.
+    let mut all_finished: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
     for round in 0..ROUNDS {
         let mountpoint = tempfile::tempdir().unwrap();
         let mount = Arc::new(Mount::new(mountpoint.path(), &image).expect("mount"));
@@ -114,29 +121,25 @@ fn fjall_ingestion_is_durable_once_finish_returns() {
         let keep_sectors = rng.random_bool(0.5);
         let delay = Duration::from_millis(rng.random_range(5..200));
         let cut_seed = rng.random::<u64>();
-        let cut = Arc::new(AtomicBool::new(false));
         let (opened, open) = std::sync::mpsc::channel::<std::time::Instant>();
         let cutter = {
-            let (mount, cut) = (mount.clone(), cut.clone());
+            let mount = mount.clone();
             std::thread::spawn(move || {
                 // After the database is open (or failed to: then at once).
                 if let Ok(at) = open.recv() {
                     std::thread::sleep(delay.saturating_sub(at.elapsed()));
                 }
                 let mut rng = StdRng::seed_from_u64(cut_seed);
-                let image = if keep_sectors {
+                if keep_sectors {
                     mount.cut_sectors(|| rng.random_bool(0.5))
                 } else {
                     let unsynced = mount.unsynced_writes();
                     mount.cut(rng.random_range(0..=unsynced))
-                };
-                cut.store(true, Ordering::SeqCst);
-                image
+                }
             })
         };
-        let finished = ingest_until_failure(&dir, round, &mut rng, opened);
+        let finished = ingest_until_failure(&dir, round, &mut rng, opened, &mount);
         image = cutter.join().unwrap();
-        assert!(cut.load(Ordering::SeqCst));
         drop(mount);
 
         // Reboot: mount what survived and check every finished run.
@@ -147,21 +150,30 @@ fn fjall_ingestion_is_durable_once_finish_returns() {
                 .open()
                 .unwrap_or_else(|e| panic!("round {round}: fjall does not open after the cut: {e}"));
             let keyspace = db.keyspace("kv", fjall::KeyspaceCreateOptions::default).unwrap();
-            for (run, keys) in finished.iter().enumerate() {
-                for key in keys {
+            all_finished.extend(finished.into_iter().map(|keys| (round, keys)));
+            for (run, (in_round, keys)) in all_finished.iter().enumerate() {
+                // This round's runs whole; earlier ones (checked whole in their own round) by
+                // their first and last keys and a few between.
+                let checked: Vec<&Vec<u8>> = if *in_round == round {
+                    keys.iter().collect()
+                } else {
+                    let picks = (0..8).map(|_| rng.random_range(0..keys.len()));
+                    [0, keys.len() - 1].into_iter().chain(picks).map(|i| &keys[i]).collect()
+                };
+                for key in checked {
                     let value = keyspace.get(key).unwrap();
                     assert_eq!(
                         value.as_deref(),
                         Some(value_for(key).as_slice()),
-                        "round {round}: run {run} finished before the cut, key {:?} lost or wrong",
+                        "after round {round}'s cut: run {run} (finished in round {in_round}), key {:?} lost or wrong",
                         String::from_utf8_lossy(key)
                     );
                 }
             }
-            total += finished.len();
         }
         drop(mount);
     }
+    let total = all_finished.len();
     eprintln!("{test}: {ROUNDS} power cuts, {total} finished runs, all present");
     assert!(total >= ROUNDS as usize, "too few runs finished before the cuts to prove anything");
 }
