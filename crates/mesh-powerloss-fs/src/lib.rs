@@ -13,16 +13,18 @@
 //! - a directory's entries (create, unlink, rename, mkdir, rmdir) become durable with `fsync`
 //!   of that directory, the rule POSIX gives and the crash-consistency studies test for
 //!   (Pillai et al., "All File Systems Are Not Created Equal", OSDI 2014). A file synced but
-//!   never linked durably is lost; a rename not followed by a directory sync is undone.
+//!   never linked durably can be lost; a rename not followed by a directory sync can be undone.
 //!
 //! [`Mount::cut`] cuts the power: from then on every call that reaches the filesystem fails
 //! with `EIO` (reads the kernel serves from its page cache still succeed; writes and syncs do
-//! not), and it returns the
-//! [`Image`] a power loss would leave: each durable directory tree with each file's durable bytes
-//! plus, at most, a prefix of the writes issued since the file's last sync, in the order they
-//! were issued across all files (a disk may have written some of them before the power went).
-//! [`Mount::cut_sectors`] models a disk that reorders and tears writes at 4 KiB sectors, as
-//! `PowerLossDisk::cut_sectors` does. Mounting the image again ([`Mount::new`]) is the reboot.
+//! not), and it returns the [`Image`] a power loss would leave: the durable tree and bytes plus,
+//! at most, a prefix of the changes issued since their last syncs (writes, resizes, creates,
+//! unlinks, renames), in the order they were issued across all files and directories, as a disk
+//! and a journal that write in order would keep them: so "the rename survived, the renamed
+//! file's unsynced data did not" is one of the outcomes. [`Mount::cut_sectors`] models a disk that
+//! reorders and tears writes at 4 KiB sectors, as `PowerLossDisk::cut_sectors` does, with
+//! directory changes kept as an in-order prefix. Mounting the image again ([`Mount::new`]) is the
+//! reboot.
 //!
 //! Data goes through the kernel without a write-back cache (FUSE's default), so every `write`
 //! reaches this process before the call returns, and reads see it. Attributes and entries are
@@ -142,6 +144,36 @@ impl Pending {
     }
 }
 
+/// A change of a directory's entries since the directory's last sync.
+#[derive(Debug, Clone)]
+enum Naming {
+    Link(OsString, u64),
+    Unlink(OsString),
+}
+
+impl Naming {
+    fn apply(&self, entries: &mut BTreeMap<OsString, u64>) {
+        match self {
+            Naming::Link(name, ino) => {
+                entries.insert(name.clone(), *ino);
+            }
+            Naming::Unlink(name) => {
+                entries.remove(name);
+            }
+        }
+    }
+}
+
+/// How a cut treats what was issued since the last syncs.
+enum Cut<'a> {
+    /// The first this many issued changes survive whole, in issue order, the rest not.
+    Prefix(usize),
+    /// Each sector of each write, and each resize, survives as `keep` says; directory changes
+    /// survive as a journal would commit them: in issue order, up to the first one `keep`
+    /// drops.
+    Sectors(&'a mut dyn FnMut() -> bool),
+}
+
 #[derive(Debug)]
 struct File {
     /// What reads see.
@@ -172,8 +204,12 @@ struct State {
     /// entry, so none is dropped before the mount ends.
     nodes: HashMap<u64, Node>,
     next_ino: u64,
-    /// Issue number of the next write or resize.
+    /// Issue number of the next write, resize or directory change.
     next_issue: u64,
+    /// Directory changes not yet covered by their directory's sync, in issue order, each with
+    /// its issue number and directory. A rename is two changes with one issue number: a disk
+    /// keeps both or neither.
+    naming: Vec<(u64, u64, Naming)>,
     /// Power is off: every call fails with `EIO`.
     dead: bool,
     /// Completed file and directory syncs.
@@ -185,8 +221,14 @@ const TTL: Duration = Duration::ZERO;
 
 impl State {
     fn from_image(image: &Image) -> Self {
-        let mut state =
-            State { nodes: HashMap::new(), next_ino: ROOT + 1, next_issue: 0, dead: false, syncs: 0 };
+        let mut state = State {
+            nodes: HashMap::new(),
+            next_ino: ROOT + 1,
+            next_issue: 0,
+            naming: Vec::new(),
+            dead: false,
+            syncs: 0,
+        };
         state.nodes.insert(
             ROOT,
             Node::Dir(Dir { parent: ROOT, current: BTreeMap::new(), durable: BTreeMap::new() }),
@@ -286,11 +328,11 @@ impl State {
         if end > FILE_BYTES_MAX {
             return Err(Errno::EFBIG);
         }
-        let issue = self.next_issue;
+        self.file_mut(ino)?;
+        let issue = self.issue();
         let file = self.file_mut(ino)?;
         pending.apply(&mut file.current);
         file.pending.push((issue, pending));
-        self.next_issue += 1;
         Ok(())
     }
 
@@ -302,49 +344,152 @@ impl State {
         let ino = self.next_ino;
         self.next_ino += 1;
         self.nodes.insert(ino, node);
-        self.dir_mut(parent)?.current.insert(name.to_owned(), ino);
+        let issue = self.issue();
+        self.rename_in(issue, parent, Naming::Link(name.to_owned(), ino))?;
         Ok(ino)
     }
 
-    /// The image a power loss leaves: the first `keep_first` unsynced changes (in issue order
-    /// across files) survive whole, and of each later one what `survives` returns (`None`:
-    /// nothing), applied to the durable bytes in issue order.
-    fn image(&self, mut survives: impl FnMut(&Pending) -> Option<Pending>, keep_first: usize) -> Image {
-        // Which unsynced changes survive is decided in issue order across all files.
-        let mut issued: Vec<(u64, u64, &Pending)> = Vec::new();
-        for (&ino, node) in &self.nodes {
-            if let Node::File(file) = node {
-                issued.extend(file.pending.iter().map(|(issue, p)| (*issue, ino, p)));
-            }
-        }
-        issued.sort_by_key(|(issue, _, _)| *issue);
-        let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
-        for (index, (_, ino, pending)) in issued.into_iter().enumerate() {
-            let kept = if index < keep_first { Some(pending.clone()) } else { survives(pending) };
-            if let Some(kept) = kept {
-                let Some(Node::File(file)) = self.nodes.get(&ino) else {
-                    unreachable!("pending belongs to a file")
-                };
-                kept.apply(contents.entry(ino).or_insert_with(|| file.durable.clone()));
-            }
-        }
-        Image { root: self.durable_tree(ROOT, &mut contents) }
+    /// A new issue number.
+    fn issue(&mut self) -> u64 {
+        self.next_issue += 1;
+        self.next_issue - 1
     }
 
-    fn durable_tree(&self, dir: u64, contents: &mut HashMap<u64, Vec<u8>>) -> BTreeMap<OsString, Entry> {
+    /// Applies `naming` to `dir`'s entries now; durable at the directory's next sync.
+    fn rename_in(&mut self, issue: u64, dir: u64, naming: Naming) -> Result<(), Errno> {
+        naming.apply(&mut self.dir_mut(dir)?.current);
+        self.naming.push((issue, dir, naming));
+        Ok(())
+    }
+
+    /// Changes issued since their file's or directory's last sync.
+    fn unsynced(&self) -> usize {
+        let mut issues: Vec<u64> = self.naming.iter().map(|(issue, _, _)| *issue).collect();
+        for node in self.nodes.values() {
+            if let Node::File(file) = node {
+                issues.extend(file.pending.iter().map(|(issue, _)| *issue));
+            }
+        }
+        issues.sort_unstable();
+        issues.dedup();
+        issues.len()
+    }
+
+    /// The image a power loss leaves under `cut`: the durable tree and bytes, with the
+    /// unsynced changes that survive applied in issue order.
+    fn image(&self, mut cut: Cut<'_>) -> Image {
+        enum Item<'s> {
+            Data(u64, &'s Pending),
+            Naming(u64, &'s Naming),
+        }
+        let mut issued: Vec<(u64, Item<'_>)> =
+            self.naming.iter().map(|(issue, dir, naming)| (*issue, Item::Naming(*dir, naming))).collect();
+        for (&ino, node) in &self.nodes {
+            if let Node::File(file) = node {
+                issued.extend(file.pending.iter().map(|(issue, p)| (*issue, Item::Data(ino, p))));
+            }
+        }
+        // Stable: a rename's two changes keep their order.
+        issued.sort_by_key(|(issue, _)| *issue);
+        let mut contents: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut dirs: HashMap<u64, BTreeMap<OsString, u64>> = HashMap::new();
+        // `rank`: the position of the current issue among the distinct issues.
+        let (mut rank, mut last_issue) = (0usize, None);
+        let mut journal_open = true;
+        let mut naming_kept: Option<bool> = None;
+        for (issue, item) in issued {
+            if last_issue != Some(issue) {
+                if last_issue.is_some() {
+                    rank += 1;
+                }
+                last_issue = Some(issue);
+                naming_kept = None;
+            }
+            match item {
+                Item::Data(ino, pending) => {
+                    let kept = match &mut cut {
+                        Cut::Prefix(keep) => (rank < *keep).then(|| pending.clone()),
+                        Cut::Sectors(keep) => sectors_kept(pending, *keep),
+                    };
+                    if let Some(kept) = kept {
+                        let Some(Node::File(file)) = self.nodes.get(&ino) else {
+                            unreachable!("pending belongs to a file")
+                        };
+                        kept.apply(contents.entry(ino).or_insert_with(|| file.durable.clone()));
+                    }
+                }
+                Item::Naming(dir, naming) => {
+                    // One decision per issue: both halves of a rename, or neither.
+                    let kept = *naming_kept.get_or_insert_with(|| match &mut cut {
+                        Cut::Prefix(keep) => rank < *keep,
+                        Cut::Sectors(keep) => {
+                            journal_open = journal_open && keep();
+                            journal_open
+                        }
+                    });
+                    if kept {
+                        let Some(Node::Dir(node)) = self.nodes.get(&dir) else {
+                            unreachable!("naming belongs to a directory")
+                        };
+                        naming.apply(dirs.entry(dir).or_insert_with(|| node.durable.clone()));
+                    }
+                }
+            }
+        }
+        let mut visited = std::collections::HashSet::new();
+        Image { root: self.durable_tree(ROOT, &contents, &dirs, &mut visited) }
+    }
+
+    /// The tree under `dir` as it survives: its entries from `dirs` when unsynced changes to
+    /// them survived, else its durable ones. `visited` stops at a directory reached twice
+    /// (renames of directories, partly synced, can make a cycle).
+    fn durable_tree(
+        &self,
+        dir: u64,
+        contents: &HashMap<u64, Vec<u8>>,
+        dirs: &HashMap<u64, BTreeMap<OsString, u64>>,
+        visited: &mut std::collections::HashSet<u64>,
+    ) -> BTreeMap<OsString, Entry> {
         let Some(Node::Dir(node)) = self.nodes.get(&dir) else { unreachable!("a directory") };
-        node.durable
+        if !visited.insert(dir) {
+            return BTreeMap::new();
+        }
+        dirs.get(&dir)
+            .unwrap_or(&node.durable)
             .iter()
             .filter_map(|(name, ino)| {
                 let entry = match self.nodes.get(ino)? {
                     Node::File(file) => {
                         Entry::File(contents.get(ino).cloned().unwrap_or_else(|| file.durable.clone()))
                     }
-                    Node::Dir(_) => Entry::Dir(self.durable_tree(*ino, contents)),
+                    Node::Dir(_) => Entry::Dir(self.durable_tree(*ino, contents, dirs, visited)),
                 };
                 Some((name.clone(), entry))
             })
             .collect()
+    }
+}
+
+/// What a reordering disk keeps of one unsynced change ([`Cut::Sectors`]): a resize or not,
+/// and of a write each [`SECTOR_BYTES`] sector as `keep` says.
+fn sectors_kept(pending: &Pending, keep: &mut dyn FnMut() -> bool) -> Option<Pending> {
+    match pending {
+        Pending::SetLen(_) => keep().then(|| pending.clone()),
+        Pending::Write { offset, data } => {
+            let mut kept = Vec::new();
+            let mut at = 0usize;
+            while at < data.len() {
+                let absolute = offset + at as u64;
+                let sector_end = (absolute / SECTOR_BYTES + 1) * SECTOR_BYTES;
+                let end = (at + (sector_end - absolute) as usize).min(data.len());
+                if keep() {
+                    kept.push((absolute, data[at..end].to_vec()));
+                }
+                at = end;
+            }
+            Some(Pending::Sectors(kept))
+        }
+        Pending::Sectors(_) => unreachable!("only cuts make sector lists"),
     }
 }
 
@@ -443,7 +588,8 @@ impl Filesystem for PowerLossFs {
             if matches!(s.nodes.get(&ino), Some(Node::Dir(_))) {
                 return Err(Errno::EISDIR);
             }
-            s.dir_mut(to_u64(parent))?.current.remove(name);
+            let issue = s.issue();
+            s.rename_in(issue, to_u64(parent), Naming::Unlink(name.to_owned()))?;
             Ok(())
         }) {
             Ok(()) => reply.ok(),
@@ -457,7 +603,8 @@ impl Filesystem for PowerLossFs {
             if !s.dir(ino)?.current.is_empty() {
                 return Err(Errno::ENOTEMPTY);
             }
-            s.dir_mut(to_u64(parent))?.current.remove(name);
+            let issue = s.issue();
+            s.rename_in(issue, to_u64(parent), Naming::Unlink(name.to_owned()))?;
             Ok(())
         }) {
             Ok(()) => reply.ok(),
@@ -490,8 +637,10 @@ impl Filesystem for PowerLossFs {
                     _ => {}
                 }
             }
-            s.dir_mut(to_u64(parent))?.current.remove(name);
-            s.dir_mut(to_u64(newparent))?.current.insert(newname.to_owned(), ino);
+            // One issue for both halves: a disk keeps the whole rename or none of it.
+            let issue = s.issue();
+            s.rename_in(issue, to_u64(parent), Naming::Unlink(name.to_owned()))?;
+            s.rename_in(issue, to_u64(newparent), Naming::Link(newname.to_owned(), ino))?;
             if let Some(Node::Dir(dir)) = s.nodes.get_mut(&ino) {
                 dir.parent = to_u64(newparent);
             }
@@ -622,6 +771,7 @@ impl Filesystem for PowerLossFs {
         match self.with(|s| {
             let dir = s.dir_mut(to_u64(ino))?;
             dir.durable.clone_from(&dir.current);
+            s.naming.retain(|(_, dir, _)| *dir != to_u64(ino));
             s.syncs += 1;
             Ok(())
         }) {
@@ -717,43 +867,24 @@ impl Mount {
     }
 
     /// Cuts the power: from now on every call fails with `EIO`. Returns the image that survives:
-    /// every durable directory entry, each file's durable bytes plus the first `keep_unsynced`
-    /// writes and resizes issued since the files' last syncs (in issue order across files).
+    /// the durable tree and bytes plus the first `keep_unsynced` changes issued since their
+    /// files' or directories' last syncs (writes, resizes, creates, unlinks, renames), in issue
+    /// order across files and directories, as a disk that writes in order would keep them.
     pub fn cut(&self, keep_unsynced: usize) -> Image {
         let mut state = self.fs.lock();
         state.dead = true;
-        state.image(|_| None, keep_unsynced)
+        state.image(Cut::Prefix(keep_unsynced))
     }
 
     /// Cuts the power, as [`Mount::cut`], but a disk that reorders: every [`SECTOR_BYTES`]
     /// sector of every unsynced write (and every resize) survives or not as `keep` says,
     /// independently, in issue order. Models a disk that wrote some later sectors and not some
-    /// earlier ones, and writes torn at sector boundaries.
+    /// earlier ones, and writes torn at sector boundaries. Unsynced directory changes survive as
+    /// a journal commits them: in order, up to the first one `keep` drops.
     pub fn cut_sectors(&self, mut keep: impl FnMut() -> bool) -> Image {
         let mut state = self.fs.lock();
         state.dead = true;
-        state.image(
-            |pending| match pending {
-                Pending::SetLen(_) => keep().then(|| pending.clone()),
-                Pending::Write { offset, data } => {
-                    // The sectors of this write that survive, as one write each.
-                    let mut kept = Vec::new();
-                    let mut at = 0usize;
-                    while at < data.len() {
-                        let absolute = offset + at as u64;
-                        let sector_end = (absolute / SECTOR_BYTES + 1) * SECTOR_BYTES;
-                        let end = (at + (sector_end - absolute) as usize).min(data.len());
-                        if keep() {
-                            kept.push((absolute, data[at..end].to_vec()));
-                        }
-                        at = end;
-                    }
-                    Some(Pending::Sectors(kept))
-                }
-                Pending::Sectors(_) => unreachable!("only cuts make sector lists"),
-            },
-            0,
-        )
+        state.image(Cut::Sectors(&mut keep))
     }
 
     /// Whether the power was cut: every call fails from then on.
@@ -766,9 +897,9 @@ impl Mount {
         self.fs.lock().syncs
     }
 
-    /// Writes and resizes issued since their files' last syncs.
+    /// Changes issued since their files' or directories' last syncs (a rename counts once).
     pub fn unsynced_writes(&self) -> usize {
-        self.fs.lock().nodes.values().map(|n| if let Node::File(f) = n { f.pending.len() } else { 0 }).sum()
+        self.fs.lock().unsynced()
     }
 }
 

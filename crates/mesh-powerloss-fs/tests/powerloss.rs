@@ -63,7 +63,7 @@ fn a_new_file_survives_only_once_its_directory_is_synced() {
     let mut unlinked = File::create(data.join("a")).unwrap();
     unlinked.write_all(b"a").unwrap();
     unlinked.sync_all().unwrap();
-    let image = fs.cut(usize::MAX);
+    let image = fs.cut(0);
     assert_eq!(image.list("data"), Some(vec![]), "the file's bytes were synced, its name was not");
     drop((unlinked, fs));
 
@@ -92,7 +92,8 @@ fn a_rename_and_an_unlink_are_undone_unless_the_directory_is_synced() {
     fs::rename(dir.path().join("old"), dir.path().join("new")).unwrap();
     fs::remove_file(dir.path().join("gone")).unwrap();
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-    assert_eq!(fs.cut(usize::MAX), image, "nothing about the names was synced");
+    assert_eq!(fs.unsynced_writes(), 2, "a rename and an unlink");
+    assert_eq!(fs.cut(0), image, "nothing about the names was synced");
     drop(fs);
 
     let (dir, fs) = mount(&image);
@@ -149,4 +150,35 @@ fn a_truncation_is_a_change_like_a_write() {
     assert_eq!(fs.cut(0).file("f"), Some(&b"0123456789"[..]));
     let missing = File::open(dir.path().join("f")).unwrap_err();
     assert!(missing.raw_os_error() == Some(libc::EIO) || missing.kind() == ErrorKind::Other, "{missing}");
+}
+
+#[test]
+fn a_prefix_cut_keeps_directory_changes_in_order_with_the_data() {
+    if mesh_powerloss_fs::skip_without_fuse("a_prefix_cut_keeps_directory_changes_in_order_with_the_data") {
+        return;
+    }
+    // Issued in this order, nothing synced: create `tmp` (1), write it (2), rename it over
+    // `version` (3). A disk that writes in order keeps a prefix of the three.
+    let mut image = Image::default();
+    image.root.insert("version".into(), mesh_powerloss_fs::Entry::File(b"v1".to_vec()));
+    let expected = [
+        (0, vec![("version", &b"v1"[..])]),
+        (1, vec![("tmp", &b""[..]), ("version", &b"v1"[..])]),
+        (2, vec![("tmp", &b"v2"[..]), ("version", &b"v1"[..])]),
+        (3, vec![("version", &b"v2"[..])]),
+    ];
+    for (keep, files) in expected {
+        let (dir, fs) = mount(&image);
+        let mut tmp = File::create(dir.path().join("tmp")).unwrap();
+        tmp.write_all(b"v2").unwrap();
+        drop(tmp);
+        fs::rename(dir.path().join("tmp"), dir.path().join("version")).unwrap();
+        assert_eq!(fs.unsynced_writes(), 3);
+        let cut = fs.cut(keep);
+        let names: Vec<_> = files.iter().map(|(name, _)| std::ffi::OsString::from(name)).collect();
+        assert_eq!(cut.list(""), Some(names), "keeping {keep}");
+        for (name, bytes) in files {
+            assert_eq!(cut.file(name), Some(bytes), "keeping {keep}: {name}");
+        }
+    }
 }
