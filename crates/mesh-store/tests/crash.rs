@@ -241,6 +241,50 @@ impl Images {
     }
 }
 
+/// Mounts `images` (a filesystem's), opens the store on it while another thread cuts the power
+/// after a random few milliseconds, as `cut` says. Returns what survived and whether the store
+/// opened before the cut (then it is closed at once, having written nothing of its own).
+fn cut_during_open(images: &Images, rng: &mut StdRng, cut: &Cut) -> (mesh_powerloss_fs::Image, bool) {
+    let Images::Filesystem(image) = images else { unreachable!("only filesystem rounds cut during open") };
+    let dir = tempfile::tempdir().unwrap();
+    let mount =
+        Arc::new(mesh_powerloss_fs::Mount::new(dir.path(), image).expect("mount the power-loss filesystem"));
+    let delay = Duration::from_micros(rng.random_range(0..8_000));
+    let cut_seed = rng.random::<u64>();
+    let sectors = matches!(cut, Cut::Sectors);
+    let keep: Option<fn(&mut StdRng, usize) -> usize> = match cut {
+        Cut::Prefix(keep) => Some(*keep),
+        Cut::Sectors => None,
+    };
+    let cutter = {
+        let mount = mount.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let mut rng = StdRng::seed_from_u64(cut_seed);
+            match keep {
+                Some(keep) if !sectors => {
+                    let unsynced = mount.unsynced_writes();
+                    mount.cut(keep(&mut rng, unsynced))
+                }
+                _ => mount.cut_sectors(|| rng.random_bool(0.5)),
+            }
+        })
+    };
+    let opened = match DurableStore::open_with(dir.path().join("store.redb"), checkpoint_often()) {
+        Ok(store) => {
+            drop(store);
+            true
+        }
+        Err(e) => {
+            assert!(mount.is_cut(), "the store failed to open before the power cut: {e}");
+            false
+        }
+    };
+    let image = cutter.join().unwrap();
+    drop(mount);
+    (image, opened)
+}
+
 /// Runs power-loss rounds on `medium`, cutting as `cut` says.
 fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
     if matches!(medium, Medium::Filesystem) && mesh_powerloss_fs::skip_without_fuse(test) {
@@ -254,77 +298,88 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
     // Rounds whose cut came after at least one checkpoint was durable: the cuts must also
     // land after checkpoints, not only before the first.
     let mut rounds_checkpointed = 0u64;
+    // Rounds whose cut came before the store had opened.
+    let mut cuts_in_open = 0u64;
     for round in 0..rounds {
-        let opened = images.open();
-        let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
-        let sink = acked.clone();
-        // Writers stop at their first failed commit, or once the power is off (a store that
-        // acknowledged without syncing would otherwise keep acknowledging forever).
-        let off = Arc::new(AtomicBool::new(false));
-        let stop = off.clone();
-        let writers = write_until_failure(
-            opened.store.clone(),
-            round,
-            move || stop.load(Ordering::SeqCst),
-            move |seq, key| sink.lock().unwrap().push((seq, key.into())),
-        );
-        // Cut at a random moment after the writers have started acknowledging. Through FUSE
-        // every write and sync is a round trip to the filesystem's thread, and 50 ms hold about
-        // half the writes they do on the backends, so fewer rounds would reach a checkpoint:
-        // there the cut also waits for a random number of acknowledgements, up to two
-        // checkpoints' worth of keys.
-        let acks_min = match medium {
-            Medium::Backends => 1,
-            Medium::Filesystem => rng.random_range(1..=2 * checkpoint_often().checkpoint_keys_max),
-        };
-        let started = Instant::now();
-        while acked.lock().unwrap().len() < acks_min {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "round {round}: too little was acknowledged"
+        // On the filesystem, every fourth round cuts the power while the store opens (replaying
+        // write-ahead records, checkpointing): recovery must itself survive a power loss.
+        let cut_in_open = matches!(medium, Medium::Filesystem) && round % 4 == 3;
+        if cut_in_open {
+            let (image, opened) = cut_during_open(&images, &mut rng, &cut);
+            cuts_in_open += u64::from(!opened);
+            images = Images::Filesystem(image);
+        } else {
+            let opened = images.open();
+            let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
+            let sink = acked.clone();
+            // Writers stop at their first failed commit, or once the power is off (a store that
+            // acknowledged without syncing would otherwise keep acknowledging forever).
+            let off = Arc::new(AtomicBool::new(false));
+            let stop = off.clone();
+            let writers = write_until_failure(
+                opened.store.clone(),
+                round,
+                move || stop.load(Ordering::SeqCst),
+                move |seq, key| sink.lock().unwrap().push((seq, key.into())),
             );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
-        images = match &opened.power {
-            Power::Backends(switch, kv_switch) => {
-                let main_first = rng.random_bool(0.5);
-                // Each disk keeps what it synced plus what the cut lets through of the rest; the
-                // two are cut a moment apart, in a random order, as two files' pages reach a
-                // disk independently.
-                let mut cut_one = |switch: &PowerSwitch| match &cut {
-                    Cut::Prefix(keep) => {
-                        let unsynced = switch.unsynced_writes();
-                        switch.cut(keep(&mut rng, unsynced))
-                    }
-                    Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
-                };
-                if main_first {
-                    let main = cut_one(switch);
-                    Images::Backends { main, kv: cut_one(kv_switch) }
-                } else {
-                    let kv = cut_one(kv_switch);
-                    Images::Backends { main: cut_one(switch), kv }
-                }
+            // Cut at a random moment after the writers have started acknowledging. Through FUSE
+            // every write and sync is a round trip to the filesystem's thread, and 50 ms hold about
+            // half the writes they do on the backends, so fewer rounds would reach a checkpoint:
+            // there the cut also waits for a random number of acknowledgements, up to two
+            // checkpoints' worth of keys.
+            let acks_min = match medium {
+                Medium::Backends => 1,
+                Medium::Filesystem => rng.random_range(1..=2 * checkpoint_often().checkpoint_keys_max),
+            };
+            let started = Instant::now();
+            while acked.lock().unwrap().len() < acks_min {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "round {round}: too little was acknowledged"
+                );
+                std::thread::sleep(Duration::from_millis(1));
             }
-            Power::Filesystem { mount, .. } => Images::Filesystem(match &cut {
-                Cut::Prefix(keep) => {
-                    let unsynced = mount.unsynced_writes();
-                    mount.cut(keep(&mut rng, unsynced))
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
+            images = match &opened.power {
+                Power::Backends(switch, kv_switch) => {
+                    let main_first = rng.random_bool(0.5);
+                    // Each disk keeps what it synced plus what the cut lets through of the rest; the
+                    // two are cut a moment apart, in a random order, as two files' pages reach a
+                    // disk independently.
+                    let mut cut_one = |switch: &PowerSwitch| match &cut {
+                        Cut::Prefix(keep) => {
+                            let unsynced = switch.unsynced_writes();
+                            switch.cut(keep(&mut rng, unsynced))
+                        }
+                        Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
+                    };
+                    if main_first {
+                        let main = cut_one(switch);
+                        Images::Backends { main, kv: cut_one(kv_switch) }
+                    } else {
+                        let kv = cut_one(kv_switch);
+                        Images::Backends { main: cut_one(switch), kv }
+                    }
                 }
-                Cut::Sectors => mount.cut_sectors(|| rng.random_bool(0.5)),
-            }),
-        };
-        off.store(true, Ordering::SeqCst);
-        for w in writers {
-            w.join().unwrap();
+                Power::Filesystem { mount, .. } => Images::Filesystem(match &cut {
+                    Cut::Prefix(keep) => {
+                        let unsynced = mount.unsynced_writes();
+                        mount.cut(keep(&mut rng, unsynced))
+                    }
+                    Cut::Sectors => mount.cut_sectors(|| rng.random_bool(0.5)),
+                }),
+            };
+            off.store(true, Ordering::SeqCst);
+            for w in writers {
+                w.join().unwrap();
+            }
+            // No checkpoint can finish after the cut (its syncs fail), so this counts those before.
+            if opened.store.checkpoint_stats().count > 0 {
+                rounds_checkpointed += 1;
+            }
+            drop(opened);
+            all_acked.extend(acked.lock().unwrap().iter().cloned());
         }
-        // No checkpoint can finish after the cut (its syncs fail), so this counts those before.
-        if opened.store.checkpoint_stats().count > 0 {
-            rounds_checkpointed += 1;
-        }
-        drop(opened);
-        all_acked.extend(acked.lock().unwrap().iter().cloned());
 
         let reopened = images.open();
         let store = &*reopened.store;
@@ -342,8 +397,12 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
         drop(reopened);
     }
     eprintln!(
-        "{test}: {rounds} power cuts ({rounds_checkpointed} after a checkpoint), {} acknowledged writes, all present",
+        "{test}: {rounds} power cuts ({rounds_checkpointed} after a checkpoint, {cuts_in_open} while the store opened), {} acknowledged writes, all present",
         all_acked.len()
+    );
+    assert!(
+        !matches!(medium, Medium::Filesystem) || cuts_in_open > 0,
+        "no cut landed while the store opened: the delays need tuning to this machine"
     );
     assert!(
         rounds_checkpointed >= rounds / 5,
