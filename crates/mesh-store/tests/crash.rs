@@ -36,16 +36,6 @@ fn checkpoint_often() -> Options {
     }
 }
 
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("MESH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!(
-        "{test}: seed {seed} (replay: MESH_TEST_SEED={seed} cargo test -p mesh-store --test crash {test})"
-    );
-    seed
-}
-
 /// Runs `WRITERS` threads that commit puts until a commit fails or `stop` says so, calling
 /// `ack(seq, key)` for each acknowledged one. Seqs are assigned and submitted under one lock,
 /// as the engine's resolver does, so the log stays gapless in submission order.
@@ -116,7 +106,8 @@ fn crash_child_writes_until_killed() {
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_write() {
-    let mut rng = StdRng::seed_from_u64(seed("kill_9_under_load_loses_no_acknowledged_write"));
+    let mut rng =
+        StdRng::seed_from_u64(common::seed("crash", "kill_9_under_load_loses_no_acknowledged_write"));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.redb");
     let rounds = 22;
@@ -170,11 +161,42 @@ fn kill_9_under_load_loses_no_acknowledged_write() {
 }
 
 /// How a power cut treats the writes issued since the last sync.
+#[derive(Clone, Copy)]
 enum Cut {
     /// Keep this many of them, in order (chosen per round from the number pending).
     Prefix(fn(&mut StdRng, usize) -> usize),
     /// Keep each 4 KiB sector of each of them with probability one half (reordered, torn).
     Sectors,
+}
+
+impl Cut {
+    /// Cuts a medium with `unsynced` writes pending through its own `prefix` cut (given how
+    /// many to keep) or `sectors` cut (given which sectors to keep), as this cut says.
+    fn apply<I>(
+        self,
+        rng: &mut StdRng,
+        unsynced: usize,
+        prefix: impl FnOnce(usize) -> I,
+        sectors: impl FnOnce(&mut dyn FnMut() -> bool) -> I,
+    ) -> I {
+        match self {
+            Cut::Prefix(keep) => prefix(keep(rng, unsynced)),
+            Cut::Sectors => sectors(&mut || rng.random_bool(0.5)),
+        }
+    }
+
+    /// Cuts the power of `mount`, as this cut says.
+    fn mount(self, mount: &mesh_powerloss_fs::Mount, rng: &mut StdRng) -> mesh_powerloss_fs::Image {
+        self.apply(rng, mount.unsynced_writes(), |keep| mount.cut(keep), |keep| mount.cut_sectors(keep))
+    }
+}
+
+/// Mounts the power-loss filesystem holding `image` on a new temporary directory.
+fn mount_image(image: &mesh_powerloss_fs::Image) -> (mesh_powerloss_fs::Mount, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = mesh_powerloss_fs::Mount::new(dir.path(), image)
+        .expect("mount the power-loss filesystem (needs /dev/fuse and root, or fuse3)");
+    (mount, dir)
 }
 
 /// Where the store's files live during power-loss rounds.
@@ -230,9 +252,7 @@ impl Images {
                 Opened { store: Arc::new(store), power }
             }
             Images::Filesystem(image) => {
-                let dir = tempfile::tempdir().unwrap();
-                let mount = mesh_powerloss_fs::Mount::new(dir.path(), image)
-                    .expect("mount the power-loss filesystem (needs /dev/fuse and root, or fuse3)");
+                let (mount, dir) = mount_image(image);
                 let store =
                     DurableStore::open_with(dir.path().join("store.redb"), checkpoint_often()).unwrap();
                 Opened { store: Arc::new(store), power: Power::Filesystem { mount, _dir: dir } }
@@ -244,30 +264,17 @@ impl Images {
 /// Mounts `images` (a filesystem's), opens the store on it while another thread cuts the power
 /// after a random few milliseconds, as `cut` says. Returns what survived and whether the store
 /// opened before the cut (then it is closed at once, having written nothing of its own).
-fn cut_during_open(images: &Images, rng: &mut StdRng, cut: &Cut) -> (mesh_powerloss_fs::Image, bool) {
+fn cut_during_open(images: &Images, rng: &mut StdRng, cut: Cut) -> (mesh_powerloss_fs::Image, bool) {
     let Images::Filesystem(image) = images else { unreachable!("only filesystem rounds cut during open") };
-    let dir = tempfile::tempdir().unwrap();
-    let mount =
-        Arc::new(mesh_powerloss_fs::Mount::new(dir.path(), image).expect("mount the power-loss filesystem"));
+    let (mount, dir) = mount_image(image);
+    let mount = Arc::new(mount);
     let delay = Duration::from_micros(rng.random_range(0..8_000));
     let cut_seed = rng.random::<u64>();
-    let sectors = matches!(cut, Cut::Sectors);
-    let keep: Option<fn(&mut StdRng, usize) -> usize> = match cut {
-        Cut::Prefix(keep) => Some(*keep),
-        Cut::Sectors => None,
-    };
     let cutter = {
         let mount = mount.clone();
         std::thread::spawn(move || {
             std::thread::sleep(delay);
-            let mut rng = StdRng::seed_from_u64(cut_seed);
-            match keep {
-                Some(keep) if !sectors => {
-                    let unsynced = mount.unsynced_writes();
-                    mount.cut(keep(&mut rng, unsynced))
-                }
-                _ => mount.cut_sectors(|| rng.random_bool(0.5)),
-            }
+            cut.mount(&mount, &mut StdRng::seed_from_u64(cut_seed))
         })
     };
     let opened = match DurableStore::open_with(dir.path().join("store.redb"), checkpoint_often()) {
@@ -290,7 +297,7 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
     if matches!(medium, Medium::Filesystem) && mesh_powerloss_fs::skip_without_fuse(test) {
         return;
     }
-    let mut rng = StdRng::seed_from_u64(seed(test));
+    let mut rng = StdRng::seed_from_u64(common::seed("crash", test));
     let mut images = Images::new(medium);
     // Every acknowledged write of every round: a later round's checkpoint or recovery must not
     // lose an earlier round's writes either.
@@ -305,7 +312,7 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
         // write-ahead records, checkpointing): recovery must itself survive a power loss.
         let cut_in_open = matches!(medium, Medium::Filesystem) && round % 4 == 3;
         if cut_in_open {
-            let (image, opened) = cut_during_open(&images, &mut rng, &cut);
+            let (image, opened) = cut_during_open(&images, &mut rng, cut);
             cuts_in_open += u64::from(!opened);
             images = Images::Filesystem(image);
         } else {
@@ -346,12 +353,14 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
                     // Each disk keeps what it synced plus what the cut lets through of the rest; the
                     // two are cut a moment apart, in a random order, as two files' pages reach a
                     // disk independently.
-                    let mut cut_one = |switch: &PowerSwitch| match &cut {
-                        Cut::Prefix(keep) => {
-                            let unsynced = switch.unsynced_writes();
-                            switch.cut(keep(&mut rng, unsynced))
-                        }
-                        Cut::Sectors => switch.cut_sectors(|| rng.random_bool(0.5)),
+                    let mut cut_one = |switch: &PowerSwitch| {
+                        let unsynced = switch.unsynced_writes();
+                        cut.apply(
+                            &mut rng,
+                            unsynced,
+                            |keep| switch.cut(keep),
+                            |keep| switch.cut_sectors(keep),
+                        )
                     };
                     if main_first {
                         let main = cut_one(switch);
@@ -361,13 +370,7 @@ fn power_loss_rounds(test: &str, rounds: u64, medium: Medium, cut: Cut) {
                         Images::Backends { main: cut_one(switch), kv }
                     }
                 }
-                Power::Filesystem { mount, .. } => Images::Filesystem(match &cut {
-                    Cut::Prefix(keep) => {
-                        let unsynced = mount.unsynced_writes();
-                        mount.cut(keep(&mut rng, unsynced))
-                    }
-                    Cut::Sectors => mount.cut_sectors(|| rng.random_bool(0.5)),
-                }),
+                Power::Filesystem { mount, .. } => Images::Filesystem(cut.mount(mount, &mut rng)),
             };
             off.store(true, Ordering::SeqCst);
             for w in writers {

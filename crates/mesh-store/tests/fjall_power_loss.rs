@@ -8,6 +8,8 @@
 //! This tests fjall as mesh would use it, before mesh uses it; the store itself does not use
 //! fjall yet. Seeds: `MESH_TEST_SEED` replays a run.
 
+mod common;
+
 use mesh_powerloss_fs::{Image, Mount};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,25 +20,15 @@ const ROUNDS: u64 = 12;
 /// Keys per ingested run: a checkpoint's worth at the crash tests' scale.
 const RUN_KEYS: usize = 500;
 
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("MESH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!("{test}: seed {seed} (replay: MESH_TEST_SEED={seed} cargo test -p mesh-store --test fjall_power_loss)");
-    seed
-}
-
 /// Syncs a directory's entries.
 fn sync_dir(path: &std::path::Path) {
     std::fs::File::open(path).and_then(|d| d.sync_all()).expect("sync a directory");
 }
 
-/// The value stored under `key`: derived from it, so a reader can check what it got.
+/// The value stored under `key` (`mesh_store::testing::value_for`): derived from it, so a
+/// reader can check what it got.
 fn value_for(key: &[u8]) -> Vec<u8> {
-    let mut value = b"state of ".to_vec();
-    value.extend_from_slice(key);
-    value.resize(150, b'.');
-    value
+    mesh_store::testing::value_for(std::str::from_utf8(key).expect("the keys are text"), 150)
 }
 
 /// Ingests runs of sorted keys until a call fails; returns the runs whose `finish` returned.
@@ -101,7 +93,7 @@ fn fjall_ingestion_is_durable_once_finish_returns() {
     if mesh_powerloss_fs::skip_without_fuse(test) {
         return;
     }
-    let mut rng = StdRng::seed_from_u64(seed(test));
+    let mut rng = StdRng::seed_from_u64(common::seed("fjall_power_loss", test));
     let mut image = Image::default();
     // Every run finished so far, by round: a later round's ingestions and compactions must
     // not lose them either.

@@ -43,3 +43,15 @@ pub fn assert_durable_state_only(store: &dyn mesh_store::Store, key: &str) {
     let state = store.get(&Keyspace::new("users").unwrap(), &Key::new(key).unwrap()).unwrap().unwrap();
     assert_eq!(state.versions()[0].value.as_ref().map(|v| v.as_slice()), Some(value_for(key).as_slice()));
 }
+
+/// The seed of a randomized test `test` in test binary `binary`: `MESH_TEST_SEED` when set,
+/// else the clock. Printed with the command that replays it.
+pub fn seed(binary: &str, test: &str) -> u64 {
+    let seed = std::env::var("MESH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!(
+        "{test}: seed {seed} (replay: MESH_TEST_SEED={seed} cargo test -p mesh-store --test {binary} {test})"
+    );
+    seed
+}
