@@ -328,7 +328,7 @@ impl State {
         if end > FILE_BYTES_MAX {
             return Err(Errno::EFBIG);
         }
-        self.file_mut(ino)?;
+        // An issue number a failed call takes is never used: ranks count issues in use.
         let issue = self.issue();
         let file = self.file_mut(ino)?;
         pending.apply(&mut file.current);
@@ -345,8 +345,13 @@ impl State {
         self.next_ino += 1;
         self.nodes.insert(ino, node);
         let issue = self.issue();
-        self.rename_in(issue, parent, Naming::Link(name.to_owned(), ino))?;
+        self.change_entries(issue, parent, Naming::Link(name.to_owned(), ino))?;
         Ok(ino)
+    }
+
+    /// The inode `name` names in directory `parent` now.
+    fn entry(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        self.dir(parent)?.current.get(name).copied().ok_or(Errno::ENOENT)
     }
 
     /// A new issue number.
@@ -356,7 +361,7 @@ impl State {
     }
 
     /// Applies `naming` to `dir`'s entries now; durable at the directory's next sync.
-    fn rename_in(&mut self, issue: u64, dir: u64, naming: Naming) -> Result<(), Errno> {
+    fn change_entries(&mut self, issue: u64, dir: u64, naming: Naming) -> Result<(), Errno> {
         naming.apply(&mut self.dir_mut(dir)?.current);
         self.naming.push((issue, dir, naming));
         Ok(())
@@ -504,6 +509,15 @@ impl PowerLossFs {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` as [`PowerLossFs::with`] does and answers a call that returns nothing with
+    /// its result.
+    fn answer(&self, reply: ReplyEmpty, f: impl FnOnce(&mut State) -> Result<(), Errno>) {
+        match self.with(f) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Runs `f` on the state unless the power is off.
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T, Errno>) -> Result<T, Errno> {
         let mut state = self.lock();
@@ -519,7 +533,7 @@ fn to_u64(ino: INodeNo) -> u64 {
 impl Filesystem for PowerLossFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.with(|s| {
-            let ino = *s.dir(to_u64(parent))?.current.get(name).ok_or(Errno::ENOENT)?;
+            let ino = s.entry(to_u64(parent), name)?;
             s.attr(ino, req)
         }) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -583,33 +597,25 @@ impl Filesystem for PowerLossFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|s| {
-            let ino = *s.dir(to_u64(parent))?.current.get(name).ok_or(Errno::ENOENT)?;
+        self.answer(reply, |s| {
+            let ino = s.entry(to_u64(parent), name)?;
             if matches!(s.nodes.get(&ino), Some(Node::Dir(_))) {
                 return Err(Errno::EISDIR);
             }
             let issue = s.issue();
-            s.rename_in(issue, to_u64(parent), Naming::Unlink(name.to_owned()))?;
-            Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+            s.change_entries(issue, to_u64(parent), Naming::Unlink(name.to_owned()))
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|s| {
-            let ino = *s.dir(to_u64(parent))?.current.get(name).ok_or(Errno::ENOENT)?;
+        self.answer(reply, |s| {
+            let ino = s.entry(to_u64(parent), name)?;
             if !s.dir(ino)?.current.is_empty() {
                 return Err(Errno::ENOTEMPTY);
             }
             let issue = s.issue();
-            s.rename_in(issue, to_u64(parent), Naming::Unlink(name.to_owned()))?;
-            Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+            s.change_entries(issue, to_u64(parent), Naming::Unlink(name.to_owned()))
+        });
     }
 
     fn rename(
@@ -622,11 +628,11 @@ impl Filesystem for PowerLossFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.with(|s| {
+        self.answer(reply, |s| {
             if !flags.is_empty() {
                 return Err(Errno::EINVAL);
             }
-            let ino = *s.dir(to_u64(parent))?.current.get(name).ok_or(Errno::ENOENT)?;
+            let ino = s.entry(to_u64(parent), name)?;
             if let Some(&target) = s.dir(to_u64(newparent))?.current.get(newname) {
                 match (s.nodes.get(&ino), s.nodes.get(&target)) {
                     (Some(Node::File(_)), Some(Node::Dir(_))) => return Err(Errno::EISDIR),
@@ -639,16 +645,13 @@ impl Filesystem for PowerLossFs {
             }
             // One issue for both halves: a disk keeps the whole rename or none of it.
             let issue = s.issue();
-            s.rename_in(issue, to_u64(parent), Naming::Unlink(name.to_owned()))?;
-            s.rename_in(issue, to_u64(newparent), Naming::Link(newname.to_owned(), ino))?;
+            s.change_entries(issue, to_u64(parent), Naming::Unlink(name.to_owned()))?;
+            s.change_entries(issue, to_u64(newparent), Naming::Link(newname.to_owned(), ino))?;
             if let Some(Node::Dir(dir)) = s.nodes.get_mut(&ino) {
                 dir.parent = to_u64(newparent);
             }
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -712,23 +715,17 @@ impl Filesystem for PowerLossFs {
         reply: ReplyEmpty,
     ) {
         // close(2) makes nothing durable.
-        match self.with(|_| Ok(())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.answer(reply, |_| Ok(()));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.with(|s| {
+        self.answer(reply, |s| {
             let file = s.file_mut(to_u64(ino))?;
             file.durable.clone_from(&file.current);
             file.pending.clear();
             s.syncs += 1;
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -768,16 +765,13 @@ impl Filesystem for PowerLossFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.with(|s| {
+        self.answer(reply, |s| {
             let dir = s.dir_mut(to_u64(ino))?;
             dir.durable.clone_from(&dir.current);
             s.naming.retain(|(_, dir, _)| *dir != to_u64(ino));
             s.syncs += 1;
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -816,7 +810,7 @@ impl Filesystem for PowerLossFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.with(|s| {
+        self.answer(reply, |s| {
             // Only plain allocation (mode 0, or keeping the size): the space is always there.
             if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
                 return Err(Errno::EOPNOTSUPP);
@@ -830,10 +824,7 @@ impl Filesystem for PowerLossFs {
                 s.change(to_u64(ino), Pending::SetLen(end))?;
             }
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
     }
 }
 
